@@ -1,0 +1,122 @@
+//! One broker's benchmark: set up a run-unique topology, measure the raw loop, then the
+//! runtime, on the same queue at the same prefetch, and always clean up.
+
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use fleet_core::Broker;
+
+use crate::Args;
+use crate::load::{self, Run};
+use crate::report::{Measured, Row};
+use crate::{cpu, raw_amqp, raw_nats, runtime_side};
+
+/// A broker under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// RabbitMQ through lapin.
+    RabbitMq,
+    /// NATS JetStream through async-nats.
+    Nats,
+}
+
+impl Kind {
+    /// Name shown in the table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::RabbitMq => "rabbitmq",
+            Kind::Nats => "nats",
+        }
+    }
+
+    /// The URL of this broker from the command line.
+    pub fn url(self, args: &Args) -> &str {
+        match self {
+            Kind::RabbitMq => &args.amqp_url,
+            Kind::Nats => &args.nats_url,
+        }
+    }
+
+    /// The broker's port when the URL names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Kind::RabbitMq => 5672,
+            Kind::Nats => 4222,
+        }
+    }
+}
+
+/// Benchmarks one broker: raw loop, then runtime; deletes the run's topology on every path.
+pub async fn run(kind: Kind, args: &Args) -> anyhow::Result<Row> {
+    let run = Run::new(kind, args)?;
+    let pid = cpu::watch_broker(cpu::url_port(kind.url(args), kind.default_port()));
+    eprintln!(
+        "[{}] prefix {} (N = {}, prefetch = {}, broker pid {})",
+        kind.label(),
+        run.prefix,
+        args.jobs,
+        args.prefetch,
+        pid.map_or_else(
+            || "not found: no broker CPU figures".to_owned(),
+            |p| p.to_string()
+        )
+    );
+    let broker = load::connect(kind, kind.url(args))
+        .await
+        .with_context(|| format!("connecting to {} at {}", kind.label(), kind.url(args)))?;
+    let measured = measure(&run, &broker, args).await;
+    let cleaned = load::cleanup(&run, &*broker, args.limit()).await;
+    broker.close().await;
+    let (raw, runtime) = measured?;
+    cleaned?;
+    Ok(Row {
+        broker: kind.label(),
+        raw,
+        runtime,
+    })
+}
+
+async fn measure(
+    run: &Run,
+    broker: &Arc<dyn Broker>,
+    args: &Args,
+) -> anyhow::Result<(Measured, Measured)> {
+    let n = args.jobs;
+    let limit = args.limit();
+    load::declare(run, &**broker, limit).await?;
+
+    load::preload(&**broker, "bench-raw", n, limit).await?;
+    eprintln!("[{}] loaded {n} jobs; raw loop", run.kind.label());
+    let raw = match run.kind {
+        Kind::RabbitMq => {
+            let queue = run.names().jobs(load::STAGE);
+            raw_amqp::consume(&args.amqp_url, &queue, args.prefetch, n, limit).await?
+        }
+        Kind::Nats => {
+            let stream = run.names().jobs_stream();
+            raw_nats::consume(
+                &args.nats_url,
+                &stream,
+                load::STAGE,
+                args.prefetch,
+                n,
+                limit,
+            )
+            .await?
+        }
+    };
+    load::wait_depth(&**broker, 0, limit)
+        .await
+        .context("after the raw loop")?;
+    eprintln!("[{}] raw: {:.0} jobs/s", run.kind.label(), raw.rate());
+
+    load::preload(&**broker, "bench-runtime", n, limit).await?;
+    eprintln!("[{}] loaded {n} jobs; runtime", run.kind.label());
+    let runtime = runtime_side::consume(run, &**broker, n, limit, args.probe).await?;
+    eprintln!(
+        "[{}] runtime: {:.0} jobs/s",
+        run.kind.label(),
+        runtime.rate()
+    );
+    Ok((raw, runtime))
+}

@@ -1,0 +1,199 @@
+//! The built-in text analysis: size, words, sentences, reading time, a
+//! stop-word language guess, RAKE keywords and bounded chunks. Pure CPU work:
+//! the handler runs it through `ctx.blocking`.
+
+use std::collections::HashMap;
+
+use serde::Serialize;
+
+use crate::chunk::{Chunk, chunk_text};
+use crate::text::{LANGUAGES, sentence_spans, stopwords, words};
+
+/// Average silent reading speed used for `reading_time_s`.
+pub const DEFAULT_WORDS_PER_MINUTE: u32 = 230;
+/// Keywords reported per item: enough to tag an item, few enough to read.
+pub const DEFAULT_KEYWORDS: usize = 10;
+/// Longest keyword phrase RAKE may return (longer candidates are usually clauses).
+const MAX_PHRASE_WORDS: usize = 4;
+/// Stop words an item must contain before its language is guessed at all.
+const MIN_STOPWORD_HITS: usize = 3;
+
+/// Knobs of the built-in analysis.
+#[derive(Debug, Clone)]
+pub struct AnalysisOptions {
+    /// Reading speed for `reading_time_s`.
+    pub words_per_minute: u32,
+    /// How many keywords to report.
+    pub keywords: usize,
+    /// Upper bound of a chunk, in characters.
+    pub chunk_chars: usize,
+}
+
+impl Default for AnalysisOptions {
+    fn default() -> Self {
+        AnalysisOptions {
+            words_per_minute: DEFAULT_WORDS_PER_MINUTE,
+            keywords: DEFAULT_KEYWORDS,
+            chunk_chars: crate::chunk::DEFAULT_CHUNK_CHARS,
+        }
+    }
+}
+
+/// The built-in part of an item's analysis (the `analysis` object minus command analyzers).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TextAnalysis {
+    /// UTF-8 size.
+    pub bytes: usize,
+    /// Word tokens.
+    pub words: usize,
+    /// Sentences.
+    pub sentences: usize,
+    /// Estimated reading time in seconds.
+    pub reading_time_s: u64,
+    /// ISO 639-1 code of the guessed language, or `unknown`.
+    pub language: String,
+    /// Top keyword phrases, best first.
+    pub keywords: Vec<String>,
+    /// Bounded chunks on paragraph/sentence boundaries.
+    pub chunks: Vec<Chunk>,
+}
+
+/// Analyses `text`.
+pub fn analyze(text: &str, opts: &AnalysisOptions) -> TextAnalysis {
+    let tokens = words(text);
+    let language = guess_language(&tokens);
+    let wpm = u64::from(opts.words_per_minute.max(1));
+    TextAnalysis {
+        bytes: text.len(),
+        words: tokens.len(),
+        sentences: sentence_spans(text).len(),
+        reading_time_s: (tokens.len() as u64 * 60).div_ceil(wpm),
+        keywords: keywords(text, &language, opts.keywords),
+        language,
+        chunks: chunk_text(text, opts.chunk_chars),
+    }
+}
+
+/// Guesses the language by stop-word frequency; `unknown` when too few stop words match.
+pub fn guess_language(tokens: &[String]) -> String {
+    let mut best = ("unknown", 0usize);
+    for (code, _) in LANGUAGES {
+        let set = stopwords(code);
+        let hits = tokens.iter().filter(|t| set.contains(t.as_str())).count();
+        if hits > best.1 {
+            best = (code, hits);
+        }
+    }
+    if best.1 >= MIN_STOPWORD_HITS && best.1 * 20 >= tokens.len() {
+        best.0.to_owned()
+    } else {
+        "unknown".to_owned()
+    }
+}
+
+/// RAKE: candidate phrases are runs of non-stop words between stop words and punctuation;
+/// a word scores degree/frequency, a phrase the sum of its words. Ties keep first occurrence.
+pub fn keywords(text: &str, language: &str, n: usize) -> Vec<String> {
+    let stop = stopwords(language);
+    let mut phrases: Vec<Vec<String>> = Vec::new();
+    for (s, e) in sentence_spans(text) {
+        for fragment in text[s..e].split(|c: char| ",;:()[]{}\"“”—–!?.".contains(c)) {
+            let mut cur: Vec<String> = Vec::new();
+            for w in words(fragment) {
+                let useless = stop.contains(w.as_str())
+                    || w.chars().count() < 3
+                    || w.chars().all(|c| c.is_numeric());
+                if useless {
+                    if !cur.is_empty() {
+                        phrases.push(std::mem::take(&mut cur));
+                    }
+                } else {
+                    cur.push(w);
+                }
+            }
+            if !cur.is_empty() {
+                phrases.push(cur);
+            }
+        }
+    }
+    phrases.retain(|p| p.len() <= MAX_PHRASE_WORDS);
+    let mut freq: HashMap<&str, f64> = HashMap::new();
+    let mut degree: HashMap<&str, f64> = HashMap::new();
+    for p in &phrases {
+        for w in p {
+            *freq.entry(w).or_default() += 1.0;
+            *degree.entry(w).or_default() += p.len() as f64;
+        }
+    }
+    let mut scored: Vec<(String, f64, usize)> = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (i, p) in phrases.iter().enumerate() {
+        let phrase = p.join(" ");
+        if seen.contains_key(&phrase) {
+            continue;
+        }
+        let score: f64 = p
+            .iter()
+            .map(|w| degree[w.as_str()] / freq[w.as_str()])
+            .sum();
+        // Repetition is evidence: a phrase seen k times gets a mild boost.
+        let repeats = phrases.iter().filter(|q| *q == p).count() as f64;
+        seen.insert(phrase.clone(), i);
+        scored.push((phrase, score * (1.0 + repeats.ln()), i));
+    }
+    scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)));
+    scored.into_iter().take(n).map(|(p, _, _)| p).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EN: &str = "The message queue delivers jobs to the worker fleet. \
+        Each worker runs the job under a hard deadline, and the message queue keeps \
+        the backlog when a worker is slow. Circuit breakers protect the database.";
+
+    #[test]
+    fn counts_and_reading_time() {
+        let a = analyze(EN, &AnalysisOptions::default());
+        assert_eq!(a.bytes, EN.len());
+        assert_eq!(a.words, 35);
+        assert_eq!(a.sentences, 3);
+        assert_eq!(a.reading_time_s, (35 * 60_u64).div_ceil(230));
+        assert_eq!(a.language, "en");
+        assert_eq!(a.chunks.len(), 1);
+        let empty = analyze("", &AnalysisOptions::default());
+        assert_eq!(
+            (empty.words, empty.sentences, empty.reading_time_s),
+            (0, 0, 0)
+        );
+        assert_eq!(empty.language, "unknown");
+        assert!(empty.keywords.is_empty() && empty.chunks.is_empty());
+    }
+
+    #[test]
+    fn language_guess() {
+        let de = "Der Hund und die Katze sind nicht im Haus, aber sie wird bald auch da sein.";
+        let fr = "Le chat est dans la maison et il ne veut pas sortir avec les enfants.";
+        let es = "El perro y los gatos están en la casa, pero no quieren salir con ella.";
+        let nl = "De hond en het kind zijn niet op de boot, maar ook niet bij de haven.";
+        let guess = |t: &str| guess_language(&words(t));
+        assert_eq!(guess(de), "de");
+        assert_eq!(guess(fr), "fr");
+        assert_eq!(guess(es), "es");
+        assert_eq!(guess(nl), "nl");
+        assert_eq!(guess("zxq vbn mlk qwe"), "unknown");
+    }
+
+    #[test]
+    fn rake_keywords_are_deterministic_and_meaningful() {
+        let k = keywords(EN, "en", 3);
+        assert_eq!(k, keywords(EN, "en", 3));
+        assert!(
+            k.contains(&"message queue delivers jobs".to_owned())
+                || k.contains(&"message queue".to_owned()),
+            "{k:?}"
+        );
+        assert!(k.len() <= 3);
+    }
+}

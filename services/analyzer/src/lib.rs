@@ -1,0 +1,59 @@
+//! fleet-analyzer: the `analyze` stage (DESIGN §6). It runs the built-in text
+//! analysis and the configured command analyzers over each item and passes
+//! the item on to the next stage of its route.
+//!
+//! # Payload contract
+//!
+//! Input (the `analyze` job's payload, from the coordinator's submission item):
+//!
+//! ```json
+//! {"text": "...", "metadata": {...}}
+//! ```
+//!
+//! Output (the next job's payload, normally `summarize`): the input object,
+//! every field kept (including `skipped_stages`), plus `analysis`:
+//!
+//! ```json
+//! {"text": "...", "metadata": {...},
+//!  "analysis": {"bytes": 1234, "words": 200, "sentences": 12, "reading_time_s": 53,
+//!               "language": "en", "keywords": ["message queue", "..."],
+//!               "chunks": [{"index": 0, "start": 0, "end": 1234, "text": "..."}],
+//!               "analyzers": {"word_count": {"ok": true, "exit_code": 0, "output": 200,
+//!                             "output_truncated": false, "stderr_tail": "", "error": null,
+//!                             "duration_ms": 3}},
+//!               "failed_analyzers": []}}
+//! ```
+//!
+//! An optional command analyzer that fails is listed in `failed_analyzers`
+//! (the result is partial); a required one fails the job: retryable, or
+//! permanent when its program does not exist. A payload without a string
+//! `text` is a permanent error.
+
+pub mod analysis;
+pub mod chunk;
+pub mod command;
+pub mod config;
+pub mod handler;
+pub mod text;
+
+pub use config::Config;
+pub use handler::AnalyzeHandler;
+
+use tokio_util::sync::CancellationToken;
+
+/// The stage this service consumes by default.
+pub const STAGE: &str = "analyze";
+
+/// Runs the analyzer until `shutdown`, then drains (DESIGN §5 step 9).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let analyzers = config.load_analyzers()?;
+    tracing::info!(
+        analyzers = analyzers.len(),
+        names = ?analyzers.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
+        "command analyzers loaded"
+    );
+    let handler = AnalyzeHandler::new(config.analysis(), analyzers);
+    fleet_runtime::Worker::new(config.runtime, STAGE)
+        .run(handler, shutdown)
+        .await
+}

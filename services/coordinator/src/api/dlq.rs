@@ -1,0 +1,286 @@
+//! The dead-letter archive API: `GET /v1/dlq`, `GET /v1/dlq/{id}`,
+//! `POST /v1/dlq/replay` (a new pipeline `replay_of` the old one, items from
+//! their failed stage on) and `POST /v1/dlq/purge`.
+
+use std::collections::BTreeMap;
+
+use axum::Json;
+use axum::extract::{Path, Query, State};
+use fleet_protocol::{RouteStep, decode_job};
+use fleet_store::{Row, Value, params};
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::app::App;
+use crate::error::ApiError;
+use crate::plan::{NewItem, NewPipeline, StageLimits, canonical_hash};
+use crate::report::rfc3339;
+use crate::submit::store_pipeline;
+
+/// Largest page of `GET /v1/dlq`.
+const MAX_PAGE: i64 = 1000;
+
+/// Filters shared by list, replay and purge.
+#[derive(Debug, Default, Deserialize)]
+pub struct Filter {
+    /// Dead letters by archive id.
+    #[serde(default)]
+    ids: Option<Vec<i64>>,
+    /// Of one pipeline.
+    pipeline_id: Option<String>,
+    /// Of one stage.
+    stage: Option<String>,
+    /// With one reason.
+    reason: Option<String>,
+    /// Page size (list).
+    limit: Option<i64>,
+    /// Only ids below this (list paging).
+    after: Option<i64>,
+    /// Report what would happen without doing it.
+    #[serde(default)]
+    dry_run: bool,
+}
+
+impl Filter {
+    fn is_empty(&self) -> bool {
+        self.ids.as_ref().is_none_or(Vec::is_empty)
+            && self.pipeline_id.is_none()
+            && self.stage.is_none()
+            && self.reason.is_none()
+    }
+
+    /// ` AND …` conditions and their parameters.
+    fn sql(&self, args: &mut Vec<Value>) -> String {
+        let mut sql = String::new();
+        if let Some(ids) = self.ids.as_ref().filter(|v| !v.is_empty()) {
+            let list = ids.iter().map(i64::to_string).collect::<Vec<_>>().join(",");
+            sql.push_str(&format!(" AND id IN ({list})"));
+        }
+        for (col, v) in [
+            ("pipeline_id", &self.pipeline_id),
+            ("stage", &self.stage),
+            ("reason", &self.reason),
+        ] {
+            if let Some(v) = v.as_deref().filter(|v| !v.is_empty()) {
+                args.push(v.into());
+                sql.push_str(&format!(" AND {col} = ${}", args.len()));
+            }
+        }
+        if let Some(after) = self.after {
+            args.push(after.into());
+            sql.push_str(&format!(" AND id < ${}", args.len()));
+        }
+        sql
+    }
+}
+
+const COLUMNS: &str = "id, job_id, pipeline_id, item_id, stage, reason, last_error_kind, last_error, \
+                       attempts, worker_id, at, replayed_in";
+
+fn summary(r: &Row) -> Result<serde_json::Value, ApiError> {
+    Ok(json!({
+        "id": r.get::<i64>("id")?,
+        "job_id": r.get::<Option<String>>("job_id")?,
+        "pipeline_id": r.get::<Option<String>>("pipeline_id")?,
+        "item_id": r.get::<Option<String>>("item_id")?,
+        "stage": r.get::<String>("stage")?,
+        "reason": r.get::<String>("reason")?,
+        "last_error_kind": r.get::<Option<String>>("last_error_kind")?,
+        "last_error": r.get::<String>("last_error")?,
+        "attempts": r.get::<i64>("attempts")?,
+        "worker_id": r.get::<String>("worker_id")?,
+        "at": rfc3339(r.get("at")?),
+        "replayed_in": r.get::<Option<String>>("replayed_in")?,
+    }))
+}
+
+/// `GET /v1/dlq?pipeline_id=&stage=&reason=&limit=&after=`: newest first.
+pub async fn list(
+    State(app): State<App>,
+    Query(f): Query<Filter>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let limit = f.limit.unwrap_or(100).clamp(1, MAX_PAGE);
+    let mut args = Vec::new();
+    let cond = f.sql(&mut args);
+    args.push((limit + 1).into());
+    let sql = format!(
+        "SELECT {COLUMNS} FROM coord_dead_letters WHERE 1 = 1{cond} ORDER BY id DESC LIMIT ${}",
+        args.len()
+    );
+    let rows = app.store.query(&sql, &args).await?;
+    let more = rows.len() as i64 > limit;
+    let out = rows
+        .iter()
+        .take(usize::try_from(limit).unwrap_or(usize::MAX))
+        .map(summary)
+        .collect::<Result<Vec<_>, _>>()?;
+    let next = if more {
+        out.last().and_then(|l| l["id"].as_i64())
+    } else {
+        None
+    };
+    Ok(Json(json!({"dead_letters": out, "next": next})))
+}
+
+/// `GET /v1/dlq/{id}`: the summary plus headers and body.
+pub async fn show(
+    State(app): State<App>,
+    Path(id): Path<i64>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let row = app
+        .store
+        .query_opt(
+            &format!("SELECT {COLUMNS}, body, body_encoding, headers FROM coord_dead_letters WHERE id = $1"),
+            params![id],
+        )
+        .await?
+        .ok_or_else(|| ApiError::not_found("dlq entrie", &id.to_string()))?;
+    let mut out = summary(&row)?;
+    let body: String = row.get("body")?;
+    let encoding: String = row.get("body_encoding")?;
+    out["body_encoding"] = encoding.clone().into();
+    out["body"] = if encoding == "utf8" {
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body))
+    } else {
+        body.into()
+    };
+    out["headers"] = row.get::<serde_json::Value>("headers")?;
+    Ok(Json(out))
+}
+
+fn need_filter(f: &Filter) -> Result<(), ApiError> {
+    if f.is_empty() {
+        return Err(ApiError::bad_request(
+            "no dead letters selected",
+            "give `ids`, or a `pipeline_id` (optionally with `stage` and `reason`)",
+        ));
+    }
+    Ok(())
+}
+
+/// `POST /v1/dlq/replay` → `{pipeline_id, items, skipped, dry_run}`.
+pub async fn replay(
+    State(app): State<App>,
+    Json(f): Json<Filter>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    need_filter(&f)?;
+    let mut args = Vec::new();
+    let cond = f.sql(&mut args);
+    let sql = format!(
+        "SELECT id, pipeline_id, item_id, body, body_encoding FROM coord_dead_letters \
+         WHERE replayed_in IS NULL{cond} ORDER BY id"
+    );
+    let rows = app.store.query(&sql, &args).await?;
+    let mut origin: Option<String> = None;
+    let mut items: BTreeMap<String, NewItem> = BTreeMap::new();
+    let mut stages: BTreeMap<String, StageLimits> = BTreeMap::new();
+    let mut used = Vec::new();
+    let mut skipped = Vec::new();
+    for r in &rows {
+        let id: i64 = r.get("id")?;
+        let body: String = r.get("body")?;
+        let enc: String = r.get("body_encoding")?;
+        let job = (enc == "utf8")
+            .then(|| decode_job(body.as_bytes(), usize::MAX).ok())
+            .flatten();
+        let Some(job) = job else {
+            skipped.push(json!({"id": id, "why": "the body is not a job envelope"}));
+            continue;
+        };
+        match &origin {
+            None => origin = Some(job.pipeline_id.clone()),
+            Some(o) if *o != job.pipeline_id => {
+                return Err(ApiError::bad_request(
+                    "the selected dead letters come from more than one pipeline",
+                    "replay one pipeline at a time: add `pipeline_id` to the request",
+                ));
+            }
+            Some(_) => {}
+        }
+        let mut route = vec![RouteStep {
+            stage: job.stage.clone(),
+            required: job.required,
+        }];
+        route.extend(job.route.iter().cloned());
+        for s in &route {
+            stages.entry(s.stage.clone()).or_insert(StageLimits {
+                timeout_ms: job.timeout_ms,
+                max_attempts: job.max_attempts,
+            });
+        }
+        used.push(id);
+        items.insert(
+            job.item_id.clone(),
+            NewItem {
+                item_id: job.item_id.clone(),
+                route,
+                payload: job.payload.clone(),
+            },
+        );
+    }
+    let item_ids: Vec<&String> = items.keys().collect();
+    let Some(origin) = origin else {
+        return Ok(Json(
+            json!({"pipeline_id": null, "items": item_ids, "skipped": skipped, "dry_run": f.dry_run}),
+        ));
+    };
+    if f.dry_run {
+        return Ok(Json(
+            json!({"pipeline_id": null, "replay_of": origin, "items": item_ids, "skipped": skipped, "dry_run": true}),
+        ));
+    }
+    let pipeline_id = uuid::Uuid::new_v4().to_string();
+    let new = NewPipeline {
+        body_hash: canonical_hash(&json!({"replay_of": origin, "dead_letters": used})),
+        pipeline_id: pipeline_id.clone(),
+        deadline_at: None,
+        replay_of: Some(origin.clone()),
+        stages,
+        items: items.values().cloned().collect(),
+    };
+    store_pipeline(&app.store, &new).await?;
+    app.relay.notify_one();
+    let list = used
+        .iter()
+        .map(i64::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    app.store
+        .execute(
+            &format!("UPDATE coord_dead_letters SET replayed_in = $1 WHERE id IN ({list})"),
+            params![pipeline_id.as_str()],
+        )
+        .await?;
+    Ok(Json(
+        json!({"pipeline_id": pipeline_id, "replay_of": origin, "items": item_ids, "skipped": skipped, "dry_run": false}),
+    ))
+}
+
+/// `POST /v1/dlq/purge` → `{purged, dry_run}`.
+pub async fn purge(
+    State(app): State<App>,
+    Json(f): Json<Filter>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    need_filter(&f)?;
+    let mut args = Vec::new();
+    let cond = f.sql(&mut args);
+    let n: i64 = if f.dry_run {
+        app.store
+            .query_one(
+                &format!("SELECT COUNT(*) AS n FROM coord_dead_letters WHERE 1 = 1{cond}"),
+                &args,
+            )
+            .await?
+            .get("n")?
+    } else {
+        let n = app
+            .store
+            .execute(
+                &format!("DELETE FROM coord_dead_letters WHERE 1 = 1{cond}"),
+                &args,
+            )
+            .await?;
+        i64::try_from(n).unwrap_or(i64::MAX)
+    };
+    Ok(Json(json!({"purged": n, "dry_run": f.dry_run})))
+}

@@ -1,0 +1,113 @@
+//! The HTTP API (axum): routes, bearer-token auth, body limits, JSON errors.
+
+mod dlq;
+mod pipelines;
+mod queues;
+mod sse;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+
+use crate::app::App;
+use crate::error::ApiError;
+
+/// The OpenAPI 3 description, checked in at `services/coordinator/openapi.yaml`.
+pub const OPENAPI: &str = include_str!("../../openapi.yaml");
+
+/// The API router over `app`.
+pub fn router(app: App) -> Router {
+    let limit = app.config.max_body_bytes;
+    let protected = Router::new()
+        .route(
+            "/v1/pipelines",
+            post(pipelines::create).get(pipelines::list),
+        )
+        .route("/v1/pipelines/{id}", get(pipelines::show))
+        .route("/v1/pipelines/{id}/cancel", post(pipelines::cancel))
+        .route("/v1/pipelines/{id}/events", get(sse::events))
+        .route("/v1/dlq", get(dlq::list))
+        .route("/v1/dlq/replay", post(dlq::replay))
+        .route("/v1/dlq/purge", post(dlq::purge))
+        .route("/v1/dlq/{id}", get(dlq::show))
+        .route("/v1/queues", get(queues::list))
+        .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth));
+    Router::new()
+        .route("/v1/openapi.yaml", get(openapi))
+        .merge(protected)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(limit))
+        .with_state(app)
+}
+
+async fn openapi() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such endpoint",
+        "see GET /v1/openapi.yaml for the API",
+    )
+}
+
+/// Compares without an early exit, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(app): State<App>, req: Request, next: Next) -> Response {
+    let Some(token) = app.config.api_token.as_deref() else {
+        return next.run(req).await;
+    };
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    match given {
+        Some(g) if same(g.trim().as_bytes(), token.as_bytes()) => next.run(req).await,
+        Some(_) => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "the API token is wrong",
+            "send `Authorization: Bearer <token>` with the coordinator's FLEET_API_TOKEN (fleetctl: --token or FLEET_API_TOKEN)",
+        )
+        .into_response(),
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "this coordinator requires an API token",
+            "send `Authorization: Bearer <token>` with the coordinator's FLEET_API_TOKEN (fleetctl: --token or FLEET_API_TOKEN)",
+        )
+        .into_response(),
+    }
+}
+
+/// Maps a body rejection (too large, unreadable) to a JSON error.
+pub(crate) fn body_error(e: &axum::extract::rejection::BytesRejection, limit: usize) -> ApiError {
+    if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::too_large(
+            format!("the request body exceeds the limit of {limit} bytes"),
+            "split the submission into several pipelines, or raise FLEET_MAX_BODY_BYTES",
+        )
+    } else {
+        ApiError::new(
+            e.status(),
+            format!("cannot read the request body: {e}"),
+            "resend the request",
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn constant_time_compare() {
+        assert!(super::same(b"abc", b"abc"));
+        assert!(!super::same(b"abc", b"abd"));
+        assert!(!super::same(b"abc", b"abcd"));
+    }
+}

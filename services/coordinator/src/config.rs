@@ -1,0 +1,242 @@
+//! The coordinator's typed config: the workers' runtime flags (broker URL and
+//! prefix, heartbeat interval, admin address… with the same `FLEET_*`
+//! variables, so one environment serves both) plus the coordinator's own.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use fleet_protocol::RouteStep;
+use fleet_runtime::RuntimeConfig;
+
+/// Default API address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+/// Default SQLite file when no database URL is given (a single-replica coordinator).
+pub const DEFAULT_SQLITE_PATH: &str = "fleet-coordinator.sqlite";
+/// Default sweeper tick: "within one tick of the last terminal event" means about a second.
+pub const DEFAULT_TICK: &str = "1s";
+/// Default time a backlog may wait for a scaler before `no_consumer` (KEDA scales in ~1 min).
+pub const DEFAULT_SCALE_UP_ALLOWANCE: &str = "2m";
+/// Default grace after a deadline before `timed_out`: workers' `expired` events arrive first.
+pub const DEFAULT_DEADLINE_GRACE: &str = "5s";
+/// Default request body limit: room for a few thousand small items.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
+/// Default item limit: one item must fit a job message (the workers' 1 MiB maximum).
+pub const DEFAULT_MAX_ITEM_BYTES: usize = 1024 * 1024;
+/// Default route; a `?` suffix marks an optional stage (`analyze,summarize?,write`).
+pub const DEFAULT_ROUTE: &str = "analyze,summarize,write";
+/// Default per-attempt timeout of a stage when the submission names none.
+pub const DEFAULT_STAGE_TIMEOUT: &str = "5m";
+/// Default attempts of a stage when the submission names none.
+pub const DEFAULT_STAGE_MAX_ATTEMPTS: u32 = 5;
+/// How long a cancellation is re-broadcast on RabbitMQ (which keeps no messages for late subscribers).
+pub const DEFAULT_CANCEL_REBROADCAST: &str = "1h";
+
+/// Every option of `fleet-coordinator`.
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "fleet-coordinator",
+    version,
+    about = "fleet coordinator: pipelines, events, sweeper, outbox, HTTP API",
+    args_override_self = true
+)]
+pub struct Config {
+    /// Broker, heartbeat, admin and logging options shared with the workers.
+    #[command(flatten)]
+    pub runtime: RuntimeConfig,
+
+    /// PostgreSQL URL (postgres://…); absent: an embedded SQLite file (single replica).
+    #[arg(long, env = "FLEET_DATABASE_URL")]
+    pub database_url: Option<String>,
+
+    /// SQLite file used when no database URL is given.
+    #[arg(long, env = "FLEET_SQLITE_PATH", default_value = DEFAULT_SQLITE_PATH)]
+    pub sqlite_path: PathBuf,
+
+    /// Address of the HTTP API.
+    #[arg(long, env = "FLEET_LISTEN", default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+
+    /// Bearer token required by the API when set.
+    #[arg(long, env = "FLEET_API_TOKEN", hide_env_values = true)]
+    pub api_token: Option<String>,
+
+    /// Sweeper tick: stall detection and finalization run this often.
+    #[arg(long, env = "FLEET_TICK", default_value = DEFAULT_TICK, value_parser = humantime::parse_duration)]
+    pub tick: Duration,
+
+    /// Stall window per stage for `no_progress` (`stage=duration`, repeatable); default: the job's timeout.
+    #[arg(long, env = "FLEET_STALL_WINDOW", value_delimiter = ',', value_parser = parse_stage_duration)]
+    pub stall_window: Vec<(String, Duration)>,
+
+    /// How long a backlog may wait for a worker before `no_consumer`.
+    #[arg(long, env = "FLEET_SCALE_UP_ALLOWANCE", default_value = DEFAULT_SCALE_UP_ALLOWANCE, value_parser = humantime::parse_duration)]
+    pub scale_up_allowance: Duration,
+
+    /// Grace after a pipeline's deadline before it is finalized `timed_out`.
+    #[arg(long, env = "FLEET_DEADLINE_GRACE", default_value = DEFAULT_DEADLINE_GRACE, value_parser = humantime::parse_duration)]
+    pub deadline_grace: Duration,
+
+    /// Largest accepted request body.
+    #[arg(long, env = "FLEET_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
+    pub max_body_bytes: usize,
+
+    /// Largest accepted item (text plus metadata).
+    #[arg(long, env = "FLEET_MAX_ITEM_BYTES", default_value_t = DEFAULT_MAX_ITEM_BYTES)]
+    pub max_item_bytes: usize,
+
+    /// Default route when a submission names none; `stage?` marks an optional stage.
+    #[arg(long, env = "FLEET_ROUTE", default_value = DEFAULT_ROUTE)]
+    pub route: String,
+
+    /// Default per-attempt timeout of every stage.
+    #[arg(long, env = "FLEET_STAGE_TIMEOUT", default_value = DEFAULT_STAGE_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub stage_timeout: Duration,
+
+    /// Default attempts of every stage.
+    #[arg(long, env = "FLEET_STAGE_MAX_ATTEMPTS", default_value_t = DEFAULT_STAGE_MAX_ATTEMPTS)]
+    pub stage_max_attempts: u32,
+
+    /// How long a cancellation is re-broadcast every tick on RabbitMQ.
+    #[arg(long, env = "FLEET_CANCEL_REBROADCAST", default_value = DEFAULT_CANCEL_REBROADCAST, value_parser = humantime::parse_duration)]
+    pub cancel_rebroadcast: Duration,
+
+    /// Database connections in the pool (PostgreSQL).
+    #[arg(long, env = "FLEET_DATABASE_POOL", default_value_t = 8)]
+    pub database_pool: usize,
+
+    /// Longest any single database statement may run.
+    #[arg(long, env = "FLEET_STATEMENT_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub statement_timeout: Duration,
+}
+
+fn parse_stage_duration(s: &str) -> Result<(String, Duration), String> {
+    let (stage, d) = s
+        .split_once('=')
+        .ok_or_else(|| format!("`{s}`: expected stage=duration, e.g. summarize=10m"))?;
+    let d = humantime::parse_duration(d.trim()).map_err(|e| format!("`{s}`: {e}"))?;
+    Ok((stage.trim().to_owned(), d))
+}
+
+/// Parses a route like `analyze,summarize?,write`.
+pub fn parse_route(s: &str) -> Vec<RouteStep> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|p| match p.strip_suffix('?') {
+            Some(stage) => RouteStep {
+                stage: stage.to_owned(),
+                required: false,
+            },
+            None => RouteStep {
+                stage: p.to_owned(),
+                required: true,
+            },
+        })
+        .collect()
+}
+
+impl Config {
+    /// Parses flags and environment from `args` (tests).
+    pub fn parse_args<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        Config::try_parse_from(args)
+    }
+
+    /// The default route.
+    pub fn default_route(&self) -> Vec<RouteStep> {
+        parse_route(&self.route)
+    }
+
+    /// The stall window configured for `stage`, if any.
+    pub fn stall_window_for(&self, stage: &str) -> Option<Duration> {
+        self.stall_window
+            .iter()
+            .find(|(s, _)| s == stage)
+            .map(|(_, d)| *d)
+    }
+
+    /// Checks every rule and reports all problems at once.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        let mut errs = Vec::new();
+        if let Err(e) = self.runtime.validate(None) {
+            errs.extend(e.0);
+        }
+        let route = self.default_route();
+        if route.is_empty() {
+            errs.push("FLEET_ROUTE must name at least one stage".into());
+        }
+        for step in &route {
+            if let Err(e) = crate::submit::check_name("stage", &step.stage) {
+                errs.push(format!("FLEET_ROUTE: {}", e.message));
+            }
+        }
+        if self.tick.is_zero() {
+            errs.push("FLEET_TICK must be positive".into());
+        }
+        if self.heartbeat().is_zero() {
+            errs.push("FLEET_HEARTBEAT_INTERVAL must be positive".into());
+        }
+        if self.stage_max_attempts == 0 {
+            errs.push("FLEET_STAGE_MAX_ATTEMPTS must be at least 1".into());
+        }
+        if self.max_item_bytes > self.max_body_bytes {
+            errs.push("FLEET_MAX_ITEM_BYTES must not exceed FLEET_MAX_BODY_BYTES".into());
+        }
+        if let Some(t) = &self.api_token
+            && t.trim().is_empty()
+        {
+            errs.push("FLEET_API_TOKEN is set but empty: unset it or give a token".into());
+        }
+        if errs.is_empty() {
+            Ok(())
+        } else {
+            anyhow::bail!("invalid configuration:\n  - {}", errs.join("\n  - "))
+        }
+    }
+
+    /// The workers' heartbeat interval.
+    pub fn heartbeat(&self) -> Duration {
+        self.runtime.heartbeat_interval
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse_and_validate() {
+        let c = Config::parse_args(["fleet-coordinator"]).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.default_route().len(), 3);
+        assert_eq!(c.tick, Duration::from_secs(1));
+        assert_eq!(c.scale_up_allowance, Duration::from_secs(120));
+        assert_eq!(c.max_body_bytes, 10 * 1024 * 1024);
+    }
+
+    #[test]
+    fn route_and_stall_windows() {
+        let r = parse_route("analyze, summarize?,write");
+        assert!(r[0].required && !r[1].required && r[2].required);
+        assert_eq!(r[1].stage, "summarize");
+        let c = Config::parse_args([
+            "x",
+            "--stall-window",
+            "summarize=10m,write=30s",
+            "--route",
+            "a,b?",
+        ])
+        .unwrap();
+        assert_eq!(c.stall_window_for("write"), Some(Duration::from_secs(30)));
+        assert_eq!(c.stall_window_for("a"), None);
+        assert!(Config::parse_args(["x", "--stall-window", "nope"]).is_err());
+        let bad = Config::parse_args(["x", "--route", "bad stage", "--tick", "0s"]).unwrap();
+        let e = bad.validate().unwrap_err().to_string();
+        assert!(e.contains("FLEET_ROUTE") && e.contains("FLEET_TICK"), "{e}");
+    }
+}

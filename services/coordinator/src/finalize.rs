@@ -1,0 +1,134 @@
+//! Finalization rules (DESIGN §5): when a running pipeline becomes final, and
+//! which final state it gets, as a pure function the sweeper applies with a
+//! conditional update.
+
+use crate::model::{Millis, PipelineState};
+
+/// The counts and flags the decision needs, read in the sweeper's transaction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct PipelineFacts {
+    /// Items in the pipeline.
+    pub items_total: i64,
+    /// Items in a terminal state.
+    pub items_terminal: i64,
+    /// Items that succeeded.
+    pub items_succeeded: i64,
+    /// Items whose jobs expired at the deadline.
+    pub items_expired: i64,
+    /// Cancellation was requested.
+    pub cancel_requested: bool,
+    /// The pipeline's deadline.
+    pub deadline_at: Option<Millis>,
+}
+
+/// A final state and its reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verdict {
+    /// The final state.
+    pub state: PipelineState,
+    /// Why, for people.
+    pub reason: String,
+}
+
+/// Decides whether a running pipeline is final at `now`.
+///
+/// Order: an explicit cancellation wins; then, when every item is terminal,
+/// `completed` / `timed_out` (some item expired at the deadline) /
+/// `partial_success` / `failed`; then, `grace` after the deadline, `timed_out`.
+pub fn decide(f: &PipelineFacts, now: Millis, grace_ms: i64) -> Option<Verdict> {
+    let verdict = |state, reason: String| Some(Verdict { state, reason });
+    if f.cancel_requested {
+        return verdict(PipelineState::Cancelled, "cancelled on request".into());
+    }
+    let (n, ok) = (f.items_total, f.items_succeeded);
+    if n > 0 && f.items_terminal >= n {
+        return if ok == n {
+            verdict(PipelineState::Completed, format!("all {n} items succeeded"))
+        } else if f.items_expired > 0 {
+            verdict(
+                PipelineState::TimedOut,
+                format!(
+                    "deadline passed: {} of {n} items expired, {ok} succeeded",
+                    f.items_expired
+                ),
+            )
+        } else if ok > 0 {
+            verdict(
+                PipelineState::PartialSuccess,
+                format!("{ok} of {n} items succeeded, {} failed", n - ok),
+            )
+        } else {
+            verdict(
+                PipelineState::Failed,
+                format!("no item succeeded ({n} failed)"),
+            )
+        };
+    }
+    match f.deadline_at {
+        Some(d) if now >= d.saturating_add(grace_ms) => verdict(
+            PipelineState::TimedOut,
+            format!(
+                "deadline passed with {} of {n} items unfinished",
+                n - f.items_terminal
+            ),
+        ),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn facts(total: i64, terminal: i64, ok: i64) -> PipelineFacts {
+        PipelineFacts {
+            items_total: total,
+            items_terminal: terminal,
+            items_succeeded: ok,
+            ..PipelineFacts::default()
+        }
+    }
+
+    #[test]
+    fn running_until_every_item_is_terminal() {
+        assert_eq!(decide(&facts(3, 2, 2), 0, 0), None);
+    }
+
+    #[test]
+    fn outcome_states() {
+        let s = |f: PipelineFacts| decide(&f, 0, 0).unwrap().state;
+        assert_eq!(s(facts(3, 3, 3)), PipelineState::Completed);
+        assert_eq!(s(facts(3, 3, 1)), PipelineState::PartialSuccess);
+        assert_eq!(s(facts(3, 3, 0)), PipelineState::Failed);
+        let mut expired = facts(3, 3, 1);
+        expired.items_expired = 2;
+        assert_eq!(s(expired), PipelineState::TimedOut);
+        let v = decide(&facts(3, 3, 1), 0, 0).unwrap();
+        assert_eq!(v.reason, "1 of 3 items succeeded, 2 failed");
+    }
+
+    #[test]
+    fn cancellation_wins() {
+        let mut f = facts(3, 3, 3);
+        f.cancel_requested = true;
+        assert_eq!(decide(&f, 0, 0).unwrap().state, PipelineState::Cancelled);
+    }
+
+    #[test]
+    fn deadline_with_grace() {
+        let mut f = facts(4, 1, 1);
+        f.deadline_at = Some(1000);
+        assert_eq!(decide(&f, 999, 0), None);
+        assert_eq!(decide(&f, 1500, 1000), None);
+        let v = decide(&f, 2000, 1000).unwrap();
+        assert_eq!(v.state, PipelineState::TimedOut);
+        assert!(v.reason.contains("3 of 4 items unfinished"), "{}", v.reason);
+        // Finished before the deadline: the outcome rules win.
+        let mut done = facts(2, 2, 2);
+        done.deadline_at = Some(0);
+        assert_eq!(
+            decide(&done, 10, 0).unwrap().state,
+            PipelineState::Completed
+        );
+    }
+}

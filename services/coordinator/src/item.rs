@@ -1,0 +1,249 @@
+//! An item's state derived from its route and its jobs (DESIGN §5 "Items and
+//! pipelines"), as a pure function: the item is terminal when the last stage
+//! of its route is terminal or a required stage failed (its remaining stages
+//! are `skipped`); a failed optional stage passes the item on.
+
+use std::collections::HashMap;
+
+use fleet_protocol::RouteStep;
+
+use crate::model::{ItemState, JobState};
+
+/// What the store knows about one job of the item.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobFact {
+    /// Current state.
+    pub state: JobState,
+    /// Dead-letter reason or last error, when it failed.
+    pub reason: Option<String>,
+}
+
+/// The derived item and the job rows to create or change to match it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ItemView {
+    /// The item's state.
+    pub state: ItemState,
+    /// `completed`, `completed_with_skips`, `dead_lettered`, `cancelled`, `expired`; none while running.
+    pub outcome: Option<&'static str>,
+    /// Stage that ended the item, when it did not succeed.
+    pub failed_stage: Option<String>,
+    /// Human-readable reason, when it did not simply succeed.
+    pub reason: Option<String>,
+    /// The stage whose job must exist and be `queued` (created, or reset from `skipped`).
+    pub queue_stage: Option<(String, bool)>,
+    /// Stages after a terminal failure whose jobs must be `skipped`.
+    pub skip_stages: Vec<(String, bool)>,
+}
+
+/// Derives the item from `route` (all its stages, in order) and its jobs by stage.
+pub fn derive(route: &[RouteStep], jobs: &HashMap<String, JobFact>) -> ItemView {
+    let mut skipped_optional = Vec::new();
+    for (i, step) in route.iter().enumerate() {
+        let rest = || {
+            route[i + 1..]
+                .iter()
+                .map(|s| (s.stage.clone(), s.required))
+                .collect::<Vec<_>>()
+        };
+        let fact = jobs.get(&step.stage);
+        let ended = |state: ItemState, outcome: &'static str, why: String| ItemView {
+            state,
+            outcome: Some(outcome),
+            failed_stage: Some(step.stage.clone()),
+            reason: Some(why),
+            queue_stage: None,
+            skip_stages: rest(),
+        };
+        match fact.map(|f| f.state) {
+            Some(JobState::Succeeded) => {}
+            Some(JobState::DeadLettered) if !step.required => {
+                skipped_optional.push(step.stage.clone());
+            }
+            Some(JobState::DeadLettered) => {
+                let why = fact.and_then(|f| f.reason.clone()).unwrap_or_default();
+                return ended(
+                    ItemState::Failed,
+                    "dead_lettered",
+                    format!("required stage {} dead-lettered: {why}", step.stage),
+                );
+            }
+            Some(JobState::Cancelled) => {
+                return ended(
+                    ItemState::Cancelled,
+                    "cancelled",
+                    "pipeline cancelled".into(),
+                );
+            }
+            Some(JobState::Expired) => {
+                return ended(
+                    ItemState::Expired,
+                    "expired",
+                    "pipeline deadline passed".into(),
+                );
+            }
+            None | Some(JobState::Skipped) => {
+                return ItemView {
+                    state: ItemState::Running,
+                    outcome: None,
+                    failed_stage: None,
+                    reason: None,
+                    queue_stage: Some((step.stage.clone(), step.required)),
+                    skip_stages: Vec::new(),
+                };
+            }
+            Some(JobState::Queued | JobState::Running | JobState::Retrying) => {
+                return ItemView {
+                    state: ItemState::Running,
+                    outcome: None,
+                    failed_stage: None,
+                    reason: None,
+                    queue_stage: None,
+                    skip_stages: Vec::new(),
+                };
+            }
+        }
+    }
+    let (outcome, reason) = if skipped_optional.is_empty() {
+        ("completed", None)
+    } else {
+        (
+            "completed_with_skips",
+            Some(format!(
+                "optional stage(s) skipped: {}",
+                skipped_optional.join(", ")
+            )),
+        )
+    };
+    ItemView {
+        state: ItemState::Succeeded,
+        outcome: Some(outcome),
+        failed_stage: None,
+        reason,
+        queue_stage: None,
+        skip_stages: Vec::new(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route() -> Vec<RouteStep> {
+        vec![
+            RouteStep {
+                stage: "analyze".into(),
+                required: true,
+            },
+            RouteStep {
+                stage: "summarize".into(),
+                required: false,
+            },
+            RouteStep {
+                stage: "write".into(),
+                required: true,
+            },
+        ]
+    }
+
+    fn jobs(states: &[(&str, JobState)]) -> HashMap<String, JobFact> {
+        states
+            .iter()
+            .map(|(s, st)| {
+                (
+                    (*s).to_owned(),
+                    JobFact {
+                        state: *st,
+                        reason: Some("attempts_exhausted: boom".into()),
+                    },
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn running_until_last_stage_succeeds() {
+        let v = derive(&route(), &jobs(&[("analyze", JobState::Running)]));
+        assert_eq!(v.state, ItemState::Running);
+        assert_eq!(v.queue_stage, None);
+        let v = derive(&route(), &jobs(&[("analyze", JobState::Succeeded)]));
+        assert_eq!(v.state, ItemState::Running);
+        assert_eq!(v.queue_stage, Some(("summarize".into(), false)));
+        let v = derive(
+            &route(),
+            &jobs(&[
+                ("analyze", JobState::Succeeded),
+                ("summarize", JobState::Succeeded),
+                ("write", JobState::Succeeded),
+            ]),
+        );
+        assert_eq!(
+            (v.state, v.outcome),
+            (ItemState::Succeeded, Some("completed"))
+        );
+    }
+
+    #[test]
+    fn required_failure_ends_item_and_skips_the_rest() {
+        let v = derive(&route(), &jobs(&[("analyze", JobState::DeadLettered)]));
+        assert_eq!(v.state, ItemState::Failed);
+        assert_eq!(v.failed_stage.as_deref(), Some("analyze"));
+        assert!(v.reason.unwrap().contains("attempts_exhausted"));
+        assert_eq!(
+            v.skip_stages,
+            vec![("summarize".into(), false), ("write".into(), true)]
+        );
+    }
+
+    #[test]
+    fn optional_failure_passes_the_item_on() {
+        let j = jobs(&[
+            ("analyze", JobState::Succeeded),
+            ("summarize", JobState::DeadLettered),
+        ]);
+        let v = derive(&route(), &j);
+        assert_eq!(v.state, ItemState::Running);
+        assert_eq!(v.queue_stage, Some(("write".into(), true)));
+        let mut j = j;
+        j.insert(
+            "write".into(),
+            JobFact {
+                state: JobState::Succeeded,
+                reason: None,
+            },
+        );
+        let v = derive(&route(), &j);
+        assert_eq!(v.state, ItemState::Succeeded);
+        assert_eq!(v.outcome, Some("completed_with_skips"));
+        assert!(v.reason.unwrap().contains("summarize"));
+    }
+
+    #[test]
+    fn expired_and_cancelled_end_the_item() {
+        let v = derive(
+            &route(),
+            &jobs(&[
+                ("analyze", JobState::Succeeded),
+                ("summarize", JobState::Expired),
+            ]),
+        );
+        assert_eq!(v.state, ItemState::Expired);
+        assert_eq!(v.skip_stages, vec![("write".into(), true)]);
+        let v = derive(&route(), &jobs(&[("analyze", JobState::Cancelled)]));
+        assert_eq!(v.state, ItemState::Cancelled);
+    }
+
+    #[test]
+    fn superseding_success_reopens_a_skipped_stage() {
+        // analyze flipped from dead_lettered to succeeded; summarize had been skipped.
+        let v = derive(
+            &route(),
+            &jobs(&[
+                ("analyze", JobState::Succeeded),
+                ("summarize", JobState::Skipped),
+                ("write", JobState::Skipped),
+            ]),
+        );
+        assert_eq!(v.state, ItemState::Running);
+        assert_eq!(v.queue_stage, Some(("summarize".into(), false)));
+    }
+}

@@ -1,0 +1,281 @@
+//! fleet coordinator: knows where every pipeline stands (DESIGN §5–§6).
+//!
+//! It accepts pipelines (HTTP API and the submit queue) idempotently, stores
+//! them with their first jobs and publishes those through a transactional
+//! outbox; ingests event batches and heartbeats through the job state machine;
+//! archives every dead letter; and runs a sweeper on every tick that names
+//! stalled jobs and finalizes each pipeline exactly once.
+//!
+//! [`run`] connects to the broker by URL; [`run_with`] takes a broker (e.g. the
+//! memory broker `fleetctl demo` shares with in-process workers); [`start`]
+//! returns once everything listens, for tests.
+
+pub mod api;
+pub mod app;
+pub mod archive;
+pub mod config;
+pub mod consumer;
+pub mod db;
+pub mod error;
+pub mod events;
+pub mod finalize;
+pub mod ingest;
+pub mod item;
+pub mod metrics;
+pub mod model;
+pub mod outbox;
+pub mod plan;
+pub mod report;
+pub mod schema;
+pub mod stall;
+pub mod submit;
+pub mod submitq;
+pub mod sweeper;
+pub mod transition;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use anyhow::Context;
+use fleet_core::broker::default_retry_ladder;
+use fleet_core::{Broker, BrokerKind, Destination, OutMessage, Topology};
+use fleet_protocol::Names;
+use fleet_runtime::telemetry::{AdminServer, Health};
+use fleet_store::{Store, StoreOptions, params};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+pub use app::App;
+pub use config::Config;
+
+/// How long shutdown waits for the tasks to stop.
+const STOP_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait to reach the database at start-up.
+const DB_START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// A started coordinator.
+pub struct Running {
+    /// Where the API listens.
+    pub api_addr: SocketAddr,
+    /// Where `/metrics`, `/healthz`, `/readyz` listen.
+    pub admin_addr: SocketAddr,
+    /// The shared context (store, broker, config).
+    pub app: App,
+    tasks: JoinSet<()>,
+}
+
+impl Running {
+    /// Waits for every task to end after `shutdown` was cancelled (bounded).
+    pub async fn wait(mut self) {
+        let drain = async { while self.tasks.join_next().await.is_some() {} };
+        if tokio::time::timeout(STOP_TIMEOUT, drain).await.is_err() {
+            tracing::warn!("coordinator tasks did not stop in time; aborting them");
+            self.tasks.abort_all();
+        }
+    }
+}
+
+/// Parses nothing, connects the broker by URL, and runs until `shutdown`.
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    config.validate()?;
+    fleet_runtime::telemetry::logging::init(config.runtime.log_format);
+    let broker = fleet_runtime::connect::connect_with_retry(&config.runtime, &shutdown).await?;
+    let out = run_with(config, broker.clone(), shutdown).await;
+    broker.close().await;
+    out
+}
+
+/// Runs on `broker` until `shutdown`.
+pub async fn run_with(
+    config: Config,
+    broker: Arc<dyn Broker>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
+    let running = start(config, broker, shutdown.clone()).await?;
+    tracing::info!(api = %running.api_addr, admin = %running.admin_addr, "coordinator running");
+    shutdown.cancelled().await;
+    running.wait().await;
+    Ok(())
+}
+
+/// The topology the coordinator declares: the default route's stages plus `submit`'s DLQ.
+pub fn topology(config: &Config) -> Topology {
+    let mut stages: Vec<String> = config
+        .default_route()
+        .into_iter()
+        .map(|s| s.stage)
+        .collect();
+    stages.push(submitq::SUBMIT_STAGE.into());
+    Topology {
+        names: Names::new(&config.runtime.prefix),
+        stages,
+        ack_wait: config.runtime.ack_wait,
+        max_deliver: config.runtime.max_deliver,
+        max_ack_pending: config.runtime.max_ack_pending,
+        retry_ladder: default_retry_ladder(),
+    }
+}
+
+async fn open_store(config: &Config, shutdown: &CancellationToken) -> anyhow::Result<Store> {
+    let opts = StoreOptions {
+        statement_timeout: config.statement_timeout,
+        pool_size: config.database_pool,
+        ..StoreOptions::default()
+    };
+    let store = Store::connect(config.database_url.as_deref(), &config.sqlite_path, opts)
+        .await
+        .context(
+            "opening the coordinator's database (check FLEET_DATABASE_URL / FLEET_SQLITE_PATH)",
+        )?;
+    let since = tokio::time::Instant::now();
+    loop {
+        match store
+            .migrate(schema::COMPONENT, schema::migrations(store.kind()))
+            .await
+        {
+            Ok(_) => return Ok(store),
+            Err(e)
+                if e.is_transient()
+                    && since.elapsed() < DB_START_TIMEOUT
+                    && !shutdown.is_cancelled() =>
+            {
+                tracing::warn!(error = %e, db = store.describe(), "database not ready; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Err(e) => {
+                return Err(e).with_context(|| {
+                    format!("migrating the coordinator tables in {}", store.describe())
+                });
+            }
+        }
+    }
+}
+
+/// Starts every part and returns once the API and admin servers listen.
+pub async fn start(
+    config: Config,
+    broker: Arc<dyn Broker>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<Running> {
+    static DESCRIBE: Once = Once::new();
+    config.validate()?;
+    let store = open_store(&config, &shutdown).await?;
+    broker
+        .declare(&topology(&config))
+        .await
+        .context("declaring the broker topology")?;
+    let health = Arc::new(Health::default());
+    let admin =
+        AdminServer::start(config.runtime.admin_addr, health.clone(), shutdown.clone()).await?;
+    DESCRIBE.call_once(metrics::describe);
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot bind the API address {} (set FLEET_LISTEN to a free port)",
+                config.listen
+            )
+        })?;
+    let api_addr = listener.local_addr()?;
+    let app = App::new(store, broker, config);
+    let mut tasks = JoinSet::new();
+
+    let router = api::router(app.clone());
+    let stop = shutdown.clone();
+    tasks.spawn(async move {
+        let served = axum::serve(listener, router)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "API server stopped");
+        }
+    });
+    tasks.spawn(outbox::run_relay(
+        app.store.clone(),
+        app.broker.clone(),
+        app.relay.clone(),
+        shutdown.clone(),
+    ));
+    let sweep = sweeper::SweepConfig {
+        heartbeat: app.config.heartbeat(),
+        scale_up_allowance: app.config.scale_up_allowance,
+        deadline_grace: app.config.deadline_grace,
+        stall_windows: app.config.stall_window.iter().cloned().collect(),
+        stages: app.stages(),
+        started_at: app.started_at,
+    };
+    tasks.spawn(sweeper::run(
+        app.store.clone(),
+        sweep,
+        app.config.tick,
+        app.relay.clone(),
+        shutdown.clone(),
+    ));
+    tasks.spawn(events::run(app.clone(), shutdown.clone()));
+    tasks.spawn(submitq::run(app.clone(), shutdown.clone()));
+    let mut dlq_stages = app.stages();
+    dlq_stages.push(submitq::SUBMIT_STAGE.into());
+    for stage in dlq_stages {
+        tasks.spawn(archive::run(app.clone(), stage, shutdown.clone()));
+    }
+    if app.broker.kind() == BrokerKind::RabbitMq {
+        tasks.spawn(rebroadcast_cancellations(app.clone(), shutdown.clone()));
+    }
+    tasks.spawn(readiness(app.clone(), health, shutdown.clone()));
+    Ok(Running {
+        api_addr,
+        admin_addr: admin.addr,
+        app,
+        tasks,
+    })
+}
+
+/// `/readyz`: database answers and broker connected, checked every 2 s.
+async fn readiness(app: App, health: Arc<Health>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => { health.set_draining(); return; }
+        }
+        let db = tokio::time::timeout(Duration::from_secs(5), app.store.ping()).await;
+        health.set_ready(matches!(db, Ok(Ok(()))) && app.broker.is_connected());
+    }
+}
+
+/// RabbitMQ keeps no message for late subscribers: re-broadcast recent cancellations every tick.
+async fn rebroadcast_cancellations(app: App, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(app.config.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let window = i64::try_from(app.config.cancel_rebroadcast.as_millis()).unwrap_or(i64::MAX);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let rows = app
+            .store
+            .query(
+                "SELECT pipeline_id FROM coord_pipelines WHERE cancel_requested_at IS NOT NULL AND cancel_requested_at >= $1",
+                params![model::now_ms() - window],
+            )
+            .await;
+        let Ok(rows) = rows else { continue };
+        for r in rows {
+            let Ok(id) = r.get::<String>("pipeline_id") else {
+                continue;
+            };
+            let body = serde_json::json!({"pipeline_id": id}).to_string();
+            let msg = OutMessage::new(Destination::Control { pipeline_id: id }, body.into_bytes());
+            if let Ok(Err(e)) | Err(e) =
+                tokio::time::timeout(Duration::from_secs(5), app.broker.publish(msg))
+                    .await
+                    .map_err(|_| fleet_core::BrokerError::Timeout(Duration::from_secs(5)))
+            {
+                tracing::debug!(error = %e, "re-broadcasting a cancellation failed; next tick retries");
+                break;
+            }
+        }
+    }
+}

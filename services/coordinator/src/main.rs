@@ -1,0 +1,10 @@
+//! `fleet-coordinator`: parse the config, run until SIGTERM/SIGINT.
+
+use clap::Parser;
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let config = fleet_coordinator::Config::parse();
+    let shutdown = fleet_runtime::shutdown::on_signals();
+    fleet_coordinator::run(config, shutdown).await
+}

@@ -1,0 +1,63 @@
+//! The coordinator's metrics (DESIGN §7), with their descriptions. Labels come
+//! from closed sets (states, stages, stall kinds, reasons); never an id.
+
+use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+
+/// Gauge `{state}`: pipelines by state.
+pub const PIPELINES: &str = "fleet_pipelines";
+/// Counter `{state}`: pipelines finalized, by final state.
+pub const PIPELINES_FINALIZED: &str = "fleet_pipelines_finalized_total";
+/// Counter: pipelines accepted (new, not idempotent repeats).
+pub const PIPELINES_SUBMITTED: &str = "fleet_pipelines_submitted_total";
+/// Gauge `{stage,kind}`: stalled jobs by stall kind.
+pub const JOBS_STALLED: &str = "fleet_jobs_stalled";
+/// Gauge `{stage}`: workers whose heartbeats are current.
+pub const WORKERS_ALIVE: &str = "fleet_workers_alive";
+/// Gauge `{stage,health}`: unfinished jobs, split into healthy and stalled.
+pub const STAGE_BACKLOG: &str = "fleet_stage_backlog";
+/// Counter: sweeper ticks that ran (held the lock and committed).
+pub const SWEEPER_TICKS: &str = "fleet_sweeper_ticks_total";
+/// Counter `{result}`: sweeper ticks that were skipped (another replica held the lock) or failed.
+pub const SWEEPER_SKIPPED: &str = "fleet_sweeper_skipped_total";
+/// Histogram: sweeper tick duration.
+pub const SWEEP_DURATION: &str = "fleet_sweeper_duration_seconds";
+/// Counter `{stage,reason}`: dead letters archived.
+pub const DEAD_LETTERS: &str = "fleet_dead_letters_total";
+/// Counter `{result}`: event batches ingested (`ok`) or rejected (`invalid`).
+pub const EVENT_BATCHES: &str = "fleet_coordinator_event_batches_total";
+/// Counter `{result}`: submissions from the submit queue (`created`, `existing`, `rejected`).
+pub const QUEUE_SUBMISSIONS: &str = "fleet_coordinator_queue_submissions_total";
+/// Counter: late results (after finalization).
+pub const LATE_EVENTS: &str = "fleet_late_events_total";
+
+/// Registers HELP text for every coordinator metric.
+pub fn describe() {
+    describe_gauge!(PIPELINES, "Pipelines in the store, by state.");
+    describe_counter!(PIPELINES_FINALIZED, "Pipelines finalized, by final state.");
+    describe_counter!(PIPELINES_SUBMITTED, "New pipelines accepted.");
+    describe_gauge!(
+        JOBS_STALLED,
+        "Unfinished jobs reported stalled, by stage and kind (worker_lost, no_progress, no_consumer, overdue)."
+    );
+    describe_gauge!(WORKERS_ALIVE, "Workers with a current heartbeat, by stage.");
+    describe_gauge!(
+        STAGE_BACKLOG,
+        "Unfinished jobs by stage, split into healthy and stalled (scale on the healthy part)."
+    );
+    describe_counter!(SWEEPER_TICKS, "Sweeper ticks that ran to completion.");
+    describe_counter!(
+        SWEEPER_SKIPPED,
+        "Sweeper ticks that did not run: another replica held the lock, or the tick failed."
+    );
+    describe_histogram!(SWEEP_DURATION, Unit::Seconds, "Sweeper tick duration.");
+    describe_counter!(DEAD_LETTERS, "Dead letters archived, by stage and reason.");
+    describe_counter!(EVENT_BATCHES, "Event batches ingested, by result.");
+    describe_counter!(
+        QUEUE_SUBMISSIONS,
+        "Submissions read from the submit queue, by result."
+    );
+    describe_counter!(
+        LATE_EVENTS,
+        "Job results that arrived after their pipeline was finalized."
+    );
+}

@@ -1,0 +1,182 @@
+//! The pipeline report: what `GET /v1/pipelines/{id}` returns, what the SSE
+//! `final` event carries, and the body of the finalized-pipeline message.
+
+use std::collections::BTreeMap;
+
+use fleet_store::{StoreError, params};
+use serde::Serialize;
+
+use crate::db::Db;
+use crate::model::{Millis, to_time};
+
+/// A stalled job as the API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Stalled {
+    /// The job.
+    pub job_id: String,
+    /// Its stage.
+    pub stage: String,
+    /// `worker_lost`, `no_progress`, `no_consumer` or `overdue`.
+    pub kind: String,
+    /// Since when (RFC 3339).
+    pub since: Option<String>,
+    /// The worker that ran it last, if any.
+    pub worker_id: Option<String>,
+}
+
+/// One item's outcome.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ItemReport {
+    /// The item.
+    pub item_id: String,
+    /// `running`, `succeeded`, `failed`, `cancelled`, `expired`, `timed_out`.
+    pub state: String,
+    /// How it ended (`completed`, `completed_with_skips`, `dead_lettered`, …).
+    pub outcome: Option<String>,
+    /// The stage that ended it, when it did not succeed.
+    pub failed_stage: Option<String>,
+    /// Why, for people.
+    pub reason: Option<String>,
+}
+
+/// The full report of one pipeline.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PipelineReport {
+    /// Its id.
+    pub pipeline_id: String,
+    /// Its state.
+    pub state: String,
+    /// Creation time.
+    pub created_at: String,
+    /// Finalization time.
+    pub finalized_at: Option<String>,
+    /// Deadline.
+    pub deadline_at: Option<String>,
+    /// Finalization reason.
+    pub reason: Option<String>,
+    /// The pipeline it replays.
+    pub replay_of: Option<String>,
+    /// Items in all.
+    pub items_total: i64,
+    /// Items in a terminal state.
+    pub items_terminal: i64,
+    /// Job counts by stage and job state.
+    pub stages: BTreeMap<String, BTreeMap<String, i64>>,
+    /// Stalled jobs.
+    pub stalled: Vec<Stalled>,
+    /// Per-item outcomes.
+    pub items: Vec<ItemReport>,
+}
+
+/// RFC 3339 of a store time.
+pub fn rfc3339(ms: Millis) -> String {
+    to_time(ms).to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
+}
+
+/// Job counts by stage and state for one pipeline.
+pub async fn stage_counts(
+    db: &mut Db<'_>,
+    pipeline_id: &str,
+) -> Result<BTreeMap<String, BTreeMap<String, i64>>, StoreError> {
+    let rows = db
+        .query(
+            "SELECT stage, state, COUNT(*) AS n FROM coord_jobs WHERE pipeline_id = $1 GROUP BY stage, state",
+            params![pipeline_id],
+        )
+        .await?;
+    let mut out: BTreeMap<String, BTreeMap<String, i64>> = BTreeMap::new();
+    for r in rows {
+        out.entry(r.get("stage")?)
+            .or_default()
+            .insert(r.get("state")?, r.get("n")?);
+    }
+    Ok(out)
+}
+
+/// `(items_total, items_terminal)` of one pipeline.
+pub async fn item_counts(db: &mut Db<'_>, pipeline_id: &str) -> Result<(i64, i64), StoreError> {
+    let row = db
+        .query_opt(
+            "SELECT COUNT(*) AS total, CAST(COALESCE(SUM(CASE WHEN state <> 'running' THEN 1 ELSE 0 END), 0) AS BIGINT) AS terminal \
+             FROM coord_items WHERE pipeline_id = $1",
+            params![pipeline_id],
+        )
+        .await?;
+    match row {
+        Some(r) => Ok((r.get("total")?, r.get("terminal")?)),
+        None => Ok((0, 0)),
+    }
+}
+
+/// Builds the report of `pipeline_id`, or `None` if there is no such pipeline.
+pub async fn build(
+    db: &mut Db<'_>,
+    pipeline_id: &str,
+    with_items: bool,
+) -> Result<Option<PipelineReport>, StoreError> {
+    let Some(p) = db
+        .query_opt(
+            "SELECT pipeline_id, state, created_at, finalized_at, deadline_at, reason, replay_of \
+             FROM coord_pipelines WHERE pipeline_id = $1",
+            params![pipeline_id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let (items_total, items_terminal) = item_counts(db, pipeline_id).await?;
+    let stages = stage_counts(db, pipeline_id).await?;
+    let stalled = db
+        .query(
+            "SELECT job_id, stage, stall_kind, stall_since, worker_id FROM coord_jobs \
+             WHERE pipeline_id = $1 AND stall_kind IS NOT NULL ORDER BY job_id LIMIT 1000",
+            params![pipeline_id],
+        )
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(Stalled {
+                job_id: r.get("job_id")?,
+                stage: r.get("stage")?,
+                kind: r.get("stall_kind")?,
+                since: r.get::<Option<i64>>("stall_since")?.map(rfc3339),
+                worker_id: r.get("worker_id")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?;
+    let items = if with_items {
+        db.query(
+            "SELECT item_id, state, outcome, failed_stage, reason FROM coord_items \
+             WHERE pipeline_id = $1 ORDER BY item_id",
+            params![pipeline_id],
+        )
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(ItemReport {
+                item_id: r.get("item_id")?,
+                state: r.get("state")?,
+                outcome: r.get("outcome")?,
+                failed_stage: r.get("failed_stage")?,
+                reason: r.get("reason")?,
+            })
+        })
+        .collect::<Result<Vec<_>, StoreError>>()?
+    } else {
+        Vec::new()
+    };
+    Ok(Some(PipelineReport {
+        pipeline_id: p.get("pipeline_id")?,
+        state: p.get("state")?,
+        created_at: rfc3339(p.get("created_at")?),
+        finalized_at: p.get::<Option<i64>>("finalized_at")?.map(rfc3339),
+        deadline_at: p.get::<Option<i64>>("deadline_at")?.map(rfc3339),
+        reason: p.get("reason")?,
+        replay_of: p.get("replay_of")?,
+        items_total,
+        items_terminal,
+        stages,
+        stalled,
+        items,
+    }))
+}

@@ -1,0 +1,224 @@
+//! The coordinator on the real brokers (RabbitMQ, NATS JetStream) and
+//! PostgreSQL (a schema per test). Fails loudly when a service is unreachable.
+#![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Backend, Harness, event, heartbeat, submission};
+use fleet_core::{Destination, OutMessage, Source, SubscribeOptions};
+use fleet_protocol::EventKind;
+use fleet_test_support::wait_for;
+use serde_json::json;
+
+const STAGES: [&str; 3] = ["analyze", "summarize", "write"];
+const T: Duration = Duration::from_secs(20);
+
+async fn completes(backend: Backend) {
+    let h = Harness::new(backend, "complete", &[]).await;
+    let items = ["a", "b", "c"];
+    h.submit("p1", &items, json!({})).await;
+    let jobs = h.take_jobs("analyze", 3, T).await;
+    assert!(
+        jobs.iter()
+            .all(|j| j.pipeline_id == "p1" && j.route.len() == 2)
+    );
+    for stage in STAGES {
+        h.finish("p1", &items, stage, EventKind::Succeeded).await;
+    }
+    let r = h.wait_state("p1", "completed", T).await;
+    assert_eq!(r["items_terminal"], 3);
+    wait_for("the final message published", T, || async {
+        h.store()
+            .query_one(
+                "SELECT COUNT(*) AS n FROM coord_outbox WHERE published_at IS NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<i64>("n")
+            .unwrap()
+            == 0
+    })
+    .await;
+    assert_eq!(h.final_messages("p1").await, 1);
+    h.cleanup().await;
+}
+
+async fn two_replicas(backend: Backend) {
+    let mut h = Harness::new(backend, "replicas", &[]).await;
+    let second = h.start_coordinator().await;
+    let other = h.coordinators[second].0.api_addr;
+    // The same submission to both replicas at once makes one pipeline.
+    let body = submission(Some("dup"), &["a"]).to_string();
+    let (a, b) = tokio::join!(
+        common::http_at(h.api(), "POST", "/v1/pipelines", Some(&body), &[]),
+        common::http_at(other, "POST", "/v1/pipelines", Some(&body), &[]),
+    );
+    let mut codes = [a.0, b.0];
+    codes.sort_unstable();
+    assert_eq!(codes, [200, 201], "{a:?} {b:?}");
+    let ids: Vec<String> = (0..8).map(|i| format!("r{i}")).collect();
+    for id in &ids {
+        h.submit(id, &["a", "b"], json!({})).await;
+    }
+    for id in ids.iter().chain(std::iter::once(&"dup".to_owned())) {
+        let items: &[&str] = if id == "dup" { &["a"] } else { &["a", "b"] };
+        for stage in STAGES {
+            h.finish(id, items, stage, EventKind::Succeeded).await;
+        }
+    }
+    for id in &ids {
+        h.wait_state(id, "completed", T).await;
+    }
+    h.wait_state("dup", "completed", T).await;
+    // Let both sweepers run a few more ticks, then count finalization messages.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rows = h
+        .store()
+        .query(
+            "SELECT msg_id, COUNT(*) AS n FROM coord_outbox WHERE dest_kind = 'pipeline' GROUP BY msg_id",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), ids.len() + 1);
+    for r in rows {
+        assert_eq!(
+            r.get::<i64>("n").unwrap(),
+            1,
+            "{:?}",
+            r.get::<String>("msg_id")
+        );
+    }
+    h.cleanup().await;
+}
+
+async fn submit_queue_twice(backend: Backend) {
+    let h = Harness::new(backend, "submitq", &[]).await;
+    let body = serde_json::to_vec(&submission(None, &["a", "b"])).unwrap();
+    for _ in 0..2 {
+        h.broker
+            .publish(OutMessage::new(Destination::Submit, body.clone()))
+            .await
+            .unwrap();
+    }
+    h.broker
+        .publish(OutMessage::new(Destination::Submit, b"nope".to_vec()))
+        .await
+        .unwrap();
+    wait_for("the rejected submission archived", T, || async {
+        let (_, v) = h.get("/v1/dlq?stage=submit&reason=decode_error").await;
+        v["dead_letters"].as_array().map_or(0, Vec::len) == 1
+    })
+    .await;
+    let jobs = h.take_jobs("analyze", 2, T).await;
+    assert_eq!(jobs[0].pipeline_id, jobs[1].pipeline_id);
+    let (_, list) = h.get("/v1/pipelines").await;
+    assert_eq!(list["pipelines"].as_array().unwrap().len(), 1, "{list}");
+    h.cleanup().await;
+}
+
+async fn cancel_broadcasts(backend: Backend) {
+    let h = Harness::new(backend, "cancel", &[]).await;
+    let mut control = h
+        .broker
+        .subscribe(Source::Control, SubscribeOptions { prefetch: 8 })
+        .await
+        .unwrap();
+    h.submit("pc", &["a"], json!({})).await;
+    let (s, v) = h.post("/v1/pipelines/pc/cancel", &json!({})).await;
+    assert_eq!((s, v["state"].clone()), (202, json!("cancelled")), "{v}");
+    let mut got = false;
+    let until = tokio::time::Instant::now() + T;
+    while !got && tokio::time::Instant::now() < until {
+        for d in control.fetch(8, Duration::from_millis(500)).await.unwrap() {
+            got |= String::from_utf8_lossy(&d.body).contains("pc");
+            let _ = d.acker.ack().await;
+        }
+    }
+    assert!(got, "a control message for pc");
+    assert_eq!(h.final_messages("pc").await, 1);
+    h.cleanup().await;
+}
+
+async fn stalls_and_deadline(backend: Backend) {
+    let h = Harness::new(
+        backend,
+        "stalls",
+        &["--heartbeat-interval=300ms", "--scale-up-allowance=500ms"],
+    )
+    .await;
+    h.submit("ps", &["a"], json!({})).await;
+    wait_for("no_consumer", T, || async {
+        h.report("ps").await["stalled"][0]["kind"] == "no_consumer"
+    })
+    .await;
+    let j = "ps/a/analyze";
+    h.send(
+        "analyze",
+        vec![event(j, "ps", "analyze", 1, 0, EventKind::Started)],
+        Some(heartbeat("w-1", "analyze", &[(j, "ps")])),
+    )
+    .await;
+    wait_for("worker_lost", T, || async {
+        h.report("ps").await["stalled"][0]["kind"] == "worker_lost"
+    })
+    .await;
+    let deadline = (chrono::Utc::now() + chrono::Duration::milliseconds(500)).to_rfc3339();
+    h.submit("pd", &["a"], json!({"deadline_at": deadline}))
+        .await;
+    h.wait_state("pd", "timed_out", T).await;
+    h.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_postgres_pipeline_completes() {
+    completes(Backend::Rabbit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_postgres_pipeline_completes() {
+    completes(Backend::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_postgres_two_replicas_never_double_finalize() {
+    two_replicas(Backend::Rabbit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_postgres_two_replicas_never_double_finalize() {
+    two_replicas(Backend::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_postgres_submit_queue_twice_makes_one_pipeline() {
+    submit_queue_twice(Backend::Rabbit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_postgres_submit_queue_twice_makes_one_pipeline() {
+    submit_queue_twice(Backend::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_postgres_cancel_broadcasts() {
+    cancel_broadcasts(Backend::Rabbit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_postgres_cancel_broadcasts() {
+    cancel_broadcasts(Backend::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_postgres_stalls_and_deadline() {
+    stalls_and_deadline(Backend::Rabbit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_postgres_stalls_and_deadline() {
+    stalls_and_deadline(Backend::Nats).await;
+}

@@ -1,0 +1,204 @@
+//! The built-in `extractive` provider: TextRank over the item's sentences.
+//! Deterministic and model-free; CPU-bound (quadratic in sentences), so the
+//! handler runs it through `ctx.blocking`.
+
+use std::collections::HashSet;
+
+use fleet_analyzer::analysis::guess_language;
+use fleet_analyzer::text::{sentences, stopwords, words};
+
+/// Default summary length in sentences.
+pub const DEFAULT_TARGET_SENTENCES: usize = 3;
+/// Default summary length bound in characters (about a paragraph).
+pub const DEFAULT_TARGET_CHARS: usize = 600;
+/// TextRank damping factor (the PageRank value).
+const DAMPING: f64 = 0.85;
+/// Power iterations: scores are stable to ~1e-3 well before this on real text.
+const ITERATIONS: usize = 20;
+/// Sentences ranked at most: bounds the quadratic similarity matrix for huge items.
+const MAX_RANKED_SENTENCES: usize = 1500;
+
+/// Target length of an extractive summary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExtractiveOptions {
+    /// Most sentences in the summary.
+    pub target_sentences: usize,
+    /// Most characters in the summary (a single longer top sentence is cut at a word).
+    pub target_chars: usize,
+}
+
+impl Default for ExtractiveOptions {
+    fn default() -> Self {
+        ExtractiveOptions {
+            target_sentences: DEFAULT_TARGET_SENTENCES,
+            target_chars: DEFAULT_TARGET_CHARS,
+        }
+    }
+}
+
+/// TextRank scores of `sentences`: similarity is the word overlap (non-stop words)
+/// normalized by the log of both sentence lengths; 20 damped power iterations.
+pub fn rank(sentences: &[&str], stop: &HashSet<&str>) -> Vec<f64> {
+    let bags: Vec<HashSet<String>> = sentences
+        .iter()
+        .map(|s| {
+            words(s)
+                .into_iter()
+                .filter(|w| !stop.contains(w.as_str()))
+                .collect()
+        })
+        .collect();
+    let n = bags.len();
+    let mut weights = vec![vec![0.0f64; n]; n];
+    for i in 0..n {
+        for j in (i + 1)..n {
+            let (a, b) = (&bags[i], &bags[j]);
+            if a.is_empty() || b.is_empty() {
+                continue;
+            }
+            let overlap = a.iter().filter(|w| b.contains(*w)).count() as f64;
+            if overlap > 0.0 {
+                let norm = ((a.len() + 1) as f64).ln() + ((b.len() + 1) as f64).ln();
+                weights[i][j] = overlap / norm;
+                weights[j][i] = overlap / norm;
+            }
+        }
+    }
+    let out_sum: Vec<f64> = weights.iter().map(|row| row.iter().sum()).collect();
+    let mut scores = vec![1.0f64; n];
+    for _ in 0..ITERATIONS {
+        let next: Vec<f64> = (0..n)
+            .map(|i| {
+                let incoming: f64 = (0..n)
+                    .filter(|&j| out_sum[j] > 0.0 && weights[j][i] > 0.0)
+                    .map(|j| weights[j][i] / out_sum[j] * scores[j])
+                    .sum();
+                (1.0 - DAMPING) + DAMPING * incoming
+            })
+            .collect();
+        scores = next;
+    }
+    scores
+}
+
+/// Summarizes `text`: the top-ranked sentences, in their original order, within the target.
+pub fn summarize(text: &str, opts: &ExtractiveOptions) -> String {
+    let all = sentences(text);
+    let considered = &all[..all.len().min(MAX_RANKED_SENTENCES)];
+    if considered.is_empty() || opts.target_sentences == 0 || opts.target_chars == 0 {
+        return String::new();
+    }
+    let lang = guess_language(&words(text));
+    let scores = rank(considered, stopwords(&lang));
+    let mut order: Vec<usize> = (0..considered.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    let mut picked: Vec<usize> = Vec::new();
+    let mut used = 0usize;
+    for i in order {
+        if picked.len() >= opts.target_sentences {
+            break;
+        }
+        let len = considered[i].chars().count() + usize::from(!picked.is_empty());
+        if used + len <= opts.target_chars {
+            picked.push(i);
+            used += len;
+        } else if picked.is_empty() {
+            // The best sentence alone is too long: cut it rather than return nothing.
+            return cut_at_word(considered[i], opts.target_chars);
+        }
+    }
+    picked.sort_unstable();
+    picked
+        .iter()
+        .map(|&i| considered[i])
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// `s` cut to at most `max` characters at a word boundary, ending with `…`.
+fn cut_at_word(s: &str, max: usize) -> String {
+    let budget = max.saturating_sub(1);
+    let end = s.char_indices().nth(budget).map_or(s.len(), |(i, _)| i);
+    let cut = s[..end]
+        .rfind(char::is_whitespace)
+        .filter(|&i| i > 0)
+        .unwrap_or(end);
+    format!("{}…", s[..cut].trim_end())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = "Message queues decouple producers from consumers. \
+        A consumer fleet processes jobs from the message queues under hard deadlines. \
+        The weather was pleasant yesterday. \
+        Deadlines protect the consumer fleet from hanging jobs and stuck consumers. \
+        Retries with backoff keep message queues from overload when consumers fail. \
+        Bananas are yellow.";
+
+    #[test]
+    fn deterministic_and_central_sentences_win() {
+        let opts = ExtractiveOptions::default();
+        let a = summarize(TEXT, &opts);
+        assert_eq!(a, summarize(TEXT, &opts));
+        assert!(!a.contains("weather") && !a.contains("Bananas"), "{a}");
+        assert_eq!(sentences(&a).len(), 3, "{a}");
+        // Original order is kept.
+        let positions: Vec<usize> = sentences(&a)
+            .iter()
+            .map(|s| TEXT.find(s).expect("sentence from the text"))
+            .collect();
+        assert!(positions.windows(2).all(|w| w[0] < w[1]), "{a}");
+    }
+
+    #[test]
+    fn respects_target_length() {
+        let opts = ExtractiveOptions {
+            target_sentences: 10,
+            target_chars: 160,
+        };
+        let s = summarize(TEXT, &opts);
+        assert!(s.chars().count() <= 160, "{s}");
+        assert!(sentences(&s).len() >= 2, "{s}");
+        let one = ExtractiveOptions {
+            target_sentences: 1,
+            target_chars: 600,
+        };
+        assert_eq!(sentences(&summarize(TEXT, &one)).len(), 1);
+        let tiny = ExtractiveOptions {
+            target_sentences: 3,
+            target_chars: 20,
+        };
+        let t = summarize(TEXT, &tiny);
+        assert!(t.chars().count() <= 20 && t.ends_with('…'), "{t}");
+    }
+
+    #[test]
+    fn one_sentence_and_empty_input() {
+        let opts = ExtractiveOptions::default();
+        assert_eq!(summarize("", &opts), "");
+        assert_eq!(summarize("   \n\n ", &opts), "");
+        assert_eq!(
+            summarize("Just one sentence here.", &opts),
+            "Just one sentence here."
+        );
+        assert_eq!(
+            summarize("no punctuation at all", &opts),
+            "no punctuation at all"
+        );
+    }
+
+    #[test]
+    fn large_item_is_fast_enough() {
+        let para = TEXT.repeat(60); // ~25 KB, 360 sentences
+        let t = std::time::Instant::now();
+        let s = summarize(&para, &ExtractiveOptions::default());
+        assert!(!s.is_empty());
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+}

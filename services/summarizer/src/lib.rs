@@ -1,0 +1,75 @@
+//! fleet-summarizer: the `summarize` stage (DESIGN §6). Each item is
+//! summarized by the first working provider: the configured OpenAI-compatible
+//! endpoints in order (routed by item length, skipped while their breaker is
+//! open), finally the built-in `extractive` TextRank summarizer, which is also
+//! the default when no provider is configured.
+//!
+//! # Payload contract
+//!
+//! Input (the `summarize` job's payload, from the analyzer): `{"text", "metadata",
+//! "analysis": {…, "chunks": [{index, start, end, text}], …}}`. Only `text` is
+//! required; without `analysis.chunks` the item is chunked here.
+//!
+//! Output (the next job's payload, normally `write`): the input object, every
+//! field kept (including `skipped_stages`), plus `summary`:
+//!
+//! ```json
+//! {"text": "...", "metadata": {...}, "analysis": {...},
+//!  "summary": {"text": "...", "provider": "extractive", "fallback": true,
+//!              "fallback_reason": "local: timed out: ...", "chunks": 1, "duration_ms": 12}}
+//! ```
+//!
+//! `provider` is `extractive` or a configured provider's name; `fallback` is
+//! true when a configured provider failed (error, timeout, open breaker) and
+//! a later one produced the summary. A 429 with `Retry-After` from the last
+//! provider becomes `JobError::RetryAfter` (on the job's last attempt the
+//! extractive fallback is used instead, so the item is not lost).
+
+pub mod config;
+pub mod extractive;
+pub mod handler;
+pub mod openai;
+pub mod summarize;
+pub mod telemetry;
+
+use std::sync::Arc;
+
+pub use config::Config;
+pub use handler::SummarizeHandler;
+pub use summarize::{Summarizer, Summary};
+
+use tokio_util::sync::CancellationToken;
+
+/// The stage this service consumes by default.
+pub const STAGE: &str = "summarize";
+
+/// Builds the handler described by `config` (providers, breakers, clients).
+pub fn build_handler(config: &Config) -> anyhow::Result<SummarizeHandler> {
+    let providers = config
+        .providers()?
+        .into_iter()
+        .map(|p| openai::OpenAiProvider::new(p).map(Arc::new))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    tracing::info!(
+        providers = ?providers.iter().map(|p| p.name()).collect::<Vec<_>>(),
+        "summary providers (then extractive)"
+    );
+    let summarizer = Summarizer::new(providers, config.extractive(), config.map_concurrency);
+    Ok(SummarizeHandler::new(
+        Arc::new(summarizer),
+        config.chunk_chars,
+        config.runtime.max_attempts,
+    ))
+}
+
+/// Runs the summarizer until `shutdown`, then drains (DESIGN §5 step 9).
+pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    // Install the process-wide recorder now (the worker would on start) so the HELP texts
+    // and the breakers' initial `fleet_circuit_state` are recorded, not lost.
+    fleet_runtime::telemetry::admin::prometheus()?;
+    telemetry::describe();
+    let handler = build_handler(&config)?;
+    fleet_runtime::Worker::new(config.runtime, STAGE)
+        .run(handler, shutdown)
+        .await
+}

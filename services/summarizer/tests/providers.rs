@@ -1,0 +1,522 @@
+//! The summarizer's handler through a real Worker on the memory broker,
+//! against a scripted stub LLM server on loopback: answers (JSON and SSE),
+//! hangs, stalls, errors, 429s, malformed bodies; the breaker's life cycle;
+//! fallback marking; map-reduce of long items with progress.
+
+mod stub;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_core::{
+    Broker, Destination, MemoryBroker, OutMessage, Source, SubscribeOptions, Subscription, Topology,
+};
+use fleet_protocol::{EventBatch, EventKind, JobEnvelope, Names, RouteStep, decode_job};
+use fleet_runtime::{BreakerState, RuntimeConfig, Worker};
+use fleet_summarizer::config::ProviderConfig;
+use fleet_summarizer::extractive::ExtractiveOptions;
+use fleet_summarizer::openai::OpenAiProvider;
+use fleet_summarizer::{SummarizeHandler, Summarizer};
+use fleet_test_support::{unique_prefix, wait_for};
+use stub::{Reply, Stub};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+const TEXT: &str = "Message queues decouple producers from consumers. \
+    A consumer fleet processes jobs from the message queues under hard deadlines. \
+    The weather was pleasant yesterday. \
+    Deadlines protect the consumer fleet from hanging jobs and stuck consumers. \
+    Retries with backoff keep message queues from overload when consumers fail.";
+
+struct World {
+    broker: MemoryBroker,
+    prefix: String,
+    shutdown: CancellationToken,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+    summarizer: Arc<Summarizer>,
+    out: Box<dyn Subscription>,
+    events: Box<dyn Subscription>,
+    seen_events: Vec<fleet_protocol::Event>,
+    admin: Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
+}
+
+fn provider(name: &str, stub: &Stub, f: impl FnOnce(&mut ProviderConfig)) -> ProviderConfig {
+    let mut p = ProviderConfig::new(name, &stub.base_url(), "stub-model");
+    p.request_timeout = Duration::from_secs(5);
+    p.idle_read_timeout = Duration::from_secs(2);
+    p.connect_timeout = Duration::from_secs(1);
+    f(&mut p);
+    p
+}
+
+impl World {
+    async fn start(providers: Vec<ProviderConfig>, concurrency: u32) -> World {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(
+                tracing_subscriber::EnvFilter::try_from_default_env()
+                    .unwrap_or_else(|_| "warn".into()),
+            )
+            .with_test_writer()
+            .try_init();
+        let prefix = unique_prefix("summarizer");
+        let broker = MemoryBroker::new();
+        broker
+            .declare(&Topology::new(Names::new(&prefix), &["summarize", "write"]))
+            .await
+            .expect("declare");
+        let cfg = RuntimeConfig::parse_from([
+            "summarizer".to_owned(),
+            "--broker-url=memory://".into(),
+            format!("--prefix={prefix}"),
+            "--admin-addr=127.0.0.1:0".into(),
+            format!("--concurrency={concurrency}"),
+            "--max-attempts=3".into(),
+            "--max-deliver=6".into(),
+            "--retry-base=100ms".into(),
+            "--retry-max=2s".into(),
+            "--heartbeat-interval=1s".into(),
+            "--drain-deadline=3s".into(),
+        ])
+        .expect("config");
+        let providers = providers
+            .into_iter()
+            .map(|p| OpenAiProvider::new(p).map(Arc::new))
+            .collect::<anyhow::Result<Vec<_>>>()
+            .expect("providers");
+        let summarizer = Arc::new(Summarizer::new(providers, ExtractiveOptions::default(), 2));
+        let handler = SummarizeHandler::new(summarizer.clone(), 4000, 3);
+        let shutdown = CancellationToken::new();
+        let worker = Worker::new(cfg, "summarize").with_broker(Arc::new(broker.clone()));
+        let admin = worker.admin_addr();
+        let task = tokio::spawn(worker.run(handler, shutdown.clone()));
+        let out = broker
+            .subscribe(
+                Source::Jobs {
+                    stage: "write".into(),
+                },
+                SubscribeOptions { prefetch: 64 },
+            )
+            .await
+            .expect("subscribe write");
+        let events = broker
+            .subscribe(Source::Events, SubscribeOptions { prefetch: 256 })
+            .await
+            .expect("subscribe events");
+        World {
+            broker,
+            prefix,
+            shutdown,
+            task,
+            summarizer,
+            out,
+            events,
+            seen_events: Vec::new(),
+            admin,
+        }
+    }
+
+    fn job(&self, item: &str, payload: serde_json::Value, timeout_ms: u64) -> JobEnvelope {
+        let mut job = JobEnvelope::new(&format!("{}-p", self.prefix), item, "summarize", payload);
+        job.route = vec![RouteStep {
+            stage: "write".into(),
+            required: true,
+        }];
+        job.timeout_ms = timeout_ms;
+        job.max_attempts = 3;
+        job
+    }
+
+    async fn publish(&self, job: &JobEnvelope) {
+        self.broker
+            .publish(OutMessage::new(
+                Destination::Job {
+                    stage: "summarize".into(),
+                },
+                job.to_bytes(),
+            ))
+            .await
+            .expect("publish");
+    }
+
+    async fn submit(&self, item: &str, text: &str, timeout_ms: u64) -> JobEnvelope {
+        let job = self.job(
+            item,
+            serde_json::json!({"text": text, "metadata": {"item": item}}),
+            timeout_ms,
+        );
+        self.publish(&job).await;
+        job
+    }
+
+    /// The next `write` job (its payload), within `within`.
+    async fn next_output(&mut self, within: Duration) -> JobEnvelope {
+        let until = Instant::now() + within;
+        while Instant::now() < until {
+            let got = self
+                .out
+                .fetch(1, Duration::from_millis(100))
+                .await
+                .expect("fetch");
+            if let Some(d) = got.into_iter().next() {
+                let job = decode_job(&d.body, 1 << 22).expect("write job");
+                d.acker.ack().await.expect("ack");
+                return job;
+            }
+        }
+        panic!("no write job within {within:?}");
+    }
+
+    /// Drains the events queue into `seen_events`.
+    async fn pump_events(&mut self) {
+        loop {
+            let got = self
+                .events
+                .fetch(256, Duration::from_millis(50))
+                .await
+                .expect("events");
+            if got.is_empty() {
+                return;
+            }
+            for d in got {
+                if let Ok(b) = serde_json::from_slice::<EventBatch>(&d.body) {
+                    self.seen_events.extend(b.events);
+                }
+                d.acker.ack().await.expect("ack event");
+            }
+        }
+    }
+
+    /// The worker's /metrics text.
+    async fn metrics(&self) -> String {
+        let addr = self
+            .admin
+            .lock()
+            .expect("lock")
+            .expect("admin server started");
+        reqwest::get(format!("http://{addr}/metrics"))
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("metrics body")
+    }
+
+    fn provider(&self, i: usize) -> &Arc<OpenAiProvider> {
+        &self.summarizer.providers()[i]
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        tokio::time::timeout(Duration::from_secs(20), self.task)
+            .await
+            .expect("worker stops")
+            .expect("join")
+            .expect("worker ok");
+    }
+}
+
+fn summary(job: &JobEnvelope) -> &serde_json::Value {
+    &job.payload["summary"]
+}
+
+#[tokio::test]
+async fn answers_json_and_sse_and_keeps_the_payload() {
+    let s = Stub::start(Reply::Answer("A short JSON summary.".into())).await;
+    s.script([Reply::Stream("A streamed summary of the item.".into())]);
+    let mut w = World::start(vec![provider("stub", &s, |_| {})], 4).await;
+    let mut job = w.job(
+        "i1",
+        serde_json::json!({"text": TEXT, "metadata": {"k": 1}, "analysis": {"language": "en"},
+                           "skipped_stages": [{"stage": "analyze", "reason": "x", "error": "y"}]}),
+        10_000,
+    );
+    w.publish(&job).await;
+    let first = w.next_output(Duration::from_secs(10)).await;
+    assert_eq!(first.stage, "write");
+    assert_eq!(summary(&first)["provider"], "stub");
+    assert_eq!(summary(&first)["fallback"], false);
+    assert_eq!(summary(&first)["text"], "A streamed summary of the item.");
+    assert_eq!(first.payload["metadata"]["k"], 1);
+    assert_eq!(first.payload["analysis"]["language"], "en");
+    assert_eq!(first.payload["skipped_stages"][0]["stage"], "analyze");
+    job.item_id = "i2".into();
+    job.job_id = format!("{}/i2/summarize", job.pipeline_id);
+    w.publish(&job).await;
+    let second = w.next_output(Duration::from_secs(10)).await;
+    assert_eq!(summary(&second)["text"], "A short JSON summary.");
+    // The request is a streamed chat completion with the configured model.
+    let body = &s.bodies()[0];
+    assert_eq!(body["model"], "stub-model");
+    assert_eq!(body["stream"], true);
+    assert!(
+        body["messages"][1]["content"]
+            .as_str()
+            .is_some_and(|c| c.contains("Message queues"))
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn hanging_provider_costs_at_most_its_timeout_and_frees_its_slot() {
+    let s = Stub::start(Reply::Hang).await;
+    let p = provider("hang", &s, |p| {
+        p.request_timeout = Duration::from_secs(1);
+        p.max_concurrency = 1;
+        p.breaker_failures = 100;
+    });
+    let mut w = World::start(vec![p], 4).await;
+    let started = Instant::now();
+    for i in 0..3 {
+        w.submit(&format!("h{i}"), TEXT, 15_000).await;
+    }
+    for _ in 0..3 {
+        let out = w.next_output(Duration::from_secs(10)).await;
+        assert_eq!(summary(&out)["provider"], "extractive");
+        assert_eq!(summary(&out)["fallback"], true);
+        let reason = summary(&out)["fallback_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        assert!(reason.contains("hang: timed out"), "{reason}");
+        assert!(
+            !summary(&out)["text"]
+                .as_str()
+                .unwrap_or_default()
+                .is_empty()
+        );
+    }
+    // One slot, three jobs, one second each at most (plus scheduling slack).
+    assert!(
+        started.elapsed() < Duration::from_secs(6),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(w.provider(0).in_flight(), 0);
+    assert_eq!(w.provider(0).free_slots(), 1);
+    // The slot is usable again: another job completes through the provider.
+    s.set_default(Reply::Answer("Recovered.".into()));
+    w.submit("h-after", TEXT, 15_000).await;
+    let out = w.next_output(Duration::from_secs(10)).await;
+    assert_eq!(summary(&out)["provider"], "hang");
+    assert_eq!(summary(&out)["fallback"], false);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn a_hang_is_cut_before_the_job_deadline_and_falls_back() {
+    let s = Stub::start(Reply::Hang).await;
+    let p = provider("slow", &s, |p| p.request_timeout = Duration::from_secs(120));
+    let mut w = World::start(vec![p], 2).await;
+    let started = Instant::now();
+    w.submit("d1", TEXT, 2_000).await;
+    let out = w.next_output(Duration::from_secs(10)).await;
+    // The provider gave up before the 2 s deadline, leaving time for the extractive fallback.
+    assert!(
+        started.elapsed() < Duration::from_millis(2_500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(summary(&out)["provider"], "extractive");
+    assert_eq!(summary(&out)["fallback"], true);
+    assert_eq!(w.provider(0).in_flight(), 0);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn breaker_opens_half_opens_and_closes() {
+    let s = Stub::start(Reply::Status(500, None)).await;
+    let p = provider("flaky", &s, |p| {
+        p.breaker_failures = 2;
+        p.breaker_open_for = Duration::from_millis(1500);
+    });
+    let mut w = World::start(vec![p], 1).await;
+    for i in 0..2 {
+        w.submit(&format!("b{i}"), TEXT, 10_000).await;
+        let out = w.next_output(Duration::from_secs(10)).await;
+        assert_eq!(summary(&out)["provider"], "extractive");
+        assert!(
+            summary(&out)["fallback_reason"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("HTTP 500")
+        );
+    }
+    let breaker = w.provider(0).breaker().clone();
+    assert_eq!(breaker.state(), BreakerState::Open);
+    assert_eq!(s.requests(), 2);
+    // While open the provider is routed around without a request.
+    w.submit("b-open", TEXT, 10_000).await;
+    let out = w.next_output(Duration::from_secs(10)).await;
+    assert_eq!(summary(&out)["provider"], "extractive");
+    assert_eq!(summary(&out)["fallback"], true);
+    assert!(
+        summary(&out)["fallback_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("circuit breaker open")
+    );
+    assert_eq!(s.requests(), 2);
+    // The timer half-opens it; one successful probe closes it.
+    s.set_default(Reply::Answer("Back again.".into()));
+    wait_for(
+        "the breaker to half-open",
+        Duration::from_secs(5),
+        || async { breaker.state() == BreakerState::HalfOpen },
+    )
+    .await;
+    w.submit("b-probe", TEXT, 10_000).await;
+    let out = w.next_output(Duration::from_secs(10)).await;
+    assert_eq!(summary(&out)["provider"], "flaky");
+    assert_eq!(breaker.state(), BreakerState::Closed);
+    // All of it is visible on /metrics.
+    let metrics = w.metrics().await;
+    let sample = |name: &str, labels: &[&str]| {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|x| l.contains(x)))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<f64>().ok())
+    };
+    let requests = "fleet_llm_requests_total";
+    assert_eq!(
+        sample(requests, &["provider=\"flaky\"", "outcome=\"error\""]),
+        Some(2.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            requests,
+            &["provider=\"flaky\"", "outcome=\"breaker_open\""]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(requests, &["provider=\"flaky\"", "outcome=\"ok\""]),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample("fleet_circuit_state", &["dependency=\"llm:flaky\""]),
+        Some(0.0)
+    );
+    assert!(
+        metrics.contains("fleet_llm_request_duration_seconds_count{provider=\"flaky\"} 3"),
+        "{metrics}"
+    );
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn fallback_chain_over_malformed_and_stalled_providers() {
+    let a = Stub::start(Reply::Malformed).await;
+    let b = Stub::start(Reply::StallMidStream).await;
+    let pa = provider("first", &a, |_| {});
+    let pb = provider("second", &b, |p| {
+        p.idle_read_timeout = Duration::from_millis(300)
+    });
+    let mut w = World::start(vec![pa, pb], 2).await;
+    w.submit("f1", TEXT, 10_000).await;
+    let out = w.next_output(Duration::from_secs(10)).await;
+    assert_eq!(summary(&out)["provider"], "extractive");
+    assert_eq!(summary(&out)["fallback"], true);
+    let reason = summary(&out)["fallback_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(reason.contains("first: malformed"), "{reason}");
+    assert!(
+        reason.contains("second: timed out: stream stalled"),
+        "{reason}"
+    );
+    // The first fails, the second answers: its summary is a marked fallback.
+    a.set_default(Reply::Status(503, None));
+    b.set_default(Reply::Stream("Second provider summary.".into()));
+    w.submit("f2", TEXT, 10_000).await;
+    let out = w.next_output(Duration::from_secs(10)).await;
+    assert_eq!(summary(&out)["provider"], "second");
+    assert_eq!(summary(&out)["fallback"], true);
+    assert_eq!(summary(&out)["text"], "Second provider summary.");
+    assert_eq!(w.provider(1).in_flight(), 0);
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn rate_limit_on_the_last_provider_retries_after_the_delay() {
+    let s = Stub::start(Reply::Answer("After the rate limit.".into())).await;
+    s.script([Reply::Status(429, Some(1))]);
+    let mut w = World::start(vec![provider("limited", &s, |_| {})], 2).await;
+    let started = Instant::now();
+    let job = w.submit("r1", TEXT, 10_000).await;
+    let out = w.next_output(Duration::from_secs(15)).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(summary(&out)["provider"], "limited");
+    assert_eq!(summary(&out)["fallback"], false);
+    assert_eq!(s.requests(), 2);
+    w.pump_events().await;
+    let retried = w
+        .seen_events
+        .iter()
+        .any(|e| e.job_id == job.job_id && matches!(e.kind, EventKind::Retrying { .. }));
+    assert!(retried, "a retrying event for the 429");
+    w.stop().await;
+}
+
+#[tokio::test]
+async fn long_items_are_mapped_and_reduced_with_progress_and_routed_by_length() {
+    let s = Stub::start(Reply::Answer("Partial summary.".into())).await;
+    let big = Stub::start(Reply::Answer("Should not be asked.".into())).await;
+    let small = provider("small", &big, |p| p.max_input_chars = Some(100));
+    let wide = provider("wide", &s, |_| {});
+    let mut w = World::start(vec![small, wide], 2).await;
+    let chunks: Vec<serde_json::Value> = (0..3)
+        .map(|i| serde_json::json!({"index": i, "start": 0, "end": 0, "text": format!("Chunk {i} text. {TEXT}")}))
+        .collect();
+    let text = format!("{TEXT}\n\n{TEXT}\n\n{TEXT}");
+    let job = w.job(
+        "m1",
+        serde_json::json!({"text": text, "analysis": {"chunks": chunks}}),
+        10_000,
+    );
+    w.publish(&job).await;
+    let out = w.next_output(Duration::from_secs(10)).await;
+    assert_eq!(summary(&out)["provider"], "wide");
+    assert_eq!(summary(&out)["chunks"], 3);
+    // Routing by length is not a failure: no fallback, but the reason is recorded.
+    assert_eq!(summary(&out)["fallback"], false);
+    assert!(
+        summary(&out)["fallback_reason"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("max_input_chars")
+    );
+    assert_eq!(big.requests(), 0);
+    assert_eq!(s.requests(), 4, "three map calls and one reduce");
+    let reduce = &s.bodies()[3]["messages"][1]["content"];
+    assert!(
+        reduce
+            .as_str()
+            .is_some_and(|c| c.matches("Partial summary.").count() == 3),
+        "{reduce}"
+    );
+    let until = Instant::now() + Duration::from_secs(5);
+    let progress = loop {
+        w.pump_events().await;
+        let n = w
+            .seen_events
+            .iter()
+            .filter(|e| e.job_id == job.job_id && matches!(e.kind, EventKind::Progress { .. }))
+            .count();
+        if n >= 4 || Instant::now() >= until {
+            break n;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(
+        progress >= 4,
+        "one progress event per chunk and one for the reduce, got {progress}"
+    );
+    w.stop().await;
+}

@@ -1,0 +1,294 @@
+//! [`AmqpBroker`]: the [`Broker`] implementation over one replaceable connection.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use fleet_core::broker::default_retry_ladder;
+use fleet_core::{
+    Broker, BrokerError, BrokerKind, OutMessage, Source, SubscribeOptions, Subscription, Topology,
+};
+use fleet_protocol::Names;
+use lapin::Channel;
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueBindOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::uri::AMQPUri;
+
+use crate::acker::SubContext;
+use crate::connect::{Conn, parse_url};
+use crate::error::{NOT_FOUND, map_lapin, reply_code, short, timed, timed_raw};
+use crate::headers::to_table;
+use crate::options::AmqpOptions;
+use crate::publish::{properties, route};
+use crate::subscription::AmqpSubscription;
+use crate::topology;
+
+/// Names and retry ladder in use (from the last [`Broker::declare`]).
+#[derive(Clone)]
+struct Layout {
+    names: Names,
+    ladder: Vec<Duration>,
+}
+
+struct Inner {
+    uri: AMQPUri,
+    opts: AmqpOptions,
+    conn: RwLock<Arc<Conn>>,
+    reconnecting: tokio::sync::Mutex<()>,
+    layout: RwLock<Layout>,
+    closed: AtomicBool,
+}
+
+/// A RabbitMQ broker (lapin). Cloning shares the connection.
+///
+/// * Publishes share one confirm-mode channel and are persistent; a job, event,
+///   dead letter or submission no queue takes is [`BrokerError::Rejected`].
+/// * Each subscription has its own channel; dropping it closes that channel, so
+///   its unsettled deliveries return to the queue and their ackers fail.
+/// * `retry` republishes to the stage's TTL queue (the delay rounded up to the
+///   ladder) then acks; outside job queues (no ladder) it requeues at once and
+///   returns `Duration::ZERO`. `extend` is a no-op and `lease` is `None`.
+/// * `reconnect` keeps a connection that is still open (only a channel was
+///   lost) and otherwise replaces it; subscribe again after it.
+#[derive(Clone)]
+pub struct AmqpBroker {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for AmqpBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AmqpBroker")
+            .field("endpoint", &self.conn().endpoint)
+            .field("connected", &self.is_connected())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Connects to `url` (`amqp://` or `amqps://`), opening the shared publish channel.
+///
+/// Names default to the `fleet` prefix until [`Broker::declare`] or
+/// [`AmqpBroker::use_topology`] sets others.
+pub async fn connect(url: &str, opts: AmqpOptions) -> Result<AmqpBroker, BrokerError> {
+    let uri = parse_url(url, &opts)?;
+    let conn = Conn::open(&uri, &opts).await?;
+    Ok(AmqpBroker {
+        inner: Arc::new(Inner {
+            uri,
+            opts,
+            conn: RwLock::new(conn),
+            reconnecting: tokio::sync::Mutex::new(()),
+            layout: RwLock::new(Layout {
+                names: Names::default(),
+                ladder: default_retry_ladder(),
+            }),
+            closed: AtomicBool::new(false),
+        }),
+    })
+}
+
+fn read<T: Clone>(lock: &RwLock<T>) -> T {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .clone()
+}
+
+fn write<T>(lock: &RwLock<T>, value: T) {
+    *lock
+        .write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner) = value;
+}
+
+impl AmqpBroker {
+    /// Uses `topology`'s names and retry ladder without declaring anything.
+    pub fn use_topology(&self, topology: &Topology) {
+        write(
+            &self.inner.layout,
+            Layout {
+                names: topology.names.clone(),
+                ladder: topology.retry_ladder.clone(),
+            },
+        );
+    }
+
+    /// The options this broker was connected with.
+    pub fn options(&self) -> &AmqpOptions {
+        &self.inner.opts
+    }
+
+    fn conn(&self) -> Arc<Conn> {
+        read(&self.inner.conn)
+    }
+
+    fn layout(&self) -> Layout {
+        read(&self.inner.layout)
+    }
+
+    fn live_conn(&self) -> Result<Arc<Conn>, BrokerError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(BrokerError::ConnectionLost(
+                "the broker connection was closed".into(),
+            ));
+        }
+        let conn = self.conn();
+        conn.ensure_connected()?;
+        Ok(conn)
+    }
+
+    /// The durable queue behind `source` (`None` for control, which has one per subscriber).
+    fn queue_of(names: &Names, source: &Source) -> Option<String> {
+        match source {
+            Source::Jobs { stage } => Some(names.jobs(stage)),
+            Source::Events => Some(names.coordinator_events_queue()),
+            Source::DeadLetters { stage } => Some(names.dlq(stage)),
+            Source::Submit => Some(names.submit()),
+            Source::Control => None,
+        }
+    }
+
+    /// A server-named, exclusive, auto-delete queue bound to the control fanout.
+    async fn control_queue(
+        conn: &Conn,
+        channel: &Channel,
+        names: &Names,
+    ) -> Result<String, BrokerError> {
+        let t = conn.op_timeout;
+        let opts = QueueDeclareOptions {
+            exclusive: true,
+            auto_delete: true,
+            ..QueueDeclareOptions::default()
+        };
+        let queue = timed(
+            t,
+            "declaring a control queue",
+            channel.queue_declare("".into(), opts, FieldTable::default()),
+        )
+        .await?;
+        let exchange = names.control_exchange();
+        let bind = channel.queue_bind(
+            queue.name().clone(),
+            short("exchange", &exchange)?,
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        );
+        timed(t, &format!("binding a control queue to {exchange}"), bind).await?;
+        Ok(queue.name().to_string())
+    }
+}
+
+#[async_trait]
+impl Broker for AmqpBroker {
+    fn kind(&self) -> BrokerKind {
+        BrokerKind::RabbitMq
+    }
+
+    async fn declare(&self, topology: &Topology) -> Result<(), BrokerError> {
+        let conn = self.live_conn()?;
+        topology::declare(&conn, topology).await?;
+        self.use_topology(topology);
+        Ok(())
+    }
+
+    async fn publish(&self, msg: OutMessage) -> Result<(), BrokerError> {
+        let conn = self.live_conn()?;
+        let route = route(&self.layout().names, &msg.dest);
+        let props = properties(to_table(&msg.headers)?, msg.msg_id.as_deref())?;
+        conn.send(&route, &msg.body, props).await
+    }
+
+    async fn subscribe(
+        &self,
+        source: Source,
+        opts: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>, BrokerError> {
+        let conn = self.live_conn()?;
+        let layout = self.layout();
+        let t = conn.op_timeout;
+        let channel = conn.channel().await?;
+        let qos = channel.basic_qos(opts.prefetch, BasicQosOptions { global: false });
+        timed(t, "setting the prefetch (basic.qos)", qos).await?;
+        let queue = match Self::queue_of(&layout.names, &source) {
+            Some(queue) => queue,
+            None => Self::control_queue(&conn, &channel, &layout.names).await?,
+        };
+        let consume = channel.basic_consume(
+            short("queue", &queue)?,
+            "".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        );
+        let consumer = match timed_raw(t, consume).await? {
+            Ok(consumer) => consumer,
+            Err(e) if reply_code(&e) == Some(NOT_FOUND) => {
+                return Err(BrokerError::Rejected(format!(
+                    "queue {queue} does not exist: declare the topology first"
+                )));
+            }
+            Err(e) => return Err(map_lapin(&format!("consuming {queue}"), &e)),
+        };
+        let stage = match &source {
+            Source::Jobs { stage } => Some(stage.clone()),
+            _ => None,
+        };
+        tracing::debug!(%queue, prefetch = opts.prefetch, "subscribed");
+        let ctx = Arc::new(SubContext {
+            conn: conn.clone(),
+            names: layout.names,
+            ladder: layout.ladder,
+            stage,
+            queue,
+            status: channel.status().clone(),
+        });
+        Ok(Box::new(AmqpSubscription {
+            channel,
+            consumer,
+            ctx,
+            ended: None,
+        }))
+    }
+
+    fn is_connected(&self) -> bool {
+        !self.inner.closed.load(Ordering::SeqCst) && self.conn().is_connected()
+    }
+
+    async fn reconnect(&self) -> Result<(), BrokerError> {
+        if self.inner.closed.load(Ordering::SeqCst) {
+            return Err(BrokerError::ConnectionLost(
+                "the broker connection was closed".into(),
+            ));
+        }
+        let limit = self.inner.opts.connect_timeout;
+        let _one = tokio::time::timeout(limit, self.inner.reconnecting.lock())
+            .await
+            .map_err(|_| BrokerError::Timeout(limit))?;
+        let old = self.conn();
+        if old.is_connected() {
+            // Someone else reconnected meanwhile, or only a channel was lost.
+            return Ok(());
+        }
+        let fresh = Conn::open(&self.inner.uri, &self.inner.opts).await?;
+        write(&self.inner.conn, fresh);
+        old.close().await;
+        Ok(())
+    }
+
+    async fn depth(&self, source: &Source) -> Result<u64, BrokerError> {
+        let conn = self.live_conn()?;
+        match Self::queue_of(&self.layout().names, source) {
+            Some(queue) => topology::ready_count(&conn, &queue).await,
+            // Each control subscriber has its own short-lived queue.
+            None => Ok(0),
+        }
+    }
+
+    async fn delete_topology(&self, topology: &Topology) -> Result<(), BrokerError> {
+        let conn = self.live_conn()?;
+        topology::delete(&conn, topology).await
+    }
+
+    async fn close(&self) {
+        self.inner.closed.store(true, Ordering::SeqCst);
+        self.conn().close().await;
+    }
+}

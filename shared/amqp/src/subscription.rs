@@ -1,0 +1,122 @@
+//! A consumer on its own channel, drained in bounded batches.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fleet_core::{BrokerError, Delivery, Subscription};
+use futures::{FutureExt, StreamExt};
+use lapin::{Channel, Consumer};
+
+use crate::acker::{AmqpAcker, SubContext};
+use crate::headers::{attempt, to_strings};
+
+/// A subscription: the consuming channel, its consumer and what its ackers share.
+///
+/// Dropping it closes the channel: every unsettled delivery goes back to the
+/// queue (quorum queues count it in `x-delivery-count`) and its acker fails.
+pub(crate) struct AmqpSubscription {
+    pub(crate) channel: Channel,
+    pub(crate) consumer: Consumer,
+    pub(crate) ctx: Arc<SubContext>,
+    /// Set once the consumer stream ended; every later fetch reports it again.
+    pub(crate) ended: Option<BrokerError>,
+}
+
+impl AmqpSubscription {
+    fn alive(&self) -> Result<(), BrokerError> {
+        if self.channel.status().connected() && self.ctx.conn.is_connected() {
+            Ok(())
+        } else {
+            Err(BrokerError::ConnectionLost(format!(
+                "channel consuming {} is closed",
+                self.ctx.queue
+            )))
+        }
+    }
+
+    /// Turns one stream item into a delivery or the error that ends the subscription.
+    fn convert(
+        &self,
+        item: Option<lapin::Result<lapin::message::Delivery>>,
+    ) -> Result<Delivery, BrokerError> {
+        match item {
+            Some(Ok(d)) => Ok(self.delivery(d)),
+            Some(Err(e)) => Err(BrokerError::ConnectionLost(format!(
+                "consumer on {} failed: {e}",
+                self.ctx.queue
+            ))),
+            None => {
+                self.alive()?;
+                Err(BrokerError::ConsumerCancelled(format!(
+                    "the broker cancelled the consumer on {} (queue deleted or failed over?)",
+                    self.ctx.queue
+                )))
+            }
+        }
+    }
+
+    fn delivery(&self, d: lapin::message::Delivery) -> Delivery {
+        let table = d.properties.headers().as_ref();
+        let attempt = attempt(table);
+        let headers = to_strings(table);
+        let body = Bytes::from(d.data);
+        Delivery {
+            body: body.clone(),
+            headers,
+            attempt,
+            acker: Box::new(AmqpAcker {
+                ctx: self.ctx.clone(),
+                acker: d.acker,
+                body,
+                properties: d.properties,
+                attempt,
+            }),
+        }
+    }
+}
+
+#[async_trait]
+impl Subscription for AmqpSubscription {
+    async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError> {
+        if let Some(e) = &self.ended {
+            return Err(e.clone());
+        }
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let first = match tokio::time::timeout(wait, self.consumer.next()).await {
+            Ok(item) => item,
+            Err(_) => {
+                // Nothing came: make sure that is not because the channel died silently.
+                self.alive()?;
+                return Ok(Vec::new());
+            }
+        };
+        let first = self
+            .convert(first)
+            .inspect_err(|e| self.ended = Some(e.clone()))?;
+        let mut out = vec![first];
+        while out.len() < max {
+            let Some(item) = self.consumer.next().now_or_never() else {
+                break;
+            };
+            match self.convert(item) {
+                Ok(d) => out.push(d),
+                Err(e @ BrokerError::ConsumerCancelled(_)) => {
+                    // The channel is still open, so what came before can be settled:
+                    // hand it out; the next fetch reports the end.
+                    self.ended = Some(e);
+                    break;
+                }
+                Err(e) => {
+                    // The channel is gone: nothing taken so far can be settled.
+                    self.ended = Some(e.clone());
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,278 @@
+//! Declaring and deleting fleet's exchanges and queues (DESIGN §3 and §4).
+
+use std::time::Duration;
+
+use fleet_core::broker::ladder_label;
+use fleet_core::{BrokerError, Topology, broker::default_retry_ladder};
+use fleet_protocol::Names;
+use lapin::options::{
+    ExchangeDeclareOptions, ExchangeDeleteOptions, QueueBindOptions, QueueDeclareOptions,
+    QueueDeleteOptions,
+};
+use lapin::types::{AMQPValue, FieldTable};
+use lapin::{Channel, ExchangeKind};
+
+use crate::connect::Conn;
+use crate::error::{NOT_FOUND, PRECONDITION_FAILED, map_lapin, reply_code, short, timed_raw};
+
+/// One durable queue to declare, with its arguments and bindings.
+struct QueueSpec {
+    name: String,
+    args: FieldTable,
+    /// `(exchange, routing key)` pairs.
+    bindings: Vec<(String, String)>,
+}
+
+fn exchanges(names: &Names) -> [(String, ExchangeKind); 5] {
+    [
+        (names.jobs_exchange(), ExchangeKind::Direct),
+        (names.dlq_exchange(), ExchangeKind::Direct),
+        (names.events_exchange(), ExchangeKind::Topic),
+        (names.pipelines_exchange(), ExchangeKind::Topic),
+        (names.control_exchange(), ExchangeKind::Fanout),
+    ]
+}
+
+fn quorum() -> FieldTable {
+    let mut args = FieldTable::default();
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
+    args
+}
+
+fn text(args: &mut FieldTable, key: &str, value: &str) {
+    args.insert(key.into(), AMQPValue::LongString(value.into()));
+}
+
+fn number(args: &mut FieldTable, key: &str, value: i64) {
+    args.insert(key.into(), AMQPValue::LongLongInt(value));
+}
+
+/// Dead-letter to `exchange`/`key` at least once (needs `overflow=reject-publish`).
+fn dead_letter_to(args: &mut FieldTable, exchange: &str, key: &str) {
+    text(args, "x-dead-letter-exchange", exchange);
+    text(args, "x-dead-letter-routing-key", key);
+    text(args, "x-dead-letter-strategy", "at-least-once");
+    text(args, "x-overflow", "reject-publish");
+}
+
+fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// Every queue of `topology`.
+fn queues(topology: &Topology) -> Vec<QueueSpec> {
+    let names = &topology.names;
+    let mut out = Vec::new();
+    for stage in &topology.stages {
+        let mut args = quorum();
+        dead_letter_to(&mut args, &names.dlq_exchange(), stage);
+        number(
+            &mut args,
+            "x-delivery-limit",
+            i64::from(topology.max_deliver),
+        );
+        out.push(QueueSpec {
+            name: names.jobs(stage),
+            args,
+            bindings: vec![(names.jobs_exchange(), stage.clone())],
+        });
+        for step in &topology.retry_ladder {
+            // No consumers: messages expire back to the stage's work queue.
+            let mut args = quorum();
+            number(&mut args, "x-message-ttl", millis(*step));
+            dead_letter_to(&mut args, &names.jobs_exchange(), stage);
+            out.push(QueueSpec {
+                name: names.retry_queue(stage, &ladder_label(*step)),
+                args,
+                bindings: Vec::new(),
+            });
+        }
+        out.push(QueueSpec {
+            name: names.dlq(stage),
+            args: quorum(),
+            bindings: vec![(names.dlq_exchange(), stage.clone())],
+        });
+    }
+    out.push(QueueSpec {
+        name: names.submit(),
+        args: quorum(),
+        bindings: Vec::new(),
+    });
+    out.push(QueueSpec {
+        name: names.coordinator_events_queue(),
+        args: quorum(),
+        bindings: vec![(names.events_exchange(), "#".into())],
+    });
+    out
+}
+
+fn conflict(what: &str, name: &str, e: &lapin::Error) -> BrokerError {
+    BrokerError::Config(format!(
+        "{what} `{name}` already exists with other settings ({e}). fleet does not change it: \
+         delete it (e.g. `rabbitmqctl delete_queue {name}`, or `rabbitmqadmin delete \
+         exchange name={name}` for an exchange) once it is drained, or use another prefix"
+    ))
+}
+
+/// Declares the whole topology on one channel; a conflicting existing object is a
+/// [`BrokerError::Config`] naming it (the broker closes the channel, nothing is retried).
+pub(crate) async fn declare(conn: &Conn, topology: &Topology) -> Result<(), BrokerError> {
+    let t = conn.op_timeout;
+    let channel = conn.channel().await?;
+    let durable = ExchangeDeclareOptions {
+        durable: true,
+        ..ExchangeDeclareOptions::default()
+    };
+    for (name, kind) in exchanges(&topology.names) {
+        let declare = channel.exchange_declare(
+            short("exchange", &name)?,
+            kind,
+            durable,
+            FieldTable::default(),
+        );
+        match timed_raw(t, declare).await? {
+            Ok(()) => {}
+            Err(e) if reply_code(&e) == Some(PRECONDITION_FAILED) => {
+                return Err(conflict("exchange", &name, &e));
+            }
+            Err(e) => return Err(map_lapin(&format!("declaring exchange {name}"), &e)),
+        }
+    }
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    for q in queues(topology) {
+        let declare = channel.queue_declare(short("queue", &q.name)?, durable, q.args);
+        match timed_raw(t, declare).await? {
+            Ok(_) => {}
+            Err(e) if reply_code(&e) == Some(PRECONDITION_FAILED) => {
+                return Err(conflict("queue", &q.name, &e));
+            }
+            Err(e) => return Err(map_lapin(&format!("declaring queue {}", q.name), &e)),
+        }
+        for (exchange, key) in &q.bindings {
+            let bind = channel.queue_bind(
+                short("queue", &q.name)?,
+                short("exchange", exchange)?,
+                short("routing key", key)?,
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            );
+            timed_raw(t, bind)
+                .await?
+                .map_err(|e| map_lapin(&format!("binding {} to {exchange}", q.name), &e))?;
+        }
+    }
+    close_quietly(&channel, t).await;
+    Ok(())
+}
+
+/// Deletes every queue (retry ladder included) and exchange under the topology's prefix;
+/// missing ones are skipped.
+pub(crate) async fn delete(conn: &Conn, topology: &Topology) -> Result<(), BrokerError> {
+    let t = conn.op_timeout;
+    let mut ladder = topology.retry_ladder.clone();
+    ladder.extend(
+        default_retry_ladder()
+            .into_iter()
+            .filter(|s| !topology.retry_ladder.contains(s)),
+    );
+    let with_default_ladder = Topology {
+        retry_ladder: ladder,
+        ..topology.clone()
+    };
+    let mut channel = conn.channel().await?;
+    for q in queues(&with_default_ladder) {
+        let delete = channel.queue_delete(short("queue", &q.name)?, QueueDeleteOptions::default());
+        match timed_raw(t, delete).await? {
+            Ok(_) => {}
+            Err(e) if reply_code(&e) == Some(NOT_FOUND) => channel = conn.channel().await?,
+            Err(e) => return Err(map_lapin(&format!("deleting queue {}", q.name), &e)),
+        }
+    }
+    for (name, _) in exchanges(&topology.names) {
+        let delete =
+            channel.exchange_delete(short("exchange", &name)?, ExchangeDeleteOptions::default());
+        match timed_raw(t, delete).await? {
+            Ok(()) => {}
+            Err(e) if reply_code(&e) == Some(NOT_FOUND) => channel = conn.channel().await?,
+            Err(e) => return Err(map_lapin(&format!("deleting exchange {name}"), &e)),
+        }
+    }
+    close_quietly(&channel, t).await;
+    Ok(())
+}
+
+/// Messages ready in `queue` (passive declare); a missing queue is [`BrokerError::Rejected`].
+pub(crate) async fn ready_count(conn: &Conn, queue: &str) -> Result<u64, BrokerError> {
+    let t = conn.op_timeout;
+    let channel = conn.channel().await?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let declare = channel.queue_declare(short("queue", queue)?, passive, FieldTable::default());
+    let count = match timed_raw(t, declare).await? {
+        Ok(q) => u64::from(q.message_count()),
+        Err(e) if reply_code(&e) == Some(NOT_FOUND) => {
+            return Err(BrokerError::Rejected(format!(
+                "queue {queue} does not exist: declare the topology first"
+            )));
+        }
+        Err(e) => return Err(map_lapin(&format!("inspecting queue {queue}"), &e)),
+    };
+    close_quietly(&channel, t).await;
+    Ok(count)
+}
+
+async fn close_quietly(channel: &Channel, t: Duration) {
+    if channel.status().connected() {
+        let _ = tokio::time::timeout(t, channel.close(200, "done".into())).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queue_specs_follow_the_design() {
+        let mut t = Topology::new(Names::new("p"), &["a"]);
+        t.retry_ladder = vec![Duration::from_secs(1), Duration::from_secs(120)];
+        let specs = queues(&t);
+        let names: Vec<&str> = specs.iter().map(|q| q.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "p.jobs.a",
+                "p.retry.a.1s",
+                "p.retry.a.2m",
+                "p.dlq.a",
+                "p.submit",
+                "p.coordinator.events"
+            ]
+        );
+        let jobs = &specs[0].args;
+        assert_eq!(
+            jobs.inner().get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(10))
+        );
+        assert_eq!(
+            jobs.inner().get("x-dead-letter-exchange"),
+            Some(&AMQPValue::LongString("p.dlq".into()))
+        );
+        let retry = &specs[2].args;
+        assert_eq!(
+            retry.inner().get("x-message-ttl"),
+            Some(&AMQPValue::LongLongInt(120_000))
+        );
+        assert_eq!(
+            retry.inner().get("x-dead-letter-routing-key"),
+            Some(&AMQPValue::LongString("a".into()))
+        );
+    }
+}

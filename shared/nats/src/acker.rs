@@ -1,0 +1,157 @@
+//! Settling deliveries: every settlement is a confirmed (double) ack, bounded by the request
+//! timeout.
+//!
+//! nats-server answers every ack that carries a reply subject, whether or not the message is
+//! still pending for this delivery: a confirmed `+WPI` proves the server got it, not that the
+//! lease was still held, and an ack from a delivery whose lease already expired still removes
+//! the (redelivered) message.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::AckKind;
+use async_nats::jetstream::message::Acker as JsAcker;
+use async_trait::async_trait;
+use bytes::Bytes;
+use fleet_core::{Acker, BrokerError};
+use fleet_protocol::DeadLetterInfo;
+
+use crate::broker::Shared;
+use crate::wire::{bounded, insert_headers};
+
+/// Settles one delivery of a durable pull consumer.
+pub(crate) struct NatsAcker {
+    pub(crate) acker: JsAcker,
+    pub(crate) shared: Arc<Shared>,
+    /// The stage whose DLQ gets this message (jobs); `None` uses the dead letter's stage.
+    pub(crate) dlq_stage: Option<String>,
+    pub(crate) body: Bytes,
+    pub(crate) headers: Option<HeaderMap>,
+    pub(crate) lease: Duration,
+    /// De-duplication id of the dead-letter copy (`dlq-<stream>-<stream sequence>`), so that
+    /// dead-lettering the same stored message twice (Term lost, redelivered) keeps one copy.
+    pub(crate) dlq_msg_id: Option<String>,
+}
+
+impl NatsAcker {
+    /// Sends `kind` and waits (bounded) for the server's confirmation.
+    async fn confirmed(&self, kind: AckKind, what: &str) -> Result<(), BrokerError> {
+        let shared = &self.shared;
+        if !shared.is_up() {
+            return Err(shared.lost(what));
+        }
+        match bounded(shared.outer_limit(), self.acker.double_ack_with(kind)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => {
+                Err(shared.or_lost(what, ack_error(what, &e, shared.opts.request_timeout)))
+            }
+            Err(e) => Err(shared.or_lost(what, e)),
+        }
+    }
+}
+
+fn ack_error(what: &str, e: &dyn std::fmt::Display, limit: Duration) -> BrokerError {
+    let text = e.to_string();
+    if text.contains("timed out") {
+        BrokerError::Timeout(limit)
+    } else {
+        BrokerError::ConnectionLost(format!("{what}: {text}"))
+    }
+}
+
+/// Original headers a dead-letter copy must not carry (publish expectations of the original).
+fn keep_header(name: &str) -> bool {
+    !name.to_ascii_lowercase().starts_with("nats-expected-")
+}
+
+#[async_trait]
+impl Acker for NatsAcker {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        self.confirmed(AckKind::Ack, "ack").await
+    }
+
+    async fn retry(self: Box<Self>, delay: Duration) -> Result<Duration, BrokerError> {
+        let kind = if delay.is_zero() {
+            AckKind::Nak(None)
+        } else {
+            AckKind::Nak(Some(delay))
+        };
+        self.confirmed(kind, "retry (nak with delay)").await?;
+        Ok(delay)
+    }
+
+    async fn dead_letter(self: Box<Self>, info: &DeadLetterInfo) -> Result<(), BrokerError> {
+        let stage = self.dlq_stage.as_deref().unwrap_or(&info.stage);
+        crate::wire::check_token("stage", stage)?;
+        let subject = self.shared.names().dlq(stage);
+        let mut headers = HeaderMap::new();
+        if let Some(original) = &self.headers {
+            for (name, values) in original.iter() {
+                let name_str: &str = name.as_ref();
+                if keep_header(name_str) {
+                    for value in values {
+                        headers.append(name.clone(), value.clone());
+                    }
+                }
+            }
+        }
+        insert_headers(&mut headers, &info.to_headers())?;
+        if let Some(id) = &self.dlq_msg_id {
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                crate::wire::header_value(id),
+            );
+        }
+        self.shared
+            .publish_raw(subject, headers, self.body.clone())
+            .await?;
+        // Only once the copy is confirmed: stop redelivery of the original.
+        self.confirmed(AckKind::Term, "term after dead-lettering")
+            .await
+    }
+
+    async fn release(self: Box<Self>) -> Result<(), BrokerError> {
+        self.confirmed(AckKind::Nak(None), "release (nak)").await
+    }
+
+    async fn extend(&self) -> Result<(), BrokerError> {
+        self.confirmed(AckKind::Progress, "extend (in progress)")
+            .await
+            .map_err(|e| BrokerError::ConnectionLost(format!("lease lost: {e}")))
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        Some(self.lease)
+    }
+}
+
+/// Control messages are read without acks (ordered consumer): settling does nothing.
+pub(crate) struct ControlAcker;
+
+#[async_trait]
+impl Acker for ControlAcker {
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn retry(self: Box<Self>, delay: Duration) -> Result<Duration, BrokerError> {
+        Ok(delay)
+    }
+
+    async fn dead_letter(self: Box<Self>, _info: &DeadLetterInfo) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn release(self: Box<Self>) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn extend(&self) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    fn lease(&self) -> Option<Duration> {
+        None
+    }
+}

@@ -1,0 +1,311 @@
+//! [`NatsBroker`]: the [`Broker`] implementation over one async-nats client.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::Duration;
+
+use async_nats::HeaderMap;
+use async_nats::jetstream::context::PublishErrorKind;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self};
+use async_trait::async_trait;
+use bytes::Bytes;
+use fleet_core::{
+    Broker, BrokerError, BrokerKind, OutMessage, Source, SubscribeOptions, Subscription, Topology,
+};
+use fleet_protocol::Names;
+
+use crate::connect::{ConnState, NatsOptions, is_up};
+use crate::subscription::{ControlSubscription, PullSubscription};
+use crate::topology::{self, COORDINATOR, dlq_consumer};
+use crate::wire::{self, bounded};
+
+/// State shared by the broker, its subscriptions and its ackers.
+pub(crate) struct Shared {
+    pub(crate) client: async_nats::Client,
+    pub(crate) js: jetstream::Context,
+    pub(crate) opts: NatsOptions,
+    pub(crate) conn: Arc<ConnState>,
+    names: RwLock<Arc<Names>>,
+    drift: AtomicU64,
+}
+
+impl Shared {
+    /// The names of the last declared topology (`fleet` before any).
+    pub(crate) fn names(&self) -> Arc<Names> {
+        self.names
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// True while connected.
+    pub(crate) fn is_up(&self) -> bool {
+        is_up(&self.client, &self.conn)
+    }
+
+    /// The connection-lost error to return when the connection is down.
+    pub(crate) fn lost(&self, what: &str) -> BrokerError {
+        BrokerError::ConnectionLost(format!("{what}: NATS connection is down"))
+    }
+
+    /// `e`, unless the connection is down, which is then the better explanation.
+    pub(crate) fn or_lost(&self, what: &str, e: BrokerError) -> BrokerError {
+        if self.is_up() { e } else { self.lost(what) }
+    }
+
+    /// Bound on a client-side wait that the client itself bounds by the request timeout.
+    pub(crate) fn outer_limit(&self) -> Duration {
+        self.opts.request_timeout + Duration::from_millis(500)
+    }
+
+    /// JetStream publish, waiting (bounded) for the stream's ack.
+    pub(crate) async fn publish_raw(
+        &self,
+        subject: String,
+        headers: HeaderMap,
+        body: Bytes,
+    ) -> Result<(), BrokerError> {
+        let what = format!("publishing to {subject}");
+        let mut publish = PublishMessage::build().payload(body);
+        if !headers.is_empty() {
+            publish = publish.headers(headers);
+        }
+        let limit = self.opts.request_timeout;
+        let sent = bounded(self.outer_limit(), async {
+            self.js.send_publish(subject.clone(), publish).await?.await
+        })
+        .await
+        .map_err(|e| self.or_lost(&what, e))?;
+        match sent {
+            Ok(_ack) => Ok(()),
+            Err(e) => Err(match e.kind() {
+                PublishErrorKind::StreamNotFound => BrokerError::Rejected(format!(
+                    "{what}: no stream takes this subject (declare the topology first)"
+                )),
+                PublishErrorKind::TimedOut => self.or_lost(&what, BrokerError::Timeout(limit)),
+                PublishErrorKind::BrokenPipe => BrokerError::ConnectionLost(format!("{what}: {e}")),
+                PublishErrorKind::MaxPayloadExceeded => {
+                    BrokerError::Rejected(format!("{what}: {e}"))
+                }
+                _ => self.or_lost(&what, BrokerError::Rejected(format!("{what}: {e}"))),
+            }),
+        }
+    }
+}
+
+/// A NATS JetStream broker. Cloning shares the connection.
+#[derive(Clone)]
+pub struct NatsBroker {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for NatsBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NatsBroker")
+            .field("prefix", &self.shared.names().prefix())
+            .field("connected", &self.shared.is_up())
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsBroker {
+    pub(crate) fn new(client: async_nats::Client, opts: NatsOptions, conn: Arc<ConnState>) -> Self {
+        let js = jetstream::ContextBuilder::new()
+            .timeout(opts.request_timeout)
+            .build(client.clone());
+        NatsBroker {
+            shared: Arc::new(Shared {
+                client,
+                js,
+                opts,
+                conn,
+                names: RwLock::new(Arc::new(Names::default())),
+                drift: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Streams and consumers found with another config than declared, since connecting
+    /// (export it as a metric; each [`Broker::declare`] adds what it finds).
+    pub fn config_drift_count(&self) -> u64 {
+        self.shared.drift.load(Ordering::Relaxed)
+    }
+
+    /// Disconnections the client has reported since connecting.
+    pub fn disconnect_count(&self) -> u64 {
+        self.shared.conn.disconnects()
+    }
+
+    /// The names in use (set by [`Broker::declare`]; `fleet` before it).
+    pub fn names(&self) -> Names {
+        self.shared.names().as_ref().clone()
+    }
+
+    /// Uses `names` without declaring anything (for clients such as `fleetctl` that only publish
+    /// or inspect).
+    pub fn set_names(&self, names: Names) {
+        *self
+            .shared
+            .names
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(names);
+    }
+
+    /// The underlying JetStream context, for benchmarks and diagnostics only.
+    pub fn jetstream(&self) -> &jetstream::Context {
+        &self.shared.js
+    }
+
+    fn consumer_of(&self, source: &Source) -> Result<(String, String), BrokerError> {
+        let names = self.shared.names();
+        Ok(match source {
+            Source::Jobs { stage } => {
+                wire::check_token("stage", stage)?;
+                (names.jobs_stream(), stage.clone())
+            }
+            Source::DeadLetters { stage } => {
+                wire::check_token("stage", stage)?;
+                (names.dlq_stream(), dlq_consumer(stage))
+            }
+            Source::Events => (names.events_stream(), COORDINATOR.to_owned()),
+            Source::Submit => (names.submit_stream(), COORDINATOR.to_owned()),
+            Source::Control => (names.control_stream(), String::new()),
+        })
+    }
+}
+
+#[async_trait]
+impl Broker for NatsBroker {
+    fn kind(&self) -> BrokerKind {
+        BrokerKind::Nats
+    }
+
+    async fn declare(&self, topology: &Topology) -> Result<(), BrokerError> {
+        let consumers = topology::consumer_configs(topology)?;
+        let shared = &self.shared;
+        let limit = shared.outer_limit();
+        let mut drift = 0;
+        for stream in topology::stream_configs(&topology.names) {
+            drift += topology::ensure_stream(&shared.js, limit, &stream)
+                .await
+                .map_err(|e| shared.or_lost("declare", e))?;
+        }
+        for consumer in &consumers {
+            drift += topology::ensure_consumer(&shared.js, limit, consumer)
+                .await
+                .map_err(|e| shared.or_lost("declare", e))?;
+        }
+        shared.drift.fetch_add(drift, Ordering::Relaxed);
+        self.set_names(topology.names.clone());
+        Ok(())
+    }
+
+    async fn publish(&self, msg: OutMessage) -> Result<(), BrokerError> {
+        let subject = wire::subject_for(&self.shared.names(), &msg.dest)?;
+        let mut headers = HeaderMap::new();
+        wire::append_headers(&mut headers, &msg.headers)?;
+        if let Some(id) = &msg.msg_id {
+            headers.insert(async_nats::header::NATS_MESSAGE_ID, wire::header_value(id));
+        }
+        self.shared.publish_raw(subject, headers, msg.body).await
+    }
+
+    async fn subscribe(
+        &self,
+        source: Source,
+        _opts: SubscribeOptions,
+    ) -> Result<Box<dyn Subscription>, BrokerError> {
+        let (stream, consumer) = self.consumer_of(&source)?;
+        let shared = self.shared.clone();
+        if source == Source::Control {
+            let prefix = self.shared.names().prefix().to_owned();
+            return Ok(Box::new(
+                ControlSubscription::open(shared, stream, &prefix).await?,
+            ));
+        }
+        let dlq_stage = match &source {
+            Source::Jobs { stage } => Some(stage.clone()),
+            _ => None,
+        };
+        Ok(Box::new(
+            PullSubscription::open(shared, stream, consumer, dlq_stage).await?,
+        ))
+    }
+
+    fn is_connected(&self) -> bool {
+        self.shared.is_up()
+    }
+
+    async fn reconnect(&self) -> Result<(), BrokerError> {
+        let shared = &self.shared;
+        let limit = shared.opts.connect_timeout;
+        let waited = tokio::time::timeout(limit, async {
+            loop {
+                let changed = shared.conn.changed.notified();
+                if shared.conn.is_closed() {
+                    return Err(BrokerError::ConnectionLost(
+                        "NATS connection is closed; connect again".into(),
+                    ));
+                }
+                if shared.is_up() {
+                    return Ok(());
+                }
+                // The state watch is not public: events wake us early, polling covers the rest.
+                tokio::select! {
+                    () = changed => {}
+                    () = tokio::time::sleep(Duration::from_millis(100)) => {}
+                }
+            }
+        })
+        .await;
+        waited.unwrap_or_else(|_| {
+            Err(BrokerError::ConnectionLost(format!(
+                "NATS did not reconnect within {limit:?}"
+            )))
+        })
+    }
+
+    async fn depth(&self, source: &Source) -> Result<u64, BrokerError> {
+        let (stream_name, consumer) = self.consumer_of(source)?;
+        let shared = &self.shared;
+        let limit = shared.outer_limit();
+        let what = format!("depth of {stream_name}");
+        if *source == Source::Control {
+            let stream = bounded(limit, shared.js.get_stream(&stream_name))
+                .await?
+                .map_err(|e| {
+                    shared.or_lost(&what, BrokerError::Rejected(format!("{what}: {e}")))
+                })?;
+            return Ok(stream.cached_info().state.messages);
+        }
+        let stream = shared
+            .js
+            .get_stream_no_info(&stream_name)
+            .await
+            .map_err(|e| BrokerError::Rejected(format!("{what}: {e}")))?;
+        let info = bounded(limit, stream.consumer_info(&consumer))
+            .await?
+            .map_err(|e| topology::consumer_info_error(&what, e))?;
+        Ok(info.num_pending)
+    }
+
+    async fn delete_topology(&self, topology: &Topology) -> Result<(), BrokerError> {
+        let limit = self.shared.outer_limit();
+        for stream in topology::stream_configs(&topology.names) {
+            topology::delete_stream(&self.shared.js, limit, &stream.name)
+                .await
+                .map_err(|e| self.shared.or_lost("delete_topology", e))?;
+        }
+        Ok(())
+    }
+
+    async fn close(&self) {
+        let shared = &self.shared;
+        // Drain flushes pending publishes and acks, then closes the connection.
+        if let Ok(Err(e)) = bounded(shared.opts.request_timeout, shared.client.drain()).await {
+            tracing::debug!(error = %e, "nats: drain on close failed");
+        }
+        shared.conn.mark_closed();
+    }
+}

@@ -1,0 +1,158 @@
+//! Connecting: URL checks, client options, and connection-state tracking from client events.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::connection::State;
+use async_nats::{ConnectOptions, Event};
+use fleet_core::BrokerError;
+use tokio::sync::Notify;
+
+use crate::broker::NatsBroker;
+
+/// Connection settings for [`connect`].
+#[derive(Debug, Clone)]
+pub struct NatsOptions {
+    /// Bound on establishing the TCP/TLS connection and the NATS handshake.
+    pub connect_timeout: Duration,
+    /// Bound on every JetStream API request, publish ack and confirmed (double) ack.
+    pub request_timeout: Duration,
+    /// Interval of client PINGs; a dead peer is noticed after about two missed intervals.
+    pub ping_interval: Duration,
+    /// Connection name shown by the server's monitoring (`connz`), e.g. the worker id.
+    pub client_name: Option<String>,
+}
+
+impl Default for NatsOptions {
+    fn default() -> Self {
+        NatsOptions {
+            connect_timeout: Duration::from_secs(5),
+            request_timeout: Duration::from_secs(10),
+            ping_interval: Duration::from_secs(10),
+            client_name: None,
+        }
+    }
+}
+
+/// What the client's event callback has told us about the connection.
+#[derive(Default)]
+pub(crate) struct ConnState {
+    /// The client was closed (by us, or it gave up); it will never reconnect.
+    closed: AtomicBool,
+    /// Disconnections seen since connecting.
+    disconnects: AtomicU64,
+    /// Woken on every event.
+    pub(crate) changed: Notify,
+}
+
+impl ConnState {
+    fn on_event(&self, event: &Event) {
+        match event {
+            Event::Connected => tracing::info!("nats: connected"),
+            Event::Disconnected => {
+                self.disconnects.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!("nats: disconnected; the client reconnects by itself");
+            }
+            Event::Closed => {
+                self.closed.store(true, Ordering::SeqCst);
+                tracing::warn!("nats: connection closed");
+            }
+            Event::LameDuckMode => tracing::warn!("nats: server entered lame duck mode"),
+            Event::Draining => tracing::info!("nats: draining"),
+            Event::SlowConsumer(sid) => tracing::warn!(sid, "nats: slow consumer"),
+            Event::ServerError(e) => tracing::warn!(error = %e, "nats: server error"),
+            Event::ClientError(e) => tracing::warn!(error = %e, "nats: client error"),
+        }
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn mark_closed(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    pub(crate) fn disconnects(&self) -> u64 {
+        self.disconnects.load(Ordering::Relaxed)
+    }
+}
+
+/// `url` with any `user:password@` part replaced by `***@`, for messages and logs.
+pub(crate) fn redact(url: &str) -> String {
+    url.split(',')
+        .map(|u| match (u.find("://"), u.rfind('@')) {
+            (Some(scheme), Some(at)) if at > scheme => {
+                format!("{}***{}", &u[..scheme + 3], &u[at..])
+            }
+            _ => u.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// True when `client` is connected and was not closed.
+pub(crate) fn is_up(client: &async_nats::Client, conn: &ConnState) -> bool {
+    !conn.is_closed() && client.connection_state() == State::Connected
+}
+
+/// Connects to a `nats://` or `tls://` URL (several may be given, comma-separated).
+///
+/// Fails (never retries) when the server cannot be reached within `opts.connect_timeout`; after
+/// that the client reconnects by itself, forever, and
+/// [`Broker::reconnect`](fleet_core::Broker::reconnect) waits for it.
+pub async fn connect(url: &str, opts: NatsOptions) -> Result<NatsBroker, BrokerError> {
+    let urls: Vec<&str> = url
+        .split(',')
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .collect();
+    if urls.is_empty() {
+        return Err(BrokerError::Config("empty NATS URL".into()));
+    }
+    for u in &urls {
+        if !(u.starts_with("nats://") || u.starts_with("tls://")) {
+            return Err(BrokerError::Config(format!(
+                "unsupported NATS URL {:?}: use nats://HOST:PORT or tls://HOST:PORT",
+                redact(u)
+            )));
+        }
+    }
+    let conn = Arc::new(ConnState::default());
+    let events = conn.clone();
+    let mut options = ConnectOptions::new()
+        .connection_timeout(opts.connect_timeout)
+        .request_timeout(Some(opts.request_timeout))
+        .ping_interval(opts.ping_interval)
+        .event_callback(move |event| {
+            let events = events.clone();
+            async move { events.on_event(&event) }
+        });
+    if urls.iter().all(|u| u.starts_with("tls://")) {
+        options = options.require_tls(true);
+    }
+    if let Some(name) = &opts.client_name {
+        options = options.name(name);
+    }
+    let shown = redact(url);
+    let addrs: Vec<async_nats::ServerAddr> = urls
+        .iter()
+        .map(|u| u.parse())
+        .collect::<Result<_, _>>()
+        .map_err(|e| BrokerError::Config(format!("bad NATS URL {shown:?}: {e}")))?;
+    let client = tokio::time::timeout(opts.connect_timeout, options.connect(addrs))
+        .await
+        .map_err(|_| {
+            BrokerError::ConnectionLost(format!(
+                "no NATS connection to {shown} within {:?}",
+                opts.connect_timeout
+            ))
+        })?
+        .map_err(|e| {
+            BrokerError::ConnectionLost(format!("cannot connect to NATS at {shown}: {e}"))
+        })?;
+    Ok(NatsBroker::new(client, opts, conn))
+}

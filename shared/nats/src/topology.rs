@@ -1,0 +1,493 @@
+//! Streams and durable consumers: what fleet declares, get-or-create, and drift reporting.
+//!
+//! | stream | subjects | retention | consumers |
+//! |---|---|---|---|
+//! | `<P>_JOBS` | `<p>.jobs.>` | WorkQueue, dedup window 2 min | `<stage>` per stage (filter `<p>.jobs.<stage>`) |
+//! | `<P>_DLQ` | `<p>.dlq.>` | limits | `dlq-<stage>` per stage (filter `<p>.dlq.<stage>`) |
+//! | `<P>_EVENTS` | `<p>.events.>` | WorkQueue | `coordinator` |
+//! | `<P>_SUBMIT` | `<p>.submit` | WorkQueue, dedup window 2 min | `coordinator` |
+//! | `<P>_CONTROL` | `<p>.control.>` | limits, 1 message per subject | none (ephemeral ordered per subscriber) |
+//! | `<P>_PIPELINES` | `<p>.pipelines.>` | limits | none |
+//!
+//! `<P>_EVENTS` is a WorkQueue: the coordinator's `coordinator` consumer is its only reader, so an
+//! acked batch is deleted and the stream holds only what the coordinator has not processed yet
+//! (its depth is the coordinator's lag). Every stream uses file storage.
+//!
+//! Stage consumers take `ack_wait`, `max_deliver` and `max_ack_pending` from the [`Topology`];
+//! the coordinator's consumers (`coordinator`, `dlq-<stage>`) use fixed values
+//! ([`COORDINATOR_ACK_WAIT`], unlimited deliveries, [`COORDINATOR_MAX_ACK_PENDING`]) so that
+//! services declaring with different topologies never fight over them.
+
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{self, AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::context::{
+    ConsumerInfoError, ConsumerInfoErrorKind, CreateStreamErrorKind, GetStreamErrorKind,
+};
+use async_nats::jetstream::stream::{
+    self, ConsumerError, ConsumerErrorKind, RetentionPolicy, StorageType,
+};
+use async_nats::jetstream::{self, ErrorCode};
+use fleet_core::{BrokerError, Topology};
+use fleet_protocol::Names;
+
+use crate::wire::{bounded, check_token};
+
+/// Name of the coordinator's durable consumers on `<P>_EVENTS` and `<P>_SUBMIT`.
+pub const COORDINATOR: &str = "coordinator";
+/// `ack_wait` of the coordinator's consumers (events, submissions, dead letters).
+pub const COORDINATOR_ACK_WAIT: Duration = Duration::from_secs(60);
+/// `max_ack_pending` of the coordinator's consumers.
+pub const COORDINATOR_MAX_ACK_PENDING: i64 = 10_000;
+/// Publish de-duplication window of the jobs and submission streams (DESIGN §4).
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Name of the durable consumer that reads a stage's dead letters.
+pub fn dlq_consumer(stage: &str) -> String {
+    format!("dlq-{stage}")
+}
+
+/// The streams of a prefix, with their configs.
+pub(crate) fn stream_configs(names: &Names) -> Vec<stream::Config> {
+    let p = names.prefix();
+    let base = |name: String, subjects: Vec<String>, retention| stream::Config {
+        name,
+        subjects,
+        retention,
+        storage: StorageType::File,
+        duplicate_window: DUPLICATE_WINDOW,
+        ..Default::default()
+    };
+    vec![
+        base(
+            names.jobs_stream(),
+            vec![format!("{p}.jobs.>")],
+            RetentionPolicy::WorkQueue,
+        ),
+        base(
+            names.dlq_stream(),
+            vec![format!("{p}.dlq.>")],
+            RetentionPolicy::Limits,
+        ),
+        base(
+            names.events_stream(),
+            vec![format!("{p}.events.>")],
+            RetentionPolicy::WorkQueue,
+        ),
+        base(
+            names.submit_stream(),
+            vec![names.submit()],
+            RetentionPolicy::WorkQueue,
+        ),
+        stream::Config {
+            max_messages_per_subject: 1,
+            ..base(
+                names.control_stream(),
+                vec![format!("{p}.control.>")],
+                RetentionPolicy::Limits,
+            )
+        },
+        base(
+            names.pipelines_stream(),
+            vec![format!("{p}.pipelines.>")],
+            RetentionPolicy::Limits,
+        ),
+    ]
+}
+
+/// One durable pull consumer fleet wants.
+pub(crate) struct WantedConsumer {
+    pub(crate) stream: String,
+    pub(crate) config: pull::Config,
+}
+
+fn durable(
+    name: &str,
+    filter: String,
+    ack_wait: Duration,
+    max_deliver: i64,
+    max_ack_pending: i64,
+) -> pull::Config {
+    pull::Config {
+        durable_name: Some(name.to_owned()),
+        filter_subject: filter,
+        deliver_policy: DeliverPolicy::All,
+        ack_policy: AckPolicy::Explicit,
+        ack_wait,
+        max_deliver,
+        max_ack_pending,
+        ..Default::default()
+    }
+}
+
+/// The durable consumers of a topology.
+pub(crate) fn consumer_configs(topology: &Topology) -> Result<Vec<WantedConsumer>, BrokerError> {
+    let names = &topology.names;
+    // 0 means "no limit" to fleet; the server stores -1 for that.
+    let max_deliver = if topology.max_deliver == 0 {
+        -1
+    } else {
+        i64::from(topology.max_deliver)
+    };
+    let mut out = Vec::new();
+    for stage in &topology.stages {
+        check_token("stage", stage).map_err(|e| BrokerError::Config(e.to_string()))?;
+        out.push(WantedConsumer {
+            stream: names.jobs_stream(),
+            config: durable(
+                stage,
+                names.jobs(stage),
+                topology.ack_wait,
+                max_deliver,
+                topology.max_ack_pending,
+            ),
+        });
+        out.push(WantedConsumer {
+            stream: names.dlq_stream(),
+            config: durable(
+                &dlq_consumer(stage),
+                names.dlq(stage),
+                COORDINATOR_ACK_WAIT,
+                -1,
+                COORDINATOR_MAX_ACK_PENDING,
+            ),
+        });
+    }
+    let p = names.prefix();
+    out.push(WantedConsumer {
+        stream: names.events_stream(),
+        config: durable(
+            COORDINATOR,
+            format!("{p}.events.>"),
+            COORDINATOR_ACK_WAIT,
+            -1,
+            COORDINATOR_MAX_ACK_PENDING,
+        ),
+    });
+    out.push(WantedConsumer {
+        stream: names.submit_stream(),
+        config: durable(
+            COORDINATOR,
+            names.submit(),
+            COORDINATOR_ACK_WAIT,
+            -1,
+            COORDINATOR_MAX_ACK_PENDING,
+        ),
+    });
+    Ok(out)
+}
+
+/// Fields of an existing stream that differ from what fleet declares.
+pub(crate) fn stream_drift(want: &stream::Config, have: &stream::Config) -> Vec<String> {
+    let mut d = Vec::new();
+    let mut subjects_want = want.subjects.clone();
+    let mut subjects_have = have.subjects.clone();
+    subjects_want.sort();
+    subjects_have.sort();
+    if subjects_want != subjects_have {
+        d.push(format!(
+            "subjects {:?} (want {:?})",
+            have.subjects, want.subjects
+        ));
+    }
+    if want.retention != have.retention {
+        d.push(format!(
+            "retention {:?} (want {:?})",
+            have.retention, want.retention
+        ));
+    }
+    if want.storage != have.storage {
+        d.push(format!(
+            "storage {:?} (want {:?})",
+            have.storage, want.storage
+        ));
+    }
+    if want.max_messages_per_subject > 0
+        && want.max_messages_per_subject != have.max_messages_per_subject
+    {
+        d.push(format!(
+            "max_messages_per_subject {} (want {})",
+            have.max_messages_per_subject, want.max_messages_per_subject
+        ));
+    }
+    d
+}
+
+/// Fields of an existing consumer that differ from what fleet declares.
+pub(crate) fn consumer_drift(want: &pull::Config, have: &consumer::Config) -> Vec<String> {
+    let mut d = Vec::new();
+    if !want.ack_wait.is_zero() && want.ack_wait != have.ack_wait {
+        d.push(format!(
+            "ack_wait {:?} (want {:?})",
+            have.ack_wait, want.ack_wait
+        ));
+    }
+    if want.max_deliver != have.max_deliver {
+        d.push(format!(
+            "max_deliver {} (want {})",
+            have.max_deliver, want.max_deliver
+        ));
+    }
+    if want.max_ack_pending > 0 && want.max_ack_pending != have.max_ack_pending {
+        d.push(format!(
+            "max_ack_pending {} (want {})",
+            have.max_ack_pending, want.max_ack_pending
+        ));
+    }
+    if want.filter_subject != have.filter_subject {
+        d.push(format!(
+            "filter_subject {:?} (want {:?})",
+            have.filter_subject, want.filter_subject
+        ));
+    }
+    if want.ack_policy != have.ack_policy {
+        d.push(format!(
+            "ack_policy {:?} (want {:?})",
+            have.ack_policy, want.ack_policy
+        ));
+    }
+    if have.deliver_subject.is_some() {
+        d.push("push consumer (want pull)".to_owned());
+    }
+    d
+}
+
+/// Maps a JetStream API error: timeouts and transport failures are connection problems.
+pub(crate) fn api_error(
+    what: &str,
+    timed_out: bool,
+    transport: bool,
+    e: impl std::fmt::Display,
+) -> BrokerError {
+    if timed_out || transport {
+        BrokerError::ConnectionLost(format!("{what}: {e}"))
+    } else {
+        BrokerError::Rejected(format!("{what}: {e}"))
+    }
+}
+
+/// Gets or creates one stream; returns how many drifted fields it has (0 when created).
+pub(crate) async fn ensure_stream(
+    js: &jetstream::Context,
+    limit: Duration,
+    want: &stream::Config,
+) -> Result<u64, BrokerError> {
+    let what = format!("declaring stream {}", want.name);
+    let existing = match bounded(limit, js.get_stream(&want.name)).await? {
+        Ok(s) => Some(s.cached_info().config.clone()),
+        Err(e) => match e.kind() {
+            GetStreamErrorKind::JetStream(err)
+                if err.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+            {
+                None
+            }
+            GetStreamErrorKind::Request => return Err(api_error(&what, false, true, e)),
+            _ => return Err(api_error(&what, false, false, e)),
+        },
+    };
+    let have = match existing {
+        Some(have) => have,
+        None => match bounded(limit, js.create_stream(want.clone())).await? {
+            Ok(_) => return Ok(0),
+            Err(e) => match e.kind() {
+                // Another replica created it meanwhile: compare with what is there.
+                CreateStreamErrorKind::JetStream(err)
+                    if err.error_code() == ErrorCode::STREAM_NAME_EXIST =>
+                {
+                    bounded(limit, js.get_stream(&want.name))
+                        .await?
+                        .map_err(|e| api_error(&what, false, false, e))?
+                        .cached_info()
+                        .config
+                        .clone()
+                }
+                CreateStreamErrorKind::TimedOut => return Err(api_error(&what, true, false, e)),
+                _ => return Err(api_error(&what, false, false, e)),
+            },
+        },
+    };
+    let drift = stream_drift(want, &have);
+    if !drift.is_empty() {
+        tracing::warn!(
+            stream = %want.name,
+            differs = %drift.join(", "),
+            "stream {} exists with another config ({}); using it as it is. Streams are not \
+             changed in place: to apply fleet's config, drain it and delete it \
+             (`nats stream rm {}`), then restart",
+            want.name,
+            drift.join(", "),
+            want.name,
+        );
+    }
+    Ok(u64::from(!drift.is_empty()))
+}
+
+/// Gets or creates one durable consumer; on drift, warns and tries to update it in place.
+/// Returns how many consumers drifted (0 or 1). Drift never fails.
+pub(crate) async fn ensure_consumer(
+    js: &jetstream::Context,
+    limit: Duration,
+    want: &WantedConsumer,
+) -> Result<u64, BrokerError> {
+    let name = want.config.durable_name.clone().unwrap_or_default();
+    let what = format!("declaring consumer {name} on {}", want.stream);
+    let stream = js
+        .get_stream_no_info(&want.stream)
+        .await
+        .map_err(|e| api_error(&what, false, false, e))?;
+    let have = match bounded(limit, stream.consumer_info(&name)).await? {
+        Ok(info) => info.config,
+        Err(e) if matches!(e.kind(), ConsumerInfoErrorKind::NotFound) => {
+            return match bounded(limit, stream.create_consumer(want.config.clone())).await? {
+                Ok(_) => Ok(0),
+                Err(e) => Err(consumer_error(&what, e)),
+            };
+        }
+        Err(e) => return Err(consumer_info_error(&what, e)),
+    };
+    let drift = consumer_drift(&want.config, &have);
+    if drift.is_empty() {
+        return Ok(0);
+    }
+    let differs = drift.join(", ");
+    let updated = bounded(limit, stream.update_consumer(want.config.clone())).await;
+    match updated {
+        Ok(Ok(_)) => tracing::warn!(
+            stream = %want.stream,
+            consumer = %name,
+            differs = %differs,
+            "consumer {name} on {} existed with another config ({differs}); updated it to fleet's. \
+             If another service declares this stage with other settings, make them agree: \
+             ack_wait, max_deliver and max_ack_pending are stage-level",
+            want.stream,
+        ),
+        Ok(Err(e)) => tracing::warn!(
+            stream = %want.stream,
+            consumer = %name,
+            differs = %differs,
+            error = %e,
+            "consumer {name} on {} exists with another config ({differs}) and the server refused \
+             to update it; keeping it as it is. To apply fleet's config, stop the stage's workers \
+             and delete the consumer (`nats consumer rm {} {name}`); it is recreated at start-up \
+             (WorkQueue retention keeps the pending jobs)",
+            want.stream,
+            want.stream,
+        ),
+        Err(e) => tracing::warn!(
+            stream = %want.stream,
+            consumer = %name,
+            differs = %differs,
+            error = %e,
+            "consumer {name} on {} exists with another config ({differs}); updating it timed out, \
+             keeping it as it is",
+            want.stream,
+        ),
+    }
+    Ok(1)
+}
+
+/// Maps a consumer create/get error.
+pub(crate) fn consumer_error(what: &str, e: ConsumerError) -> BrokerError {
+    match e.kind() {
+        ConsumerErrorKind::TimedOut | ConsumerErrorKind::Request => {
+            BrokerError::ConnectionLost(format!("{what}: {e}"))
+        }
+        _ => BrokerError::Rejected(format!("{what}: {e}")),
+    }
+}
+
+/// Maps a consumer-info error: missing consumer or stream means the consumer is gone.
+pub(crate) fn consumer_info_error(what: &str, e: ConsumerInfoError) -> BrokerError {
+    use ConsumerInfoErrorKind as K;
+    match e.kind() {
+        K::NotFound | K::StreamNotFound => {
+            BrokerError::ConsumerCancelled(format!("{what}: not found (declare the topology)"))
+        }
+        K::TimedOut | K::Request | K::NoResponders | K::Offline => {
+            BrokerError::ConnectionLost(format!("{what}: {e}"))
+        }
+        K::InvalidName | K::JetStream(_) => BrokerError::Rejected(format!("{what}: {e}")),
+    }
+}
+
+/// Deletes a stream; a missing one is fine.
+pub(crate) async fn delete_stream(
+    js: &jetstream::Context,
+    limit: Duration,
+    name: &str,
+) -> Result<(), BrokerError> {
+    match bounded(limit, js.delete_stream(name)).await? {
+        Ok(_) => Ok(()),
+        Err(e) => match e.kind() {
+            GetStreamErrorKind::JetStream(err)
+                if err.error_code() == ErrorCode::STREAM_NOT_FOUND =>
+            {
+                Ok(())
+            }
+            GetStreamErrorKind::Request => Err(api_error(
+                &format!("deleting stream {name}"),
+                false,
+                true,
+                e,
+            )),
+            _ => Err(api_error(
+                &format!("deleting stream {name}"),
+                false,
+                false,
+                e,
+            )),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn configs_follow_the_design() {
+        let mut t = Topology::new(Names::new("ab"), &["s1", "s2"]);
+        t.ack_wait = Duration::from_secs(7);
+        t.max_deliver = 4;
+        t.max_ack_pending = 33;
+        let streams = stream_configs(&t.names);
+        let jobs = &streams[0];
+        assert_eq!(jobs.name, "AB_JOBS");
+        assert_eq!(jobs.retention, RetentionPolicy::WorkQueue);
+        assert_eq!(jobs.duplicate_window, DUPLICATE_WINDOW);
+        assert_eq!(streams[4].name, "AB_CONTROL");
+        assert_eq!(streams[4].max_messages_per_subject, 1);
+        let consumers = consumer_configs(&t).expect("valid stages");
+        let s1 = &consumers[0];
+        assert_eq!(s1.stream, "AB_JOBS");
+        assert_eq!(s1.config.durable_name.as_deref(), Some("s1"));
+        assert_eq!(s1.config.filter_subject, "ab.jobs.s1");
+        assert_eq!(s1.config.ack_wait, Duration::from_secs(7));
+        assert_eq!(s1.config.max_deliver, 4);
+        assert_eq!(s1.config.max_ack_pending, 33);
+        assert_eq!(consumers[1].config.durable_name.as_deref(), Some("dlq-s1"));
+        assert_eq!(consumers.len(), 6);
+        assert!(consumer_configs(&Topology::new(Names::new("ab"), &["a.b"])).is_err());
+    }
+
+    #[test]
+    fn drift_names_the_fields() {
+        let want = durable("s", "p.jobs.s".into(), Duration::from_secs(2), 5, 10);
+        let mut have = consumer::Config {
+            durable_name: Some("s".into()),
+            filter_subject: "p.jobs.s".into(),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(2),
+            max_deliver: 5,
+            max_ack_pending: 10,
+            ..Default::default()
+        };
+        assert!(consumer_drift(&want, &have).is_empty());
+        have.ack_wait = Duration::from_secs(3);
+        have.max_deliver = -1;
+        let d = consumer_drift(&want, &have);
+        assert_eq!(d.len(), 2);
+        assert!(d[0].starts_with("ack_wait"));
+        assert!(d[1].starts_with("max_deliver"));
+    }
+}

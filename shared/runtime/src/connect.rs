@@ -1,0 +1,67 @@
+//! Connect by URL: `amqp://`, `amqps://`, `nats://`, `tls://` or `memory://`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use fleet_core::{Broker, BrokerError, MemoryBroker};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::RuntimeConfig;
+
+/// Opens one connection for `cfg.broker_url`.
+pub async fn connect(cfg: &RuntimeConfig) -> Result<Arc<dyn Broker>, BrokerError> {
+    let url = cfg.broker_url.as_str();
+    let scheme = url.split("://").next().unwrap_or_default();
+    match scheme {
+        "amqp" | "amqps" => {
+            let opts = fleet_amqp::AmqpOptions {
+                confirm_timeout: cfg.confirm_timeout,
+                heartbeat: cfg.broker_heartbeat,
+                consumer_timeout: cfg.rabbitmq_consumer_timeout,
+                ..fleet_amqp::AmqpOptions::default()
+            };
+            Ok(Arc::new(fleet_amqp::connect(url, opts).await?))
+        }
+        "nats" | "tls" => {
+            let opts = fleet_nats::NatsOptions {
+                request_timeout: cfg.confirm_timeout,
+                ping_interval: cfg.broker_heartbeat,
+                client_name: cfg.worker_id.clone(),
+                ..fleet_nats::NatsOptions::default()
+            };
+            Ok(Arc::new(fleet_nats::connect(url, opts).await?))
+        }
+        "memory" => Ok(Arc::new(MemoryBroker::new())),
+        _ => Err(BrokerError::Config(format!(
+            "unknown broker URL scheme in `{}`: use amqp://, amqps://, nats://, tls:// or memory://",
+            crate::worker::redact(url)
+        ))),
+    }
+}
+
+/// Connects, retrying with backoff until `FLEET_MAX_OUTAGE`; config errors fail at once.
+pub async fn connect_with_retry(
+    cfg: &RuntimeConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Arc<dyn Broker>> {
+    let since = Instant::now();
+    let mut pause = Duration::from_millis(200);
+    loop {
+        match connect(cfg).await {
+            Ok(b) => return Ok(b),
+            Err(e @ BrokerError::Config(_)) => return Err(e.into()),
+            Err(e) if since.elapsed() >= cfg.max_outage || shutdown.is_cancelled() => {
+                anyhow::bail!(
+                    "cannot reach the broker at {}: {e}. Check FLEET_BROKER_URL and that the broker runs",
+                    crate::worker::redact(&cfg.broker_url)
+                );
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, url = %crate::worker::redact(&cfg.broker_url), "broker not reachable yet; retrying");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+}

@@ -1,0 +1,159 @@
+//! What a handler sees besides its job: attempt, deadline, a cancellation token,
+//! a progress reporter, and a helper that runs CPU-heavy work off the reactor.
+
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::Utc;
+use fleet_core::JobError;
+use fleet_protocol::{Event, EventKind};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::events::EventSink;
+use crate::inflight::InFlightGuard;
+use crate::telemetry::{Health, names};
+
+/// Counts blocking work that outlived its attempt, and turns /healthz red past a bound.
+pub struct Runaways {
+    stage: String,
+    count: AtomicUsize,
+    max: usize,
+    health: Arc<Health>,
+}
+
+impl Runaways {
+    /// A counter for `stage` that marks the worker unhealthy above `max`.
+    pub fn new(stage: &str, max: usize, health: Arc<Health>) -> Arc<Runaways> {
+        Arc::new(Runaways {
+            stage: stage.to_owned(),
+            count: AtomicUsize::new(0),
+            max,
+            health,
+        })
+    }
+
+    fn add(&self, delta: isize) {
+        let now = if delta > 0 {
+            self.count.fetch_add(1, Ordering::SeqCst) + 1
+        } else {
+            self.count.fetch_sub(1, Ordering::SeqCst) - 1
+        };
+        metrics::gauge!(names::RUNAWAY_TASKS, "stage" => self.stage.clone()).set(now as f64);
+        self.health.set_unhealthy(now > self.max);
+    }
+
+    /// Blocking tasks running past their deadline now.
+    pub fn current(&self) -> usize {
+        self.count.load(Ordering::SeqCst)
+    }
+}
+
+/// The per-attempt context handed to a handler.
+#[derive(Clone)]
+pub struct JobContext {
+    pub(crate) attempt: u32,
+    pub(crate) deadline: Instant,
+    pub(crate) cancel: CancellationToken,
+    pub(crate) seq: Arc<AtomicU32>,
+    pub(crate) template: Arc<Event>,
+    pub(crate) sink: EventSink,
+    pub(crate) guard: Option<Arc<InFlightGuard>>,
+    pub(crate) runaways: Arc<Runaways>,
+}
+
+impl JobContext {
+    /// This attempt's number (from 1).
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// When this attempt is cut.
+    pub fn deadline(&self) -> Instant {
+        self.deadline
+    }
+
+    /// Time left before the deadline.
+    pub fn remaining(&self) -> std::time::Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    /// Fires when the attempt must stop (deadline, cancellation, drain, lost lease).
+    pub fn cancelled(&self) -> &CancellationToken {
+        &self.cancel
+    }
+
+    /// Reports progress; never blocks (may be coalesced or dropped under pressure).
+    pub fn progress(&self, done: u64, total: Option<u64>, note: &str) {
+        if let Some(g) = &self.guard {
+            g.touch();
+        }
+        let mut e = (*self.template).clone();
+        e.seq = self.seq.fetch_add(1, Ordering::SeqCst);
+        e.at = Utc::now();
+        e.kind = EventKind::Progress {
+            done,
+            total,
+            note: note.to_owned(),
+        };
+        self.sink.emit(e);
+    }
+
+    /// Runs CPU-heavy `work` on the blocking pool so heartbeats and lease extensions keep
+    /// flowing. If the attempt ends first, the slot is released anyway and the still-running
+    /// work is counted in `fleet_runaway_tasks` until it returns.
+    pub async fn blocking<T, F>(&self, work: F) -> Result<T, JobError>
+    where
+        F: FnOnce() -> T + Send + 'static,
+        T: Send + 'static,
+    {
+        // (finished, abandoned): whoever comes second settles the runaway count.
+        let state = Arc::new(Mutex::new((false, false)));
+        let guard = AbandonGuard {
+            state: state.clone(),
+            runaways: self.runaways.clone(),
+        };
+        let runaways = self.runaways.clone();
+        let handle = tokio::task::spawn_blocking(move || {
+            let out = work();
+            let mut s = state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            s.0 = true;
+            if s.1 {
+                runaways.add(-1);
+            }
+            out
+        });
+        let out = handle.await;
+        guard.disarm();
+        out.map_err(|e| JobError::Retryable(format!("blocking work failed: {e}")))
+    }
+}
+
+struct AbandonGuard {
+    state: Arc<Mutex<(bool, bool)>>,
+    runaways: Arc<Runaways>,
+}
+
+impl AbandonGuard {
+    fn disarm(self) {
+        self.state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0 = true;
+    }
+}
+
+impl Drop for AbandonGuard {
+    fn drop(&mut self) {
+        let mut s = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !s.0 && !s.1 {
+            s.1 = true;
+            self.runaways.add(1);
+        }
+    }
+}

@@ -1,0 +1,122 @@
+//! Runs a handler future under the attempt's hard limits: its deadline, its
+//! pipeline's cancellation, the drain deadline, and the broker lease (extended
+//! while it runs). Whatever ends it, the future is dropped and the task aborted.
+
+use std::future::Future;
+use std::time::Duration;
+
+use fleet_core::Acker;
+use tokio::time::{Instant, Interval};
+use tokio_util::sync::CancellationToken;
+
+/// How a guarded run ended.
+#[derive(Debug)]
+pub enum Guarded<T> {
+    /// The future completed.
+    Done(T),
+    /// The deadline passed first.
+    TimedOut,
+    /// The future panicked (message attached).
+    Panicked(String),
+    /// A lease extension failed: the broker may redeliver, so nothing may be published.
+    LeaseLost(String),
+    /// The job's pipeline was cancelled.
+    Cancelled,
+    /// The drain deadline passed during shutdown.
+    Drained,
+}
+
+impl<T> Guarded<T> {
+    /// The value when the future completed, else the stop reason (re-typed).
+    pub fn into_done<U>(self) -> Result<T, Guarded<U>> {
+        match self {
+            Guarded::Done(v) => Ok(v),
+            Guarded::TimedOut => Err(Guarded::TimedOut),
+            Guarded::Panicked(s) => Err(Guarded::Panicked(s)),
+            Guarded::LeaseLost(s) => Err(Guarded::LeaseLost(s)),
+            Guarded::Cancelled => Err(Guarded::Cancelled),
+            Guarded::Drained => Err(Guarded::Drained),
+        }
+    }
+}
+
+/// The stop signals of one run.
+pub struct Limits<'a> {
+    /// Hard deadline.
+    pub deadline: Instant,
+    /// Fires when the pipeline is cancelled.
+    pub pipeline_cancel: &'a CancellationToken,
+    /// Fires at the end of the drain period.
+    pub drain: &'a CancellationToken,
+    /// Cancelled when the run ends early, so cooperative handlers stop too.
+    pub attempt_token: &'a CancellationToken,
+}
+
+async fn tick(t: &mut Option<Interval>) {
+    match t {
+        Some(i) => {
+            i.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Spawns `fut` and waits for it or for the first limit; extends every acker's lease meanwhile.
+pub async fn run_guarded<T, F>(ackers: &[&dyn Acker], limits: Limits<'_>, fut: F) -> Guarded<T>
+where
+    F: Future<Output = T> + Send + 'static,
+    T: Send + 'static,
+{
+    let mut task = tokio::spawn(fut);
+    // Extend at a third of the lease so one lost extension still leaves time for the next.
+    let every = ackers
+        .iter()
+        .filter_map(|a| a.lease())
+        .min()
+        .map(|l| (l / 3).max(Duration::from_millis(100)));
+    let mut ticker = every.map(|e| tokio::time::interval_at(Instant::now() + e, e));
+    let out = loop {
+        tokio::select! {
+            r = &mut task => break match r {
+                Ok(v) => Guarded::Done(v),
+                Err(e) if e.is_panic() => Guarded::Panicked(panic_message(e.into_panic())),
+                Err(e) => Guarded::Panicked(format!("handler task ended: {e}")),
+            },
+            () = tokio::time::sleep_until(limits.deadline) => break Guarded::TimedOut,
+            () = limits.pipeline_cancel.cancelled() => break Guarded::Cancelled,
+            () = limits.drain.cancelled() => break Guarded::Drained,
+            () = tick(&mut ticker) => {
+                let wait = every.unwrap_or(Duration::from_secs(5));
+                if let Some(e) = extend_all(ackers, wait).await {
+                    break Guarded::LeaseLost(e);
+                }
+            }
+        }
+    };
+    if !matches!(out, Guarded::Done(_)) {
+        limits.attempt_token.cancel();
+        task.abort();
+    }
+    out
+}
+
+async fn extend_all(ackers: &[&dyn Acker], wait: Duration) -> Option<String> {
+    for a in ackers {
+        match tokio::time::timeout(wait, a.extend()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Some(e.to_string()),
+            Err(_) => return Some(format!("lease extension not confirmed within {wait:?}")),
+        }
+    }
+    None
+}
+
+fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+    if let Some(s) = p.downcast_ref::<&str>() {
+        format!("handler panicked: {s}")
+    } else if let Some(s) = p.downcast_ref::<String>() {
+        format!("handler panicked: {s}")
+    } else {
+        "handler panicked".to_owned()
+    }
+}

@@ -1,0 +1,40 @@
+//! What a service implements: a [`Handler`] (one job at a time) or a
+//! [`BatchHandler`] (up to N jobs, one outcome each).
+
+use async_trait::async_trait;
+use fleet_core::JobError;
+use fleet_protocol::JobEnvelope;
+
+use crate::context::JobContext;
+
+/// A successful attempt's result.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Output {
+    /// Payload of the next job on the item's route (ignored at the end of the route).
+    pub payload: serde_json::Value,
+}
+
+impl Output {
+    /// An output carrying `payload` to the next stage.
+    pub fn new(payload: serde_json::Value) -> Output {
+        Output { payload }
+    }
+}
+
+/// Processes one job per call.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Runs one attempt. The future is dropped at the deadline; use `ctx.blocking` for CPU work.
+    async fn handle(&self, job: &JobEnvelope, ctx: &JobContext) -> Result<Output, JobError>;
+}
+
+/// Processes several jobs per call (e.g. one database transaction per batch).
+#[async_trait]
+pub trait BatchHandler: Send + Sync + 'static {
+    /// Runs one attempt of each job; returns exactly one result per job, in order.
+    async fn handle_batch(
+        &self,
+        jobs: &[JobEnvelope],
+        ctx: &JobContext,
+    ) -> Vec<Result<Output, JobError>>;
+}

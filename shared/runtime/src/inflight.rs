@@ -1,0 +1,131 @@
+//! The registry of jobs running on this worker: feeds heartbeats (liveness plus
+//! each job's last progress) and lets a cancellation reach running jobs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use fleet_protocol::InFlightJob;
+use tokio_util::sync::CancellationToken;
+
+use crate::telemetry::names;
+
+struct Entry {
+    job: InFlightJob,
+    cancel: CancellationToken,
+}
+
+/// Running jobs by a process-local key.
+pub struct InFlight {
+    stage: String,
+    next: AtomicU64,
+    jobs: Mutex<HashMap<u64, Entry>>,
+}
+
+/// Removes its job from the registry when dropped (on every path).
+pub struct InFlightGuard {
+    registry: Arc<InFlight>,
+    key: u64,
+}
+
+impl Drop for InFlightGuard {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.key);
+    }
+}
+
+impl InFlightGuard {
+    /// Records progress now.
+    pub fn touch(&self) {
+        self.registry.touch(self.key);
+    }
+}
+
+impl InFlight {
+    /// An empty registry for `stage`.
+    pub fn new(stage: &str) -> Arc<InFlight> {
+        Arc::new(InFlight {
+            stage: stage.to_owned(),
+            next: AtomicU64::new(0),
+            jobs: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        self.jobs
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Registers a running attempt; `cancel` fires if its pipeline is cancelled.
+    pub fn insert(
+        self: &Arc<Self>,
+        job_id: &str,
+        pipeline_id: &str,
+        attempt: u32,
+        cancel: CancellationToken,
+    ) -> InFlightGuard {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        let now = Utc::now();
+        self.lock().insert(
+            key,
+            Entry {
+                job: InFlightJob {
+                    job_id: job_id.to_owned(),
+                    pipeline_id: pipeline_id.to_owned(),
+                    attempt,
+                    started_at: now,
+                    last_progress_at: now,
+                },
+                cancel,
+            },
+        );
+        self.export(now);
+        InFlightGuard {
+            registry: self.clone(),
+            key,
+        }
+    }
+
+    fn touch(&self, key: u64) {
+        let now = Utc::now();
+        if let Some(e) = self.lock().get_mut(&key) {
+            e.job.last_progress_at = now;
+        }
+        self.export(now);
+    }
+
+    fn export(&self, now: DateTime<Utc>) {
+        metrics::gauge!(names::LAST_PROGRESS, "stage" => self.stage.clone())
+            .set(now.timestamp_millis() as f64 / 1000.0);
+    }
+
+    /// A snapshot for the heartbeat.
+    pub fn snapshot(&self) -> Vec<InFlightJob> {
+        self.lock().values().map(|e| e.job.clone()).collect()
+    }
+
+    /// Number of running attempts.
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    /// True when nothing runs.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Cancels every running job of `pipeline_id`.
+    pub fn cancel_pipeline(&self, pipeline_id: &str) -> usize {
+        let jobs = self.lock();
+        let hits: Vec<_> = jobs
+            .values()
+            .filter(|e| e.job.pipeline_id == pipeline_id)
+            .collect();
+        for e in &hits {
+            e.cancel.cancel();
+        }
+        hits.len()
+    }
+}

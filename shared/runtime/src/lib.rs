@@ -1,0 +1,43 @@
+//! fleet's consumer runtime: everything between a broker delivery and its ack,
+//! in one place (DESIGN §5).
+//!
+//! A service builds a [`Handler`] (or [`BatchHandler`]) and hands it to a
+//! [`Worker`]. The runtime decodes, checks attempts before running, drops
+//! expired and cancelled jobs with their event, runs the handler under a hard
+//! deadline with its lease extended, retries with jittered backoff under a
+//! retry budget, dead-letters with reasons, sends events by group commit,
+//! reconnects, drains on SIGTERM, and serves `/metrics`, `/healthz`, `/readyz`.
+//!
+//! The order of the layers around a handler, outermost first, and why:
+//! 1. slot (permit + in-flight gauge): taken before anything runs so intake is bounded;
+//! 2. admit: decode and attempt checks happen before the handler can crash the worker;
+//! 3. pause-breaker gate: holds deliveries without burning attempts while a dependency is down;
+//! 4. guard: deadline, cancellation, drain and lease extension around the spawned handler;
+//! 5. settle: the single place that turns the result into ack / retry / dead letter.
+
+pub mod admit;
+pub mod background;
+pub mod backoff;
+pub mod breaker;
+pub mod budget;
+pub mod config;
+pub mod connect;
+pub mod context;
+pub mod events;
+pub mod guard;
+pub mod handler;
+pub mod inflight;
+pub mod process;
+pub mod settle;
+pub mod shared;
+pub mod shutdown;
+pub mod telemetry;
+pub mod worker;
+
+pub use breaker::{Breaker, BreakerConfig, BreakerPolicy, BreakerState};
+pub use config::RuntimeConfig;
+pub use context::JobContext;
+pub use fleet_core::JobError;
+pub use fleet_protocol::JobEnvelope;
+pub use handler::{BatchHandler, Handler, Output};
+pub use worker::Worker;

@@ -1,0 +1,25 @@
+//! Log set-up: `tracing` events, JSON in containers or pretty for a terminal.
+
+use clap::ValueEnum;
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// One JSON object per line (containers).
+    Json,
+    /// Human-readable.
+    Pretty,
+}
+
+/// Installs the global subscriber; `RUST_LOG` filters (default `info`). Safe to call twice.
+pub fn init(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    let _ = match format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init(),
+        LogFormat::Pretty => builder.compact().try_init(),
+    };
+}

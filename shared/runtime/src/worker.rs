@@ -1,0 +1,478 @@
+//! The worker: connect, declare, consume with bounded pulls, hand each delivery
+//! to its own task, reconnect after a lost connection, drain on shutdown.
+//!
+//! A consumer loop that dies for any reason but shutdown returns an error, so
+//! the process exits non-zero and the orchestrator restarts it.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context as _, bail};
+use fleet_core::{
+    Broker, BrokerError, Delivery, Source, SubscribeOptions, Subscription, Topology,
+    broker::default_retry_ladder,
+};
+use fleet_protocol::Names;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::breaker::{Breaker, BreakerState};
+use crate::budget::RetryBudget;
+use crate::config::RuntimeConfig;
+use crate::context::Runaways;
+use crate::handler::{BatchHandler, Handler};
+use crate::inflight::InFlight;
+use crate::shared::{Cancellations, Shared};
+use crate::telemetry::{AdminServer, Health, names};
+use crate::{background, connect, events, process};
+
+/// How long one pull waits for messages; also how quickly shutdown is noticed.
+const FETCH_WAIT: Duration = Duration::from_secs(1);
+/// Window of the retry budget.
+const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+
+enum Mode {
+    Single(Arc<dyn Handler>),
+    Batch {
+        handler: Arc<dyn BatchHandler>,
+        size: usize,
+        linger: Duration,
+    },
+}
+
+/// Builds and runs one worker process.
+pub struct Worker {
+    cfg: RuntimeConfig,
+    stage: String,
+    broker: Option<Arc<dyn Broker>>,
+    pause: Option<Arc<Breaker>>,
+    health: Arc<Health>,
+    admin_addr: Arc<Mutex<Option<std::net::SocketAddr>>>,
+}
+
+impl Worker {
+    /// A worker for `default_stage` (overridden by `FLEET_STAGE`).
+    pub fn new(cfg: RuntimeConfig, default_stage: &str) -> Worker {
+        let stage = cfg
+            .stage
+            .clone()
+            .unwrap_or_else(|| default_stage.to_owned());
+        Worker {
+            cfg,
+            stage,
+            broker: None,
+            pause: None,
+            health: Arc::new(Health::default()),
+            admin_addr: Arc::default(),
+        }
+    }
+
+    /// Uses an already connected broker instead of `FLEET_BROKER_URL` (tests, the demo).
+    pub fn with_broker(mut self, broker: Arc<dyn Broker>) -> Worker {
+        self.broker = Some(broker);
+        self
+    }
+
+    /// Gates intake on a breaker with policy `pause`: while it is open the worker stops
+    /// pulling and holds what it has (leases kept), until a probe succeeds.
+    pub fn pause_on(mut self, breaker: Arc<Breaker>) -> Worker {
+        self.pause = Some(breaker);
+        self
+    }
+
+    /// The health flags behind `/healthz` and `/readyz`.
+    pub fn health(&self) -> Arc<Health> {
+        self.health.clone()
+    }
+
+    /// Where the admin server listens once running (useful with port 0).
+    pub fn admin_addr(&self) -> Arc<Mutex<Option<std::net::SocketAddr>>> {
+        self.admin_addr.clone()
+    }
+
+    /// Runs `handler` until `shutdown`, then drains. Errors mean "exit non-zero".
+    pub async fn run(
+        self,
+        handler: impl Handler,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        self.run_mode(Mode::Single(Arc::new(handler)), shutdown)
+            .await
+    }
+
+    /// Runs a batch handler: up to `size` jobs per call, waiting at most `linger` to fill one.
+    pub async fn run_batch(
+        self,
+        handler: impl BatchHandler,
+        size: usize,
+        linger: Duration,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<()> {
+        let mode = Mode::Batch {
+            handler: Arc::new(handler),
+            size: size.max(1),
+            linger,
+        };
+        self.run_mode(mode, shutdown).await
+    }
+
+    async fn run_mode(self, mode: Mode, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let batch_size = match &mode {
+            Mode::Batch { size, .. } => Some(*size),
+            Mode::Single(_) => None,
+        };
+        self.cfg.validate(batch_size)?;
+        let cfg = self.cfg.clone();
+        let worker_id = cfg.worker_id.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                self.stage,
+                &uuid::Uuid::new_v4().simple().to_string()[..8]
+            )
+        });
+        let admin_stop = CancellationToken::new();
+        let admin =
+            AdminServer::start(cfg.admin_addr, self.health.clone(), admin_stop.clone()).await?;
+        *self
+            .admin_addr
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(admin.addr);
+        let _stop_admin = admin_stop.drop_guard();
+        tracing::info!(stage = %self.stage, %worker_id, admin = %admin.addr, "worker starting");
+
+        // A broker handed in (tests, the demo) is shared: only close one we opened.
+        let owned = self.broker.is_none();
+        let broker = match self.broker.clone() {
+            Some(b) => b,
+            None => connect::connect_with_retry(&cfg, &shutdown).await?,
+        };
+        let names = Names::new(&cfg.prefix);
+        let topology = topology(&cfg, &names, &self.stage);
+        declare_with_retry(&*broker, &topology, &cfg, &shutdown).await?;
+
+        let (sink, batcher) = events::spawn(broker.clone(), &self.stage, &worker_id);
+        let runaways = Runaways::new(&self.stage, cfg.max_runaway, self.health.clone());
+        let sh = Arc::new(Shared {
+            broker: broker.clone(),
+            stage: self.stage.clone(),
+            worker_id,
+            names,
+            sink,
+            inflight: InFlight::new(&self.stage),
+            cancels: Arc::new(Cancellations::default()),
+            budget: RetryBudget::new(
+                cfg.retry_budget_ratio,
+                cfg.retry_budget_min_per_sec,
+                BUDGET_WINDOW,
+            ),
+            pause: self.pause.clone(),
+            runaways,
+            drain: CancellationToken::new(),
+            declared: Mutex::new(HashSet::from([self.stage.clone()])),
+            cfg,
+        });
+        let bg_stop = CancellationToken::new();
+        let heartbeats = background::heartbeats(sh.clone(), sh.cfg.concurrency, bg_stop.clone());
+        let control = background::cancellations(sh.clone(), bg_stop.clone());
+
+        let tracker = TaskTracker::new();
+        let consumed = consume(&sh, &mode, &tracker, &self.health, &shutdown).await;
+
+        // Drain: stop pulling (done), let in-flight jobs finish until the drain deadline,
+        // then return the rest to the broker; the subscription stays open until then.
+        self.health.set_draining();
+        tracker.close();
+        let (consumed, sub) = match consumed {
+            Ok(sub) => (Ok(()), sub),
+            Err(e) => (Err(e), None),
+        };
+        if tokio::time::timeout(sh.cfg.drain_deadline, tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                running = tracker.len(),
+                "drain deadline reached; releasing what still runs"
+            );
+            sh.drain.cancel();
+            let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
+        }
+        drop(sub);
+        bg_stop.cancel();
+        let _ = heartbeats.await;
+        let _ = control.await;
+        // The batcher ends when the last sink is dropped: flush what is queued, bounded.
+        drop(Arc::try_unwrap(sh).ok());
+        if tokio::time::timeout(Duration::from_secs(15), batcher)
+            .await
+            .is_err()
+        {
+            tracing::warn!("event batcher did not flush within 15s");
+        }
+        if owned {
+            broker.close().await;
+        }
+        tracing::info!("worker stopped");
+        consumed
+    }
+}
+
+/// The topology this worker declares for `stage`.
+pub fn topology(cfg: &RuntimeConfig, names: &Names, stage: &str) -> Topology {
+    Topology {
+        names: names.clone(),
+        stages: vec![stage.to_owned()],
+        ack_wait: cfg.ack_wait,
+        max_deliver: cfg.max_deliver,
+        max_ack_pending: cfg.max_ack_pending,
+        retry_ladder: default_retry_ladder(),
+    }
+}
+
+async fn declare_with_retry(
+    broker: &dyn Broker,
+    topology: &Topology,
+    cfg: &RuntimeConfig,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let since = Instant::now();
+    loop {
+        match broker.declare(topology).await {
+            Ok(()) => return Ok(()),
+            Err(e @ (BrokerError::Config(_) | BrokerError::Rejected(_))) => {
+                return Err(e).context("declaring the broker topology failed");
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "declaring the topology failed; reconnecting");
+                reconnect(broker, cfg, since, shutdown).await?;
+            }
+        }
+    }
+}
+
+/// Reconnects with backoff; fails after `max_outage` without a broker.
+async fn reconnect(
+    broker: &dyn Broker,
+    cfg: &RuntimeConfig,
+    since: Instant,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    let mut pause = Duration::from_millis(200);
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        if since.elapsed() >= cfg.max_outage {
+            bail!(
+                "no broker at {} for {}: exiting so the orchestrator restarts this worker (FLEET_MAX_OUTAGE)",
+                redact(&cfg.broker_url),
+                humantime::format_duration(cfg.max_outage)
+            );
+        }
+        match tokio::time::timeout(Duration::from_secs(15), broker.reconnect()).await {
+            Ok(Ok(())) => {
+                metrics::counter!(names::BROKER_RECONNECTS).increment(1);
+                tracing::info!("broker reconnected");
+                return Ok(());
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "reconnect failed"),
+            Err(_) => tracing::warn!("reconnect timed out"),
+        }
+        tokio::select! {
+            () = tokio::time::sleep(pause) => {}
+            () = shutdown.cancelled() => return Ok(()),
+        }
+        pause = (pause * 2).min(Duration::from_secs(10));
+    }
+}
+
+/// The URL without its password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}
+
+/// Waits until a permit is free or shutdown; then takes every free one up to `max`.
+async fn permits(
+    sem: &Arc<Semaphore>,
+    max: usize,
+    shutdown: &CancellationToken,
+) -> Option<Vec<OwnedSemaphorePermit>> {
+    let first = tokio::select! {
+        p = sem.clone().acquire_owned() => p.ok()?,
+        () = shutdown.cancelled() => return None,
+    };
+    let mut out = vec![first];
+    while out.len() < max {
+        match sem.clone().try_acquire_owned() {
+            Ok(p) => out.push(p),
+            Err(_) => break,
+        }
+    }
+    Some(out)
+}
+
+/// How many deliveries the pause breaker lets us pull now (waits while it is open).
+async fn intake_allowance(sh: &Shared, shutdown: &CancellationToken) -> Option<usize> {
+    let Some(b) = &sh.pause else {
+        return Some(usize::MAX);
+    };
+    loop {
+        match b.state() {
+            BreakerState::Closed => return Some(usize::MAX),
+            // Held deliveries probe by themselves; pull one probe only when nothing is held.
+            BreakerState::HalfOpen if sh.inflight.is_empty() => return Some(1),
+            _ => {
+                let wake = b
+                    .probe_at()
+                    .max(Instant::now() + Duration::from_millis(200));
+                tokio::select! {
+                    () = tokio::time::sleep_until(wake) => {}
+                    () = shutdown.cancelled() => return None,
+                }
+            }
+        }
+    }
+}
+
+/// The consume loop. Returns the live subscription (kept open during drain) on shutdown.
+async fn consume(
+    sh: &Arc<Shared>,
+    mode: &Mode,
+    tracker: &TaskTracker,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<Option<Box<dyn Subscription>>> {
+    let slots = match mode {
+        Mode::Single(_) => sh.cfg.concurrency as usize,
+        Mode::Batch { .. } => usize::from(sh.cfg.effective_prefetch()),
+    };
+    let sem = Arc::new(Semaphore::new(slots));
+    let opts = SubscribeOptions {
+        prefetch: sh.cfg.effective_prefetch(),
+    };
+    let source = Source::Jobs {
+        stage: sh.stage.clone(),
+    };
+    let mut consumer_cancellations = 0u32;
+    let mut pending: Vec<(Delivery, OwnedSemaphorePermit)> = Vec::new();
+    let mut batch_started: Option<Instant> = None;
+    'subscribe: loop {
+        if shutdown.is_cancelled() {
+            return Ok(None);
+        }
+        let mut sub = match sh.broker.subscribe(source.clone(), opts.clone()).await {
+            Ok(s) => s,
+            Err(e) => {
+                health.set_ready(false);
+                tracing::warn!(error = %e, "subscribe failed; reconnecting");
+                reconnect(&*sh.broker, &sh.cfg, Instant::now(), shutdown).await?;
+                declare_with_retry(
+                    &*sh.broker,
+                    &topology(&sh.cfg, &sh.names, &sh.stage),
+                    &sh.cfg,
+                    shutdown,
+                )
+                .await?;
+                continue 'subscribe;
+            }
+        };
+        health.set_ready(true);
+        loop {
+            if shutdown.is_cancelled() {
+                if let Mode::Batch { handler, .. } = mode
+                    && !pending.is_empty()
+                {
+                    tracker.spawn(process::run_batch(
+                        sh.clone(),
+                        handler.clone(),
+                        std::mem::take(&mut pending),
+                    ));
+                }
+                return Ok(Some(sub));
+            }
+            let Some(allowance) = intake_allowance(sh, shutdown).await else {
+                continue;
+            };
+            let (max, wait) = match mode {
+                Mode::Single(_) => (allowance, FETCH_WAIT),
+                Mode::Batch { size, linger, .. } => {
+                    let left =
+                        batch_started.map_or(*linger, |t| linger.saturating_sub(t.elapsed()));
+                    (
+                        allowance.min(size - pending.len()),
+                        left.min(FETCH_WAIT).max(Duration::from_millis(10)),
+                    )
+                }
+            };
+            let Some(mut free) = permits(&sem, max, shutdown).await else {
+                continue;
+            };
+            let fetched = sub.fetch(free.len(), wait).await;
+            let deliveries = match fetched {
+                Ok(d) => d,
+                Err(e @ BrokerError::ConsumerCancelled(_)) => {
+                    consumer_cancellations += 1;
+                    if consumer_cancellations > 1 {
+                        bail!(
+                            "the broker cancelled this worker's consumer twice ({e}); exiting so the orchestrator restarts it"
+                        );
+                    }
+                    tracing::warn!(error = %e, "consumer cancelled by the broker; redeclaring and resubscribing once");
+                    drop(sub);
+                    declare_with_retry(
+                        &*sh.broker,
+                        &topology(&sh.cfg, &sh.names, &sh.stage),
+                        &sh.cfg,
+                        shutdown,
+                    )
+                    .await?;
+                    continue 'subscribe;
+                }
+                Err(e) => {
+                    health.set_ready(false);
+                    tracing::warn!(error = %e, "consuming failed; reconnecting");
+                    // Deliveries of the dead connection cannot be acked; their tasks see it.
+                    pending.clear();
+                    batch_started = None;
+                    drop(sub);
+                    reconnect(&*sh.broker, &sh.cfg, Instant::now(), shutdown).await?;
+                    continue 'subscribe;
+                }
+            };
+            match mode {
+                Mode::Single(handler) => {
+                    for d in deliveries {
+                        let Some(permit) = free.pop() else { break };
+                        tracker.spawn(process::run_one(sh.clone(), handler.clone(), d, permit));
+                    }
+                }
+                Mode::Batch {
+                    handler,
+                    size,
+                    linger,
+                } => {
+                    for d in deliveries {
+                        let Some(permit) = free.pop() else { break };
+                        batch_started.get_or_insert_with(Instant::now);
+                        pending.push((d, permit));
+                    }
+                    let due = batch_started.is_some_and(|t| t.elapsed() >= *linger);
+                    if pending.len() >= *size || (due && !pending.is_empty()) {
+                        batch_started = None;
+                        tracker.spawn(process::run_batch(
+                            sh.clone(),
+                            handler.clone(),
+                            std::mem::take(&mut pending),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
