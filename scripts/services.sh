@@ -51,6 +51,17 @@ nats_jetstream() {
         [[ $line == *"\"jetstream\":true"* ]]' 2>/dev/null
 }
 
+# amqp_answers: RabbitMQ answers the AMQP 0-9-1 protocol header with connection.start
+# (a method frame, type byte 1). A wedged node accepts TCP but stays silent.
+amqp_answers() {
+    # shellcheck disable=SC2016 # the inner script expands its own variables
+    timeout 6 bash -c '
+        exec 3<>/dev/tcp/127.0.0.1/5672 || exit 1
+        printf "AMQP\x00\x00\x09\x01" >&3
+        IFS= read -r -n 1 -t 5 -d "" b <&3 || exit 1
+        [[ $b == $'"'"'\x01'"'"' ]]' 2>/dev/null
+}
+
 psql_local() {
     psql -h 127.0.0.1 -p 5432 -U postgres -w -d postgres -X -q -tA "$@"
 }
@@ -91,6 +102,9 @@ port_open 5672 && rabbit_up=1
 port_open 4222 && nats_up=1
 if port_open 5432 && command -v psql >/dev/null 2>&1 && postgres_ready; then
     pg_up=1
+fi
+if ((rabbit_up)) && ! amqp_answers; then
+    fail "RabbitMQ accepts TCP on 127.0.0.1:5672 but does not answer the AMQP handshake within 5s (wedged node?); restart it: rabbitmqctl stop; rabbitmq-server -detached" "$(rabbit_log)"
 fi
 if ((rabbit_up && nats_up && pg_up)); then
     nats_jetstream || fail "NATS answers on 127.0.0.1:4222 but without JetStream; restart it with -js" "$NATS_LOG"

@@ -6,8 +6,18 @@
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
+# A benchmark may be running beside the tests: then its `bench-`/`BENCH_` resources are live.
+rabbit_stale='^(t-|bench-)'
+nats_stale='^(T_|T[0-9A-F]{8}_|BENCH_)'
+if pgrep -x fleet-bench >/dev/null 2>&1; then
+    echo "sweep: fleet-bench is running; leaving bench resources alone"
+    rabbit_stale='^t-'
+    nats_stale='^(T_|T[0-9A-F]{8}_)'
+fi
+export nats_stale
+
 if command -v rabbitmqctl >/dev/null 2>&1; then
-    queues=$(timeout 30 rabbitmqctl -q list_queues name 2>/dev/null | grep -E '^(t-|bench-)' || true)
+    queues=$(timeout 30 rabbitmqctl -q list_queues name 2>/dev/null | grep -E "$rabbit_stale" || true)
     n=$(printf '%s\n' "$queues" | grep -c . || true)
     if [ "$n" -gt 0 ]; then
         echo "sweep: deleting $n stale RabbitMQ test queues"
@@ -16,7 +26,7 @@ if command -v rabbitmqctl >/dev/null 2>&1; then
             timeout 15 rabbitmqctl -q delete_queue "$q" </dev/null >/dev/null 2>&1 || echo "sweep: could not delete queue $q"
         done
     fi
-    exchanges=$(timeout 30 rabbitmqctl -q list_exchanges name 2>/dev/null | grep -E '^(t-|bench-)' || true)
+    exchanges=$(timeout 30 rabbitmqctl -q list_exchanges name 2>/dev/null | grep -E "$rabbit_stale" || true)
     n=$(printf '%s\n' "$exchanges" | grep -c . || true)
     if [ "$n" -gt 0 ]; then
         echo "sweep: deleting $n stale RabbitMQ test exchanges"
@@ -28,7 +38,7 @@ fi
 
 # NATS: talk the client protocol directly (no CLI needed) to list and delete streams.
 timeout 60 python3 - <<'PY' || echo "sweep: NATS sweep skipped (server not answering)"
-import json, re, socket, uuid
+import json, os, re, socket, uuid
 
 def connect():
     s = socket.create_connection(("127.0.0.1", 4222), timeout=5)
@@ -61,7 +71,7 @@ while True:
     offset += len(page)
     if not page or offset >= r.get("total", 0):
         break
-stale = [n for n in names if re.match(r"^(T_|T[0-9A-F]{8}_|BENCH_)", n)]
+stale = [n for n in names if re.match(os.environ["nats_stale"], n)]
 if stale:
     print(f"sweep: deleting {len(stale)} stale NATS test streams")
 for n in stale[:500]:

@@ -16,14 +16,7 @@ use crate::model::{Millis, to_millis};
 /// Longest pipeline, item or stage id.
 pub const MAX_ID_BYTES: usize = 200;
 
-/// Per-stage limits after defaults.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct StageLimits {
-    /// Per-attempt timeout.
-    pub timeout_ms: u64,
-    /// Attempts allowed.
-    pub max_attempts: u32,
-}
+pub use fleet_protocol::StageLimits;
 
 /// One item of a new pipeline: its route from its first stage on and the first job's payload.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,12 +60,17 @@ impl NewPipeline {
             stage,
             item.payload.clone(),
         );
-        job.route = rest.to_vec();
         job.required = first.is_none_or(|f| f.required);
         if let Some(l) = self.stages.get(stage) {
             job.timeout_ms = l.timeout_ms;
             job.max_attempts = l.max_attempts;
         }
+        // Each later stage gets its own limits when the job for it is made (next_job).
+        job.stage_limits = rest
+            .iter()
+            .filter_map(|s| Some((s.stage.clone(), *self.stages.get(&s.stage)?)))
+            .collect();
+        job.route = rest.to_vec();
         job.deadline_at = self.deadline_at.map(crate::model::to_time);
         job
     }
@@ -333,6 +331,13 @@ mod tests {
                 max_attempts: None,
             },
         );
+        s.stages.insert(
+            "summarize".into(),
+            fleet_protocol::StageOptions {
+                timeout_ms: Some(7000),
+                max_attempts: Some(5),
+            },
+        );
         let p = plan(&s, None, &limits()).unwrap();
         assert_eq!(p.pipeline_id, "p1");
         let job = p.first_job(&p.items[0]);
@@ -341,6 +346,12 @@ mod tests {
         assert!(!job.route[0].required);
         assert_eq!((job.timeout_ms, job.max_attempts), (5000, 3));
         assert_eq!(job.payload["text"], "text of a");
+        // Later stages get their own limits, not the first stage's.
+        let summarize = job.next_job(serde_json::json!({})).unwrap();
+        assert_eq!(summarize.stage, "summarize");
+        assert_eq!((summarize.timeout_ms, summarize.max_attempts), (7000, 5));
+        let write = summarize.next_job(serde_json::json!({})).unwrap();
+        assert_eq!((write.timeout_ms, write.max_attempts), (60_000, 3));
     }
 
     #[test]

@@ -119,4 +119,24 @@ impl Subscription for AmqpSubscription {
         }
         Ok(out)
     }
+
+    async fn close(self: Box<Self>) {
+        // basic.cancel is a round trip queued behind every ack sent on this channel, so once it
+        // is answered the broker has them all; then close the channel (unacked go back).
+        const STEP: Duration = Duration::from_secs(5);
+        if !self.channel.status().connected() {
+            return;
+        }
+        let tag = self.consumer.tag();
+        let cancel = self
+            .channel
+            .basic_cancel(tag.clone(), lapin::options::BasicCancelOptions::default());
+        if let Ok(Err(e)) = tokio::time::timeout(STEP, cancel).await {
+            tracing::debug!(queue = %self.ctx.queue, error = %e, "amqp: basic.cancel on close failed");
+        }
+        let close = self.channel.close(200, "subscription closed".into());
+        if let Ok(Err(e)) = tokio::time::timeout(STEP, close).await {
+            tracing::debug!(queue = %self.ctx.queue, error = %e, "amqp: channel close failed");
+        }
+    }
 }

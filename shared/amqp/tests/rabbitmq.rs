@@ -86,6 +86,47 @@ async fn concurrent_publishers_and_acks() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn close_right_after_acks_loses_none_of_them() {
+    with_env(|env| async move {
+        const N: usize = 200;
+        for i in 0..N {
+            env.publish(&format!("c{i}")).await;
+        }
+        let mut sub = env
+            .broker
+            .subscribe(jobs(), SubscribeOptions { prefetch: 256 })
+            .await
+            .expect("subscribe");
+        let mut got = 0;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while got < N {
+            assert!(Instant::now() < deadline, "only {got} of {N} delivered");
+            for d in sub
+                .fetch(N - got, Duration::from_secs(2))
+                .await
+                .expect("fetch")
+            {
+                d.acker.ack().await.expect("ack");
+                got += 1;
+            }
+        }
+        // Closing at once must not overtake the acks still on their way to the broker.
+        sub.close().await;
+        assert_eq!(env.depth(jobs()).await, 0, "every acked message is gone");
+        let mut again = env.sub(jobs()).await;
+        assert!(
+            again
+                .fetch(1, Duration::from_millis(300))
+                .await
+                .expect("fetch")
+                .is_empty(),
+            "nothing comes back"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_comes_back_after_the_ladder_step_with_attempt_2() {
     with_env(|env| async move {
         let mut msg = env.job("again");

@@ -178,6 +178,12 @@ pub trait Subscription: Send {
     /// buffer while its ack wait runs. An error means the subscription is dead:
     /// reconnect (if [`BrokerError::is_connection`]) and subscribe again.
     async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError>;
+
+    /// Ends the subscription after the broker has seen every settlement sent before (bounded).
+    ///
+    /// Plain dropping may close a channel ahead of settlements still on their way; unsettled
+    /// deliveries go back to the queue either way.
+    async fn close(self: Box<Self>) {}
 }
 
 /// Settles one delivery. Consuming methods make double-settling impossible.

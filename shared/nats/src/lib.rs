@@ -5,7 +5,8 @@
 //! pull consumer per stage with explicit acks, pulls of exactly as many messages as the worker
 //! has free slots, `Nak(delay)` for delayed retries, confirmed `+WPI` (Progress) to extend a
 //! running job's lease, and dead-lettering as a confirmed copy to `<p>.dlq.<stage>` followed by
-//! `Term`. The attempt number is the server's delivery count. A consumer found with another
+//! `Term`. The attempt number is the server's delivery count, never reported lower than one
+//! more than a count this subscription saw before (older servers can count backwards). A consumer found with another
 //! config than declared is logged, updated where the server allows, and counted
 //! ([`NatsBroker::config_drift_count`]); it never stops start-up. See [`topology`] for the
 //! streams and consumers, and [`subscription`] for how pulls behave.
@@ -21,10 +22,15 @@
 //!   message: `extend` cannot see a lease that already expired, and an `ack` from an expired
 //!   delivery still removes the redelivered message (the memory broker refuses both).
 //! * A job that reaches `max_deliver` stays stored in `<P>_JOBS` (WorkQueue retention removes
-//!   only acked or termed messages) and the server publishes a `MAX_DELIVERIES` advisory.
+//!   only acked or termed messages) and the server publishes a `MAX_DELIVERIES` advisory, which
+//!   `<P>_BACKSTOP` keeps. A `Source::DeadLetters` subscription turns its stage's advisories into
+//!   dead letters (`poison`, copied to the DLQ, deleted from `<P>_JOBS`) before each pull: see
+//!   [`backstop`]. The other backends dead-letter such jobs by themselves.
 //! * Header values cannot carry CR/LF on NATS: they are replaced by spaces.
 
 mod acker;
+mod attempts;
+pub mod backstop;
 mod broker;
 mod connect;
 pub mod subscription;

@@ -20,6 +20,7 @@ use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::acker::{ControlAcker, NatsAcker};
+use crate::attempts::{AttemptMemory, REMEMBERED};
 use crate::broker::Shared;
 use crate::topology::{consumer_error, consumer_info_error};
 use crate::wire::{bounded, from_header_map};
@@ -31,7 +32,7 @@ pub const MAX_PULL_WAIT: Duration = Duration::from_secs(300);
 /// How long past `expires` to wait for the server to end a pull before checking on the consumer.
 const PULL_GRACE: Duration = Duration::from_secs(2);
 
-/// The attempt number of a JetStream delivery (`info().delivered`, from 1).
+/// The server's delivery count of a JetStream delivery (`info().delivered`, from 1).
 fn attempt_of(msg: &jetstream::Message) -> u32 {
     let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1);
     u32::try_from(delivered).unwrap_or(u32::MAX)
@@ -73,6 +74,7 @@ pub(crate) struct PullSubscription {
     name: String,
     dlq_stage: Option<String>,
     lease: Duration,
+    attempts: AttemptMemory,
 }
 
 impl PullSubscription {
@@ -112,15 +114,20 @@ impl PullSubscription {
             name,
             dlq_stage,
             lease,
+            attempts: AttemptMemory::new(REMEMBERED),
         })
     }
 
-    fn delivery(&self, msg: jetstream::Message) -> Delivery {
-        let attempt = attempt_of(&msg);
-        let dlq_msg_id = msg
+    fn delivery(&mut self, msg: jetstream::Message) -> Delivery {
+        let info = msg
             .info()
             .ok()
-            .map(|i| format!("dlq-{}-{}", i.stream, i.stream_sequence));
+            .map(|i| (i.stream.to_owned(), i.stream_sequence));
+        let attempt = match &info {
+            Some((_, seq)) => self.attempts.attempt(*seq, attempt_of(&msg)),
+            None => attempt_of(&msg),
+        };
+        let dlq_msg_id = info.map(|(stream, seq)| format!("dlq-{stream}-{seq}"));
         let (msg, acker) = msg.split();
         Delivery {
             body: msg.payload.clone(),

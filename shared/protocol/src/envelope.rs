@@ -1,5 +1,7 @@
 //! The job envelope: one unit of work for one stage, immutable once published.
 
+use std::collections::BTreeMap;
+
 use chrono::{DateTime, Utc};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -14,6 +16,15 @@ pub struct RouteStep {
     /// When false, a failure of this stage passes the item on with a `skipped` marker.
     #[serde(default = "default_true")]
     pub required: bool,
+}
+
+/// Per-stage limits fixed at submission, after defaults.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct StageLimits {
+    /// Per-attempt timeout in milliseconds.
+    pub timeout_ms: u64,
+    /// Attempts allowed.
+    pub max_attempts: u32,
 }
 
 fn default_true() -> bool {
@@ -47,6 +58,10 @@ pub struct JobEnvelope {
     /// Absolute pipeline deadline; attempts are cut here and later jobs are acked `expired`.
     #[serde(default)]
     pub deadline_at: Option<DateTime<Utc>>,
+    /// Limits of the later stages by stage name, so each next job gets its own (a stage not
+    /// listed inherits this job's `timeout_ms` and `max_attempts`).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub stage_limits: BTreeMap<String, StageLimits>,
     /// When the job was created.
     pub created_at: DateTime<Utc>,
     /// Stage input: free-form JSON.
@@ -73,6 +88,7 @@ impl JobEnvelope {
             max_attempts: 3,
             timeout_ms: 30_000,
             deadline_at: None,
+            stage_limits: BTreeMap::new(),
             created_at: Utc::now(),
             payload,
         }
@@ -114,9 +130,11 @@ impl JobEnvelope {
         let mut job = JobEnvelope::new(&self.pipeline_id, &self.item_id, &next.stage, payload);
         job.route = rest.to_vec();
         job.required = next.required;
-        job.max_attempts = self.max_attempts;
-        job.timeout_ms = self.timeout_ms;
+        let limits = self.stage_limits.get(&next.stage).copied();
+        job.max_attempts = limits.map_or(self.max_attempts, |l| l.max_attempts);
+        job.timeout_ms = limits.map_or(self.timeout_ms, |l| l.timeout_ms);
         job.deadline_at = self.deadline_at;
+        job.stage_limits.clone_from(&self.stage_limits);
         Some(job)
     }
 }

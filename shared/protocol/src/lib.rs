@@ -13,7 +13,7 @@ pub mod schema;
 pub mod submission;
 
 pub use deadletter::{DeadLetterInfo, DeadLetterReason, ErrorKind};
-pub use envelope::{DecodeError, JobEnvelope, RouteStep, decode_job};
+pub use envelope::{DecodeError, JobEnvelope, RouteStep, StageLimits, decode_job};
 pub use event::{Event, EventBatch, EventKind, Heartbeat, InFlightJob};
 pub use names::Names;
 pub use submission::{StageOptions, Submission, SubmitItem};

@@ -108,6 +108,10 @@ impl Names {
     pub fn pipelines_stream(&self) -> String {
         self.stream("PIPELINES")
     }
+    /// NATS stream capturing the `MAX_DELIVERIES` advisories of the jobs stream's consumers.
+    pub fn backstop_stream(&self) -> String {
+        self.stream("BACKSTOP")
+    }
 }
 
 #[cfg(test)]
@@ -121,6 +125,7 @@ mod tests {
         assert_eq!(n.retry_queue("analyze", "5s"), "fleet.retry.analyze.5s");
         assert_eq!(n.dlq("write"), "fleet.dlq.write");
         assert_eq!(n.jobs_stream(), "FLEET_JOBS");
+        assert_eq!(n.backstop_stream(), "FLEET_BACKSTOP");
         assert_eq!(Names::new("t-1.x").jobs_stream(), "T_1_X_JOBS");
         assert_eq!(n.control("p1"), "fleet.control.p1");
     }

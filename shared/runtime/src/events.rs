@@ -6,7 +6,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_core::{Broker, BrokerError, Destination, OutMessage};
+use fleet_core::{Broker, BrokerError, Destination, OutMessage, Topology};
 use fleet_protocol::{Event, EventBatch, EventKind, Heartbeat, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
@@ -72,14 +72,29 @@ impl EventSink {
 }
 
 /// Starts the batcher task for one worker; it ends when every sink is dropped.
-pub fn spawn(broker: Arc<dyn Broker>, stage: &str, worker_id: &str) -> (EventSink, JoinHandle<()>) {
+///
+/// `topology` is declared again when the broker refuses a batch (e.g. someone deleted the events
+/// exchange), so a worker repairs what it can instead of stalling on unconfirmable events.
+pub fn spawn(
+    broker: Arc<dyn Broker>,
+    topology: Topology,
+    stage: &str,
+    worker_id: &str,
+) -> (EventSink, JoinHandle<()>) {
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-    let task = tokio::spawn(batcher(broker, stage.to_owned(), worker_id.to_owned(), rx));
+    let task = tokio::spawn(batcher(
+        broker,
+        topology,
+        stage.to_owned(),
+        worker_id.to_owned(),
+        rx,
+    ));
     (EventSink { tx }, task)
 }
 
 async fn batcher(
     broker: Arc<dyn Broker>,
+    topology: Topology,
     stage: String,
     worker_id: String,
     mut rx: mpsc::Receiver<Item>,
@@ -113,7 +128,7 @@ async fn batcher(
             events,
             heartbeat,
         };
-        let result = publish_with_retry(&*broker, &stage, &batch).await;
+        let result = publish_with_retry(&*broker, &topology, &stage, &batch).await;
         if result.is_ok() {
             metrics::counter!(names::EVENT_BATCHES, "stage" => stage.clone()).increment(1);
         } else {
@@ -147,6 +162,7 @@ fn fold_started(events: &mut Vec<Event>) {
 
 async fn publish_with_retry(
     broker: &dyn Broker,
+    topology: &Topology,
     stage: &str,
     batch: &EventBatch,
 ) -> Result<(), BrokerError> {
@@ -168,6 +184,13 @@ async fn publish_with_retry(
             }
             Err(e) => {
                 tracing::warn!(error = %e, "event batch publish failed; retrying");
+                if !e.is_connection() {
+                    // Refused, not lost: the events destination may be gone. Declaring is
+                    // idempotent, so put the topology back before the next try.
+                    if let Err(d) = broker.declare(topology).await {
+                        tracing::warn!(error = %d, "redeclaring the topology for events failed");
+                    }
+                }
                 tokio::time::sleep(pause).await;
                 pause = (pause * 2).min(Duration::from_secs(2));
             }
@@ -209,7 +232,8 @@ mod tests {
     async fn confirmed_events_arrive_in_batches() {
         use fleet_core::{MemoryBroker, Source, SubscribeOptions};
         let broker = MemoryBroker::new();
-        let (sink, task) = spawn(Arc::new(broker.clone()), "s", "w");
+        let topology = Topology::new(fleet_protocol::Names::new("t"), &["s"]);
+        let (sink, task) = spawn(Arc::new(broker.clone()), topology, "s", "w");
         let mut waits = Vec::new();
         for i in 0..50 {
             let sink = sink.clone();
@@ -242,5 +266,70 @@ mod tests {
             .sum();
         assert_eq!(total, 50);
         assert!(got.len() <= 50);
+    }
+
+    /// The memory broker, except that event publishes are refused until `declare` runs again:
+    /// what a worker sees after someone deleted the events exchange on RabbitMQ.
+    struct EventsGone {
+        inner: fleet_core::MemoryBroker,
+        declared: std::sync::atomic::AtomicBool,
+    }
+
+    #[async_trait::async_trait]
+    impl Broker for EventsGone {
+        fn kind(&self) -> fleet_core::BrokerKind {
+            self.inner.kind()
+        }
+        async fn declare(&self, t: &Topology) -> Result<(), BrokerError> {
+            self.declared
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            self.inner.declare(t).await
+        }
+        async fn publish(&self, msg: OutMessage) -> Result<(), BrokerError> {
+            let refused = matches!(msg.dest, Destination::Events { .. })
+                && !self.declared.load(std::sync::atomic::Ordering::SeqCst);
+            if refused {
+                return Err(BrokerError::Rejected("NOT_FOUND - no exchange".into()));
+            }
+            self.inner.publish(msg).await
+        }
+        async fn subscribe(
+            &self,
+            source: fleet_core::Source,
+            opts: fleet_core::SubscribeOptions,
+        ) -> Result<Box<dyn fleet_core::Subscription>, BrokerError> {
+            self.inner.subscribe(source, opts).await
+        }
+        fn is_connected(&self) -> bool {
+            self.inner.is_connected()
+        }
+        async fn reconnect(&self) -> Result<(), BrokerError> {
+            self.inner.reconnect().await
+        }
+        async fn depth(&self, source: &fleet_core::Source) -> Result<u64, BrokerError> {
+            self.inner.depth(source).await
+        }
+        async fn delete_topology(&self, t: &Topology) -> Result<(), BrokerError> {
+            self.inner.delete_topology(t).await
+        }
+        async fn close(&self) {
+            self.inner.close().await;
+        }
+    }
+
+    #[tokio::test]
+    async fn a_refused_batch_redeclares_the_topology_and_goes_through() {
+        let broker = Arc::new(EventsGone {
+            inner: fleet_core::MemoryBroker::new(),
+            declared: std::sync::atomic::AtomicBool::new(false),
+        });
+        let topology = Topology::new(fleet_protocol::Names::new("t"), &["s"]);
+        let (sink, task) = spawn(broker.clone(), topology, "s", "w");
+        sink.emit_confirmed(ev("j", EventKind::Succeeded), Duration::from_secs(10))
+            .await
+            .expect("confirmed after the redeclare");
+        assert!(broker.declared.load(std::sync::atomic::Ordering::SeqCst));
+        drop(sink);
+        task.await.unwrap();
     }
 }

@@ -153,7 +153,8 @@ impl Worker {
         let topology = topology(&cfg, &names, &self.stage);
         declare_with_retry(&*broker, &topology, &cfg, &shutdown).await?;
 
-        let (sink, batcher) = events::spawn(broker.clone(), &self.stage, &worker_id);
+        let (sink, batcher) =
+            events::spawn(broker.clone(), topology.clone(), &self.stage, &worker_id);
         let runaways = Runaways::new(&self.stage, cfg.max_runaway, self.health.clone());
         let sh = Arc::new(Shared {
             broker: broker.clone(),
@@ -200,7 +201,9 @@ impl Worker {
             sh.drain.cancel();
             let _ = tokio::time::timeout(Duration::from_secs(10), tracker.wait()).await;
         }
-        drop(sub);
+        if let Some(sub) = sub {
+            sub.close().await;
+        }
         bg_stop.cancel();
         let _ = heartbeats.await;
         let _ = control.await;
@@ -424,7 +427,7 @@ async fn consume(
                         );
                     }
                     tracing::warn!(error = %e, "consumer cancelled by the broker; redeclaring and resubscribing once");
-                    drop(sub);
+                    sub.close().await;
                     declare_with_retry(
                         &*sh.broker,
                         &topology(&sh.cfg, &sh.names, &sh.stage),
@@ -440,7 +443,7 @@ async fn consume(
                     // Deliveries of the dead connection cannot be acked; their tasks see it.
                     pending.clear();
                     batch_started = None;
-                    drop(sub);
+                    sub.close().await;
                     reconnect(&*sh.broker, &sh.cfg, Instant::now(), shutdown).await?;
                     continue 'subscribe;
                 }
