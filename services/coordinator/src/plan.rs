@@ -7,7 +7,6 @@ use std::collections::{BTreeMap, HashSet};
 use axum::http::StatusCode;
 use chrono::Utc;
 use fleet_protocol::{JobEnvelope, RouteStep, Submission};
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
