@@ -128,6 +128,7 @@ impl PullSubscription {
             None => attempt_of(&msg),
         };
         let dlq_msg_id = info.map(|(stream, seq)| format!("dlq-{stream}-{seq}"));
+        let reply = msg.reply.clone();
         let (msg, acker) = msg.split();
         Delivery {
             body: msg.payload.clone(),
@@ -141,6 +142,7 @@ impl PullSubscription {
                 headers: msg.headers,
                 lease: self.lease,
                 dlq_msg_id,
+                reply,
             }),
         }
     }
