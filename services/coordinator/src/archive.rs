@@ -4,9 +4,12 @@
 //! broker's own backstop (RabbitMQ `x-delivery-limit`, no fleet headers) still
 //! ends its item: missing headers mean reason `poison`.
 //!
-//! NATS `MAX_DELIVERIES` advisories are not consumed (the fleet-nats adapter
-//! exposes no advisory source); on NATS the runtime dead-letters before the
-//! backstop because `max_deliver` exceeds `max_attempts`.
+//! On NATS a job that reaches `max_deliver` is not moved by the server: the
+//! fleet-nats `DeadLetters` subscription turns the stage's `MAX_DELIVERIES`
+//! advisories into DLQ copies (headers `fleet-reason: poison`, `x-backstop`)
+//! before each pull, so they arrive here like any other dead letter. The
+//! runtime normally dead-letters first (`max_deliver` exceeds `max_attempts`);
+//! the backstop catches jobs whose every delivery died without an outcome.
 
 use chrono::Utc;
 use fleet_core::{Delivery, Source};

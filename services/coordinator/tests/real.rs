@@ -173,6 +173,53 @@ async fn stalls_and_deadline(backend: Backend) {
     h.cleanup().await;
 }
 
+/// A job whose every delivery dies without an outcome hits the NATS `max_deliver` backstop: the
+/// coordinator archives it (via the advisory) as `poison` and the pipeline is finalized.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_postgres_max_deliver_backstop_ends_the_item() {
+    let h = Harness::new(
+        Backend::Nats,
+        "backstop",
+        &["--max-attempts=1", "--max-deliver=2"],
+    )
+    .await;
+    h.submit("pb", &["a"], json!({})).await;
+    let mut jobs = h
+        .broker
+        .subscribe(
+            Source::Jobs {
+                stage: "analyze".into(),
+            },
+            SubscribeOptions { prefetch: 1 },
+        )
+        .await
+        .unwrap();
+    let mut delivered = 0;
+    let until = tokio::time::Instant::now() + T;
+    // Two deliveries given back without an outcome (as a worker killed on each attempt); the
+    // pull after them makes the server give up.
+    while delivered < 3 && tokio::time::Instant::now() < until {
+        let got = jobs.fetch(1, Duration::from_millis(500)).await.unwrap();
+        if got.is_empty() && delivered == 2 {
+            delivered = 3;
+        }
+        for d in got {
+            delivered += 1;
+            d.acker.release().await.unwrap();
+        }
+    }
+    assert_eq!(delivered, 3, "two deliveries, then none");
+    let r = h.wait_state("pb", "failed", T).await;
+    assert_eq!(r["items"][0]["failed_stage"], "analyze", "{r}");
+    let (_, list) = h.get("/v1/dlq?pipeline_id=pb").await;
+    let entries = list["dead_letters"].as_array().unwrap();
+    assert_eq!(entries.len(), 1, "{list}");
+    assert_eq!(entries[0]["reason"], "poison");
+    assert_eq!(entries[0]["stage"], "analyze");
+    assert_eq!(entries[0]["attempts"], 2);
+    h.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_postgres_pipeline_completes() {
     completes(Backend::Rabbit).await;

@@ -97,6 +97,11 @@ pub struct Config {
     /// Chunks of one item summarized at once (map step of long items).
     #[arg(long, env = "FLEET_MAP_CONCURRENCY", default_value_t = DEFAULT_MAP_CONCURRENCY, help_heading = "Summarizer")]
     pub map_concurrency: usize,
+
+    /// Fall back to the built-in extractive summarizer when every provider fails; `false`:
+    /// the job fails (retried, then dead-lettered) so an LLM summary is never replaced silently.
+    #[arg(long, env = "FLEET_EXTRACTIVE_FALLBACK", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Summarizer")]
+    pub extractive_fallback: bool,
 }
 
 impl Config {
@@ -124,6 +129,12 @@ impl Config {
             });
         }
         validate(&out)?;
+        if !self.extractive_fallback && out.is_empty() {
+            anyhow::bail!(
+                "FLEET_EXTRACTIVE_FALLBACK=false needs at least one provider \
+                 (FLEET_PROVIDERS_CONFIG or FLEET_OPENAI_BASE_URL)"
+            );
+        }
         Ok(out)
     }
 }
@@ -359,6 +370,21 @@ pub fn validate(providers: &[ProviderConfig]) -> anyhow::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_extractive_fallback_needs_a_provider() {
+        let c = Config::try_parse_from(["s", "--extractive-fallback=false"]).unwrap();
+        let e = c.providers().unwrap_err().to_string();
+        assert!(e.contains("FLEET_EXTRACTIVE_FALLBACK"), "{e}");
+        let c = Config::try_parse_from([
+            "s",
+            "--extractive-fallback=false",
+            "--openai-base-url=http://127.0.0.1:1/v1",
+        ])
+        .unwrap();
+        assert!(!c.extractive_fallback);
+        assert_eq!(c.providers().unwrap().len(), 1);
+    }
 
     #[test]
     fn parses_providers_and_redacts_keys() {

@@ -54,7 +54,10 @@ pub fn build_handler(config: &Config) -> anyhow::Result<SummarizeHandler> {
         providers = ?providers.iter().map(|p| p.name()).collect::<Vec<_>>(),
         "summary providers (then extractive)"
     );
-    let summarizer = Summarizer::new(providers, config.extractive(), config.map_concurrency);
+    let mut summarizer = Summarizer::new(providers, config.extractive(), config.map_concurrency);
+    if !config.extractive_fallback {
+        summarizer = summarizer.without_fallback();
+    }
     Ok(SummarizeHandler::new(
         Arc::new(summarizer),
         config.chunk_chars,

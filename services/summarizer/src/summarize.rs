@@ -55,6 +55,7 @@ pub struct Summarizer {
     providers: Vec<Arc<OpenAiProvider>>,
     extractive: ExtractiveOptions,
     map_concurrency: usize,
+    fallback: bool,
 }
 
 const SYSTEM_MAP: &str = "You summarize documents. Answer with the summary only: plain prose, \
@@ -73,7 +74,14 @@ impl Summarizer {
             providers,
             extractive,
             map_concurrency: map_concurrency.max(1),
+            fallback: true,
         }
+    }
+
+    /// Without the extractive fallback: when every provider fails, the job fails (retryable).
+    pub fn without_fallback(mut self) -> Summarizer {
+        self.fallback = false;
+        self
     }
 
     /// The configured providers, in order.
@@ -140,6 +148,12 @@ impl Summarizer {
                     failed = true;
                 }
             }
+        }
+        if !self.fallback {
+            return Err(JobError::Retryable(format!(
+                "every provider failed and the extractive fallback is off: {}",
+                reasons.join("; ")
+            )));
         }
         let (text, opts) = (item.text.clone(), self.extractive);
         let summary = ctx

@@ -15,6 +15,7 @@ use fleet_core::{
 };
 use fleet_protocol::Names;
 
+use crate::backstop::DeadLetterSubscription;
 use crate::connect::{ConnState, NatsOptions, is_up};
 use crate::subscription::{ControlSubscription, PullSubscription};
 use crate::topology::{self, COORDINATOR, dlq_consumer};
@@ -222,6 +223,12 @@ impl Broker for NatsBroker {
             let prefix = self.shared.names().prefix().to_owned();
             return Ok(Box::new(
                 ControlSubscription::open(shared, stream, &prefix).await?,
+            ));
+        }
+        if let Source::DeadLetters { stage } = &source {
+            // The DLQ of a stage also receives the jobs its max_deliver backstop gave up on.
+            return Ok(Box::new(
+                DeadLetterSubscription::open(shared, stream, consumer, stage.clone()).await?,
             ));
         }
         let dlq_stage = match &source {

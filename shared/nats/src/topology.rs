@@ -8,10 +8,15 @@
 //! | `<P>_SUBMIT` | `<p>.submit` | WorkQueue, dedup window 2 min | `coordinator` |
 //! | `<P>_CONTROL` | `<p>.control.>` | limits, 1 message per subject | none (ephemeral ordered per subscriber) |
 //! | `<P>_PIPELINES` | `<p>.pipelines.>` | limits | none |
+//! | `<P>_BACKSTOP` | `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<P>_JOBS.>` | WorkQueue | `backstop-<stage>` per stage |
 //!
 //! `<P>_EVENTS` is a WorkQueue: the coordinator's `coordinator` consumer is its only reader, so an
 //! acked batch is deleted and the stream holds only what the coordinator has not processed yet
 //! (its depth is the coordinator's lag). Every stream uses file storage.
+//!
+//! `<P>_BACKSTOP` keeps the server's `MAX_DELIVERIES` advisories for the stage consumers, so one
+//! raised while no coordinator runs is not lost (a core-NATS subscription would miss it); the
+//! `dead letters` subscription of each stage drains them (see [`crate::backstop`]).
 //!
 //! Stage consumers take `ack_wait`, `max_deliver` and `max_ack_pending` from the [`Topology`];
 //! the coordinator's consumers (`coordinator`, `dlq-<stage>`) use fixed values
@@ -45,6 +50,19 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// Name of the durable consumer that reads a stage's dead letters.
 pub fn dlq_consumer(stage: &str) -> String {
     format!("dlq-{stage}")
+}
+
+/// Name of the durable consumer that reads the `MAX_DELIVERIES` advisories of a stage.
+pub fn backstop_consumer(stage: &str) -> String {
+    format!("backstop-{stage}")
+}
+
+/// Subject of the `MAX_DELIVERIES` advisories of a stage's jobs consumer (`stage` may be `>`).
+pub fn max_deliveries_subject(names: &Names, stage: &str) -> String {
+    format!(
+        "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.{}.{stage}",
+        names.jobs_stream()
+    )
 }
 
 /// The streams of a prefix, with their configs.
@@ -91,6 +109,13 @@ pub(crate) fn stream_configs(names: &Names) -> Vec<stream::Config> {
             names.pipelines_stream(),
             vec![format!("{p}.pipelines.>")],
             RetentionPolicy::Limits,
+        ),
+        // WorkQueue: an advisory is deleted once handled, and each stage's consumer filters its
+        // own subject, so the consumers never overlap (a WorkQueue requirement).
+        base(
+            names.backstop_stream(),
+            vec![max_deliveries_subject(names, ">")],
+            RetentionPolicy::WorkQueue,
         ),
     ]
 }
@@ -147,6 +172,16 @@ pub(crate) fn consumer_configs(topology: &Topology) -> Result<Vec<WantedConsumer
             config: durable(
                 &dlq_consumer(stage),
                 names.dlq(stage),
+                COORDINATOR_ACK_WAIT,
+                -1,
+                COORDINATOR_MAX_ACK_PENDING,
+            ),
+        });
+        out.push(WantedConsumer {
+            stream: names.backstop_stream(),
+            config: durable(
+                &backstop_consumer(stage),
+                max_deliveries_subject(names, stage),
                 COORDINATOR_ACK_WAIT,
                 -1,
                 COORDINATOR_MAX_ACK_PENDING,
@@ -466,7 +501,21 @@ mod tests {
         assert_eq!(s1.config.max_deliver, 4);
         assert_eq!(s1.config.max_ack_pending, 33);
         assert_eq!(consumers[1].config.durable_name.as_deref(), Some("dlq-s1"));
-        assert_eq!(consumers.len(), 6);
+        let backstop = &consumers[2];
+        assert_eq!(backstop.stream, "AB_BACKSTOP");
+        assert_eq!(backstop.config.durable_name.as_deref(), Some("backstop-s1"));
+        assert_eq!(
+            backstop.config.filter_subject,
+            "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.AB_JOBS.s1"
+        );
+        assert_eq!(consumers.len(), 8);
+        let backstop_stream = streams.last().expect("streams");
+        assert_eq!(backstop_stream.name, "AB_BACKSTOP");
+        assert_eq!(
+            backstop_stream.subjects,
+            vec!["$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.AB_JOBS.>".to_owned()]
+        );
+        assert_eq!(backstop_stream.retention, RetentionPolicy::WorkQueue);
         assert!(consumer_configs(&Topology::new(Names::new("ab"), &["a.b"])).is_err());
     }
 
