@@ -48,6 +48,9 @@ impl Run {
             "127.0.0.1:0",
             "--heartbeat-interval",
             "1s",
+            // No coordinator in the benchmark: take jobs at once.
+            "--control-sync-wait",
+            "0s",
         ])
         .context("building the runtime config")?;
         Ok(Run { kind, prefix, cfg })

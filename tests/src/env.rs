@@ -126,6 +126,8 @@ impl Env {
             "--retry-base=100ms".into(),
             "--retry-max=1s".into(),
             "--heartbeat-interval=1s".into(),
+            // No coordinator here: nothing would ever sync the cancellations on RabbitMQ.
+            "--control-sync-wait=0s".into(),
             "--broker-heartbeat=2s".into(),
             "--drain-deadline=5s".into(),
             "--max-outage=60s".into(),

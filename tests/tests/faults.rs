@@ -425,9 +425,9 @@ async fn coordinator_killed_mid_pipeline(backend: Backend) {
     w.start_coordinator(&[]).await;
     // Event batches a killed coordinator had fetched but not acked come back when the broker's
     // ack wait ends: at once on RabbitMQ (the connection closed), after the coordinator
-    // consumers' `ack_wait` on NATS (`fleet_nats::topology::COORDINATOR_ACK_WAIT`, 60 s).
+    // consumers' `ack_wait` on NATS (`fleet_nats::topology::COORDINATOR_ACK_WAIT`, 30 s).
     let bound = match backend {
-        Backend::Nats => Duration::from_secs(80),
+        Backend::Nats => Duration::from_secs(50),
         _ => T,
     };
     let restarted = std::time::Instant::now();

@@ -52,6 +52,8 @@ async fn items_through_all_services(backend: Backend) {
             format!("--prefix={prefix}"),
             "--admin-addr=127.0.0.1:0".to_owned(),
             "--heartbeat-interval=1s".to_owned(),
+            // No coordinator here: nothing would ever sync the cancellations on RabbitMQ.
+            "--control-sync-wait=0s".to_owned(),
             "--ack-wait=10s".to_owned(),
             "--drain-deadline=5s".to_owned(),
         ]

@@ -47,6 +47,8 @@ async fn end_to_end(url: &str, tag: &str) {
         "--ack-wait=5s".into(),
         "--broker-heartbeat=2s".into(),
         "--heartbeat-interval=1s".into(),
+        // No coordinator here: nothing would ever sync the cancellations on RabbitMQ.
+        "--control-sync-wait=0s".into(),
         "--drain-deadline=5s".into(),
         "--concurrency=3".into(),
         format!("--analyzers-config={}", analyzers.display()),

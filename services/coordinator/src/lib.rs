@@ -40,7 +40,7 @@ use std::time::Duration;
 use anyhow::Context;
 use fleet_core::broker::default_retry_ladder;
 use fleet_core::{Broker, BrokerKind, Destination, OutMessage, Topology};
-use fleet_protocol::Names;
+use fleet_protocol::{Names, control};
 use fleet_runtime::telemetry::{AdminServer, Health};
 use fleet_store::{Store, StoreOptions, params};
 use tokio::task::JoinSet;
@@ -249,7 +249,7 @@ async fn rebroadcast_cancellations(app: App, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(app.config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let window = i64::try_from(app.config.cancel_rebroadcast.as_millis()).unwrap_or(i64::MAX);
-    loop {
+    'tick: loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = shutdown.cancelled() => return,
@@ -266,16 +266,31 @@ async fn rebroadcast_cancellations(app: App, shutdown: CancellationToken) {
             let Ok(id) = r.get::<String>("pipeline_id") else {
                 continue;
             };
-            let body = serde_json::json!({"pipeline_id": id}).to_string();
-            let msg = OutMessage::new(Destination::Control { pipeline_id: id }, body.into_bytes());
-            if let Ok(Err(e)) | Err(e) =
-                tokio::time::timeout(Duration::from_secs(5), app.broker.publish(msg))
-                    .await
-                    .map_err(|_| fleet_core::BrokerError::Timeout(Duration::from_secs(5)))
-            {
+            let body = control::cancellation(&id);
+            let msg = OutMessage::new(Destination::Control { pipeline_id: id }, body);
+            if let Err(e) = publish_control(&app, msg).await {
                 tracing::debug!(error = %e, "re-broadcasting a cancellation failed; next tick retries");
-                break;
+                continue 'tick;
             }
         }
+        // Only after a complete round: a worker that sees the marker has seen every active
+        // cancellation, and starts taking jobs.
+        let marker = OutMessage::new(
+            Destination::Control {
+                pipeline_id: "sync".into(),
+            },
+            control::sync_marker(),
+        );
+        if let Err(e) = publish_control(&app, marker).await {
+            tracing::debug!(error = %e, "publishing the cancellation sync marker failed; next tick retries");
+        }
     }
+}
+
+/// Publishes a control message, bounded.
+async fn publish_control(app: &App, msg: OutMessage) -> Result<(), fleet_core::BrokerError> {
+    const LIMIT: Duration = Duration::from_secs(5);
+    tokio::time::timeout(LIMIT, app.broker.publish(msg))
+        .await
+        .map_err(|_| fleet_core::BrokerError::Timeout(LIMIT))?
 }

@@ -75,6 +75,8 @@ impl World {
             "--retry-base=100ms".into(),
             "--retry-max=2s".into(),
             "--heartbeat-interval=1s".into(),
+            // No coordinator here: nothing would ever sync the cancellations on RabbitMQ.
+            "--control-sync-wait=0s".into(),
             "--drain-deadline=3s".into(),
         ])
         .expect("config");

@@ -276,6 +276,10 @@ impl Broker for MemoryBroker {
     }
 
     async fn depth(&self, source: &Source) -> Result<u64, BrokerError> {
+        if *source == Source::Control {
+            // Like NATS: the number of kept cancellations a new subscriber is replayed.
+            return Ok(lock(&self.inner.kept_cancels).len() as u64);
+        }
         let q = self.queue(&self.queue_for_source(source));
         let s = lock(&q.state);
         Ok((s.ready.len() + s.delayed.len()) as u64)

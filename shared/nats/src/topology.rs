@@ -40,8 +40,10 @@ use crate::wire::{bounded, check_token};
 
 /// Name of the coordinator's durable consumers on `<P>_EVENTS` and `<P>_SUBMIT`.
 pub const COORDINATOR: &str = "coordinator";
-/// `ack_wait` of the coordinator's consumers (events, submissions, dead letters).
-pub const COORDINATOR_ACK_WAIT: Duration = Duration::from_secs(60);
+/// `ack_wait` of the coordinator's consumers (events, submissions, dead letters): what a
+/// killed coordinator's fetched-but-unacked batches wait before another replica gets them.
+/// Three times the default statement timeout, so a slow database does not cause redeliveries.
+pub const COORDINATOR_ACK_WAIT: Duration = Duration::from_secs(30);
 /// `max_ack_pending` of the coordinator's consumers.
 pub const COORDINATOR_MAX_ACK_PENDING: i64 = 10_000;
 /// Publish de-duplication window of the jobs and submission streams (DESIGN §4).

@@ -5,6 +5,7 @@
 //! use it alone; producers in other languages validate against the JSON Schemas
 //! in `shared/protocol/schema/`.
 
+pub mod control;
 pub mod deadletter;
 pub mod envelope;
 pub mod event;

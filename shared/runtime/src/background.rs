@@ -4,8 +4,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use fleet_core::{Source, SubscribeOptions};
-use fleet_protocol::Heartbeat;
+use fleet_core::{BrokerKind, Source, SubscribeOptions};
+use fleet_protocol::{Heartbeat, control};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -30,24 +30,26 @@ pub fn heartbeats(sh: Arc<Shared>, slots: u32, stop: CancellationToken) -> JoinH
     })
 }
 
-/// The pipeline id in a control message: `{"pipeline_id": …}` or the raw text.
-pub fn cancelled_pipeline(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Msg {
-        pipeline_id: String,
-    }
-    if let Ok(m) = serde_json::from_slice::<Msg>(body) {
-        return Some(m.pipeline_id);
-    }
-    let text = std::str::from_utf8(body).ok()?.trim();
-    (!text.is_empty() && !text.starts_with('{')).then(|| text.to_owned())
-}
-
 /// Listens for cancellations until `stop`: remembers them and cancels running jobs.
-pub fn cancellations(sh: Arc<Shared>, stop: CancellationToken) -> JoinHandle<()> {
+///
+/// `synced` fires once this worker has seen every cancellation that was active when it
+/// subscribed, so intake can wait for it (DESIGN §5: a worker started after a cancel drops
+/// the cancelled jobs): where the broker keeps cancellations (NATS, memory) after replaying as
+/// many as it keeps; on RabbitMQ at the coordinator's first sync marker after a re-broadcast.
+pub fn cancellations(
+    sh: Arc<Shared>,
+    stop: CancellationToken,
+    synced: CancellationToken,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut pause = Duration::from_millis(200);
         while !stop.is_cancelled() {
+            // How many kept cancellations the replay holds (None: the broker keeps none).
+            let kept = if sh.broker.kind() == BrokerKind::RabbitMq || synced.is_cancelled() {
+                None
+            } else {
+                Some(sh.broker.depth(&Source::Control).await.unwrap_or(0))
+            };
             let sub = sh
                 .broker
                 .subscribe(Source::Control, SubscribeOptions { prefetch: 256 })
@@ -62,7 +64,11 @@ pub fn cancellations(sh: Arc<Shared>, stop: CancellationToken) -> JoinHandle<()>
                 }
             };
             pause = Duration::from_millis(200);
+            let mut seen = 0u64;
             loop {
+                if kept.is_some_and(|n| seen >= n) {
+                    synced.cancel();
+                }
                 let got = tokio::select! {
                     r = sub.fetch(256, Duration::from_secs(1)) => r,
                     () = stop.cancelled() => break,
@@ -72,11 +78,15 @@ pub fn cancellations(sh: Arc<Shared>, stop: CancellationToken) -> JoinHandle<()>
                 ) else {
                     break;
                 };
+                seen += deliveries.len() as u64;
                 for d in deliveries {
-                    if let Some(pid) = cancelled_pipeline(&d.body) {
+                    if let Some(pid) = control::cancelled_pipeline(&d.body) {
                         sh.cancels.insert(&pid);
                         let n = sh.inflight.cancel_pipeline(&pid);
                         tracing::info!(pipeline_id = %pid, running = n, "pipeline cancelled");
+                    } else if control::is_sync_marker(&d.body) && !synced.is_cancelled() {
+                        tracing::debug!("cancellations in sync with the coordinator");
+                        synced.cancel();
                     }
                     if let Err(e) = d.acker.ack().await {
                         tracing::debug!(error = %e, "cancellation ack failed (it is kept by the broker)");
@@ -85,17 +95,4 @@ pub fn cancellations(sh: Arc<Shared>, stop: CancellationToken) -> JoinHandle<()>
             }
         }
     })
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn control_bodies() {
-        assert_eq!(
-            super::cancelled_pipeline(br#"{"pipeline_id":"p1","v":1}"#).as_deref(),
-            Some("p1")
-        );
-        assert_eq!(super::cancelled_pipeline(b"p2").as_deref(), Some("p2"));
-        assert_eq!(super::cancelled_pipeline(b"{bad"), None);
-    }
 }

@@ -97,6 +97,13 @@ pub struct RuntimeConfig {
     #[arg(long, env = "FLEET_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
     pub heartbeat_interval: Duration,
 
+    /// Before taking jobs, wait at most this long to learn the active cancellations, so a
+    /// worker started after a cancel drops that pipeline's jobs (RabbitMQ: until the
+    /// coordinator's next re-broadcast, about one coordinator tick; NATS: the replay).
+    /// `0s` takes jobs at once (e.g. no coordinator runs).
+    #[arg(long, env = "FLEET_CONTROL_SYNC_WAIT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub control_sync_wait: Duration,
+
     /// Broker connection heartbeat (AMQP heartbeat, NATS ping interval).
     #[arg(long, env = "FLEET_BROKER_HEARTBEAT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub broker_heartbeat: Duration,

@@ -177,7 +177,9 @@ impl Worker {
         });
         let bg_stop = CancellationToken::new();
         let heartbeats = background::heartbeats(sh.clone(), sh.cfg.concurrency, bg_stop.clone());
-        let control = background::cancellations(sh.clone(), bg_stop.clone());
+        let synced = CancellationToken::new();
+        let control = background::cancellations(sh.clone(), bg_stop.clone(), synced.clone());
+        wait_for_cancellations(&synced, sh.cfg.control_sync_wait, &shutdown).await;
 
         let tracker = TaskTracker::new();
         let consumed = consume(&sh, &mode, &tracker, &self.health, &shutdown).await;
@@ -220,6 +222,26 @@ impl Worker {
         }
         tracing::info!("worker stopped");
         consumed
+    }
+}
+
+/// Waits (bounded) until the cancellation listener has caught up, so that jobs of a pipeline
+/// cancelled before this worker started are dropped, not run.
+async fn wait_for_cancellations(
+    synced: &CancellationToken,
+    wait: Duration,
+    shutdown: &CancellationToken,
+) {
+    if wait.is_zero() {
+        return;
+    }
+    tokio::select! {
+        () = synced.cancelled() => {}
+        () = shutdown.cancelled() => {}
+        () = tokio::time::sleep(wait) => tracing::warn!(
+            waited = ?wait,
+            "no cancellation sync from the coordinator yet; taking jobs anyway (is the coordinator running?)"
+        ),
     }
 }
 
