@@ -6,9 +6,13 @@
 //! For each broker: declare a run-unique topology, pre-load N no-op jobs, consume them with
 //! the raw client (lapin / async-nats), pre-load N more, consume them with a
 //! [`fleet_runtime::Worker`] running a no-op handler, print both rates, delete the topology.
+//!
+//! `cargo run --release -p fleet-bench -- mixed --broker rabbitmq --items 1000` runs the
+//! three real service binaries on mixed text items instead (see [`mixed`]).
 
 mod cpu;
 mod load;
+mod mixed;
 mod probe;
 mod raw_amqp;
 mod raw_nats;
@@ -31,9 +35,31 @@ pub enum Which {
     All,
 }
 
-/// Command-line options.
+/// The command line: the runtime-vs-raw benchmark's options, or a subcommand.
 #[derive(Debug, Clone, Parser)]
-#[command(about = "fleet throughput benchmark: runtime vs raw client loop")]
+#[command(
+    about = "fleet throughput benchmarks: runtime vs raw client loop (default), or `mixed`",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    /// Another benchmark than runtime vs raw loop.
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    /// Options of the runtime-vs-raw benchmark.
+    #[command(flatten)]
+    pub args: Args,
+}
+
+/// The other benchmarks.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// 1,000 mixed text items through the real analyzer, summarizer (extractive) and writer
+    /// (PostgreSQL) binaries on one broker: items/s, end-to-end latency, CPU and peak RSS.
+    Mixed(mixed::MixedArgs),
+}
+
+/// Options of the runtime-vs-raw benchmark.
+#[derive(Debug, Clone, Parser)]
 pub struct Args {
     /// Brokers to benchmark.
     #[arg(long, value_enum, default_value = "all")]
@@ -67,10 +93,14 @@ impl Args {
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let cli = Cli::parse();
+    fleet_runtime::telemetry::logging::init(fleet_runtime::telemetry::logging::LogFormat::Pretty);
+    if let Some(Command::Mixed(m)) = cli.command {
+        return mixed::main(m).await;
+    }
+    let args = cli.args;
     anyhow::ensure!(args.jobs > 0, "--jobs must be at least 1");
     anyhow::ensure!(args.prefetch > 0, "--prefetch must be at least 1");
-    fleet_runtime::telemetry::logging::init(fleet_runtime::telemetry::logging::LogFormat::Pretty);
     let brokers: &[scenario::Kind] = match args.broker {
         Which::Rabbitmq => &[scenario::Kind::RabbitMq],
         Which::Nats => &[scenario::Kind::Nats],
