@@ -212,8 +212,10 @@ impl World {
             format!("--listen={listen}"),
             format!("--database-url={}", self.db_url),
             "--tick=100ms".into(),
-            "--deadline-grace=1s".into(),
         ]);
+        if !extra.iter().any(|a| a.starts_with("--deadline-grace")) {
+            args.push("--deadline-grace=1s".into());
+        }
         args.extend(extra.iter().map(|s| (*s).to_owned()));
         let id = self.spawn("coordinator", "fleet-coordinator", args, admin);
         self.procs[id.0].wait_ready(READY).await;

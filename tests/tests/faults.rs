@@ -443,6 +443,54 @@ async fn coordinator_killed_mid_pipeline(backend: Backend) {
     w.cleanup().await;
 }
 
+/// 7. A job stuck in a hanging LLM call while its worker keeps heartbeating is `no_progress`;
+///    a job still queued when the pipeline's deadline passes is `overdue`; the pipeline then
+///    ends `timed_out`, and a worker started later acks the expired job without running it.
+async fn stuck_then_overdue_then_timed_out(backend: Backend) {
+    let mut w = World::new(backend, "stuck").await;
+    let stub = StubLlm::start().await;
+    stub.rule("STUCK", Behavior::Hang);
+    // The grace keeps the overdue job visible for a while before the pipeline is finalized.
+    w.start_coordinator(&["--stall-window=summarize=1s", "--deadline-grace=4s"])
+        .await;
+    w.start_analyzer().await;
+    let flags = summarizer_flags(&w, &stub, "60s", true);
+    w.start_summarizer(&flags).await;
+    // No writer yet: item q gets through summarize and waits in `write` past the deadline.
+    let pid = "stuck";
+    let deadline = (chrono::Utc::now() + chrono::Duration::seconds(6)).to_rfc3339();
+    w.submit(&submission(
+        pid,
+        &[("s", text("STUCK")), ("q", text("plain q"))],
+        json!({"deadline_at": deadline, "stages": {"summarize": {"timeout_ms": 60_000}}}),
+    ))
+    .await;
+    let stuck = w
+        .wait_stall(pid, &job_id(pid, "s", "summarize"), "no_progress", T)
+        .await;
+    assert!(
+        stuck["worker_id"].is_string(),
+        "the worker is named: {stuck}"
+    );
+    w.wait_stall(pid, &job_id(pid, "q", "write"), "overdue", T)
+        .await;
+    w.wait_state(pid, "timed_out", T).await;
+    // The queued write job is past its deadline: a writer acks it `expired`, writes nothing.
+    w.start_writer().await;
+    w.wait_queues_empty(T).await;
+    let r = w.assert_final(pid, "timed_out").await;
+    for id in ["s", "q"] {
+        assert_ne!(item(&r, id)["state"], "succeeded", "{r}");
+    }
+    w.assert_rows(pid, &[]).await;
+    assert_eq!(
+        stub.requests_for("STUCK"),
+        1,
+        "the stuck call was not retried"
+    );
+    w.cleanup().await;
+}
+
 macro_rules! on_both_brokers {
     ($($case:ident),* $(,)?) => {
         mod rabbitmq {
@@ -473,4 +521,5 @@ on_both_brokers!(
     broker_backstop_ends_the_item,
     cancelled_before_workers_start,
     coordinator_killed_mid_pipeline,
+    stuck_then_overdue_then_timed_out,
 );
