@@ -42,6 +42,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use fleet_core::Broker;
+use fleet_runtime::telemetry::Health;
 use fleet_runtime::{Breaker, BreakerPolicy, Worker};
 use fleet_store::Store;
 use tokio::time::Instant;
@@ -114,6 +115,12 @@ impl Writer {
         self
     }
 
+    /// The worker's health (`/healthz`, `/readyz`); `/readyz` is false while the database is
+    /// unreachable.
+    pub fn health(&self) -> Arc<Health> {
+        self.worker.health()
+    }
+
     /// The `database` pause breaker.
     pub fn breaker(&self) -> Arc<Breaker> {
         self.breaker.clone()
@@ -137,7 +144,11 @@ impl Writer {
         if !migrate(&self.store, self.config.runtime.max_outage, &shutdown).await? {
             return Ok(());
         }
-        let pinger = tokio::spawn(ping_loop(self.store.clone(), shutdown.clone()));
+        let pinger = tokio::spawn(ping_loop(
+            self.store.clone(),
+            self.worker.health(),
+            shutdown.clone(),
+        ));
         let handler = WriteHandler::new(self.store.clone(), &self.worker_id);
         let out = self
             .worker
@@ -181,7 +192,8 @@ async fn migrate(
     }
 }
 
-async fn ping_loop(store: Store, shutdown: CancellationToken) {
+/// Pings the database: `fleet_database_up`, and `/readyz` false while it is unreachable.
+async fn ping_loop(store: Store, health: Arc<Health>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(PING_INTERVAL);
     let mut up = true;
     loop {
@@ -191,6 +203,7 @@ async fn ping_loop(store: Store, shutdown: CancellationToken) {
         }
         let ok = store.ping().await.is_ok();
         metrics::gauge!(telemetry::DATABASE_UP).set(if ok { 1.0 } else { 0.0 });
+        health.set_dependency_down(!ok);
         if ok != up {
             if ok {
                 tracing::info!("database reachable again");

@@ -157,6 +157,7 @@ pub async fn outage(backend: fleet_tests::Backend, fault: Fault, tag: &str) {
         writer = writer.with_broker(env.connect().await);
     }
     let breaker = writer.breaker();
+    let health = writer.health();
     let shutdown = tokio_util::sync::CancellationToken::new();
     let task = tokio::spawn(writer.run(shutdown.clone()));
     let job_ids: Vec<String> = (0..2 * HALF)
@@ -208,6 +209,12 @@ pub async fn outage(backend: fleet_tests::Backend, fault: Fault, tag: &str) {
         },
     )
     .await;
+    wait_for(
+        "/readyz false while the database is down",
+        Duration::from_secs(30),
+        || async { !health.is_ready() },
+    )
+    .await;
     // Observe a window: nothing of the second half is acked (no `succeeded`) or written,
     // and on the memory broker every job is still held by the broker (ready or leased).
     let window = tokio::time::Instant::now() + Duration::from_secs(3);
@@ -240,6 +247,10 @@ pub async fn outage(backend: fleet_tests::Backend, fault: Fault, tag: &str) {
     env.wait_empty(Duration::from_secs(30)).await;
     wait_for("the breaker to close", Duration::from_secs(30), || async {
         breaker.state() == BreakerState::Closed
+    })
+    .await;
+    wait_for("/readyz true again", Duration::from_secs(30), || async {
+        health.is_ready()
     })
     .await;
     for id in &job_ids {

@@ -21,6 +21,8 @@ use super::names;
 pub struct Health {
     ready: AtomicBool,
     draining: AtomicBool,
+    /// A dependency the service cannot work without is down (e.g. the writer's database).
+    dependency_down: AtomicBool,
     watchdog_ms: AtomicU64,
     unhealthy: AtomicBool,
 }
@@ -46,9 +48,15 @@ impl Health {
     pub fn set_unhealthy(&self, bad: bool) {
         self.unhealthy.store(bad, Ordering::SeqCst);
     }
+    /// Marks a dependency the service needs as down (not ready) or back up.
+    pub fn set_dependency_down(&self, down: bool) {
+        self.dependency_down.store(down, Ordering::SeqCst);
+    }
     /// True when `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst) && !self.draining.load(Ordering::SeqCst)
+        self.ready.load(Ordering::SeqCst)
+            && !self.draining.load(Ordering::SeqCst)
+            && !self.dependency_down.load(Ordering::SeqCst)
     }
     /// True when `/healthz` answers 200.
     pub fn is_healthy(&self) -> bool {
