@@ -8,62 +8,22 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use fleet_core::{
-    Broker, Delivery, Destination, OutMessage, Source, SubscribeOptions, Subscription, Topology,
-};
+use fleet_core::{Broker, Delivery, Destination, OutMessage, Source, Subscription};
 use fleet_nats::backstop::{BACKSTOP_HEADER, BACKSTOP_VALUE};
 use fleet_nats::topology::max_deliveries_subject;
-use fleet_nats::{NatsBroker, NatsOptions, connect};
 use fleet_protocol::deadletter::headers;
-use fleet_protocol::{DeadLetterInfo, DeadLetterReason, ErrorKind, JobEnvelope, Names};
+use fleet_protocol::{DeadLetterInfo, DeadLetterReason, ErrorKind, JobEnvelope};
 
-const STAGE: &str = "s";
+mod common;
+
+use common::{Fixture, STAGE, topology};
+
 const T: Duration = Duration::from_secs(15);
 
-fn url() -> String {
-    std::env::var("FLEET_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
-
-fn options() -> NatsOptions {
-    NatsOptions {
-        connect_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(5),
-        ping_interval: Duration::from_secs(2),
-        client_name: Some("fleet-nats-backstop-tests".into()),
-    }
-}
-
-/// A declared topology (`max_deliver` 2) on a fresh connection; deleted at the end or on panic.
-struct Fixture {
-    broker: NatsBroker,
-    topo: Topology,
-    cleaned: bool,
-}
-
 impl Fixture {
+    /// A topology whose jobs are given up on after 2 deliveries.
     async fn new() -> Fixture {
-        let url = url();
-        let broker = connect(&url, options()).await.unwrap_or_else(|e| {
-            panic!("these tests need nats-server with JetStream at {url} (FLEET_NATS_URL): {e}")
-        });
-        let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let mut topo = Topology::new(Names::new(&prefix), &[STAGE]);
-        topo.ack_wait = Duration::from_secs(10);
-        topo.max_deliver = 2;
-        topo.max_ack_pending = 100;
-        broker.declare(&topo).await.expect("declare");
-        Fixture {
-            broker,
-            topo,
-            cleaned: false,
-        }
-    }
-
-    async fn sub(&self, source: Source) -> Box<dyn Subscription> {
-        self.broker
-            .subscribe(source, SubscribeOptions { prefetch: 10 })
-            .await
-            .expect("subscribe")
+        Fixture::declare(topology(Duration::from_secs(10), 2)).await
     }
 
     async fn dlq(&self) -> Box<dyn Subscription> {
@@ -152,40 +112,6 @@ impl Fixture {
             }
             assert!(Instant::now() < deadline, "timed out waiting for {what}");
         }
-    }
-
-    async fn cleanup(mut self) {
-        self.broker
-            .delete_topology(&self.topo)
-            .await
-            .expect("delete_topology");
-        self.cleaned = true;
-        self.broker.close().await;
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if self.cleaned {
-            return;
-        }
-        // A failed test still removes its streams, from a runtime of its own.
-        let topo = self.topo.clone();
-        let cleaner = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                if let Ok(b) = connect(&url(), options()).await {
-                    let _ = b.delete_topology(&topo).await;
-                    b.close().await;
-                }
-            });
-        });
-        let _ = cleaner.join();
     }
 }
 

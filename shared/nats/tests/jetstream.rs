@@ -7,67 +7,18 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use fleet_core::{
     Broker, BrokerError, Delivery, Destination, OutMessage, Source, SubscribeOptions, Subscription,
-    Topology,
 };
-use fleet_nats::{NatsBroker, NatsOptions, connect};
+use fleet_nats::connect;
 use fleet_protocol::deadletter::headers;
 use fleet_protocol::{DeadLetterInfo, DeadLetterReason, ErrorKind, Names};
 
-const STAGE: &str = "s";
+mod common;
 
-fn url() -> String {
-    std::env::var("FLEET_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
-}
-
-fn options() -> NatsOptions {
-    NatsOptions {
-        connect_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(5),
-        ping_interval: Duration::from_secs(2),
-        client_name: Some("fleet-nats-tests".into()),
-    }
-}
-
-async fn broker() -> NatsBroker {
-    let url = url();
-    connect(&url, options()).await.unwrap_or_else(|e| {
-        panic!("these tests need nats-server with JetStream at {url} (FLEET_NATS_URL): {e}")
-    })
-}
-
-fn topology(ack_wait: Duration) -> Topology {
-    let prefix = format!("t{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-    let mut t = Topology::new(Names::new(&prefix), &[STAGE]);
-    t.ack_wait = ack_wait;
-    t.max_deliver = 5;
-    t.max_ack_pending = 100;
-    t
-}
-
-/// A declared topology on a fresh connection; its streams are deleted at the end (or on panic).
-struct Fixture {
-    broker: NatsBroker,
-    topo: Topology,
-    cleaned: bool,
-}
+use common::{Fixture, STAGE, broker, options, topology};
 
 impl Fixture {
     async fn new(ack_wait: Duration) -> Fixture {
-        let broker = broker().await;
-        let topo = topology(ack_wait);
-        broker.declare(&topo).await.expect("declare");
-        Fixture {
-            broker,
-            topo,
-            cleaned: false,
-        }
-    }
-
-    async fn sub(&self, source: Source) -> Box<dyn Subscription> {
-        self.broker
-            .subscribe(source, SubscribeOptions { prefetch: 10 })
-            .await
-            .expect("subscribe")
+        Fixture::declare(topology(ack_wait, 5)).await
     }
 
     async fn jobs(&self) -> Box<dyn Subscription> {
@@ -107,40 +58,6 @@ impl Fixture {
             .consumer_info(STAGE)
             .await
             .expect("consumer info")
-    }
-
-    async fn cleanup(mut self) {
-        self.broker
-            .delete_topology(&self.topo)
-            .await
-            .expect("delete_topology");
-        self.cleaned = true;
-        self.broker.close().await;
-    }
-}
-
-impl Drop for Fixture {
-    fn drop(&mut self) {
-        if self.cleaned {
-            return;
-        }
-        // A failed test still removes its streams, from a runtime of its own.
-        let topo = self.topo.clone();
-        let cleaner = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
-                return;
-            };
-            rt.block_on(async {
-                if let Ok(b) = connect(&url(), options()).await {
-                    let _ = b.delete_topology(&topo).await;
-                    b.close().await;
-                }
-            });
-        });
-        let _ = cleaner.join();
     }
 }
 
@@ -322,15 +239,7 @@ async fn dead_letter_copies_body_and_headers_to_dlq_and_stops_redelivery() {
 
 #[tokio::test]
 async fn max_deliver_is_a_backstop() {
-    let broker = broker().await;
-    let mut topo = topology(Duration::from_secs(10));
-    topo.max_deliver = 2;
-    broker.declare(&topo).await.expect("declare");
-    let f = Fixture {
-        broker,
-        topo,
-        cleaned: false,
-    };
+    let f = Fixture::declare(topology(Duration::from_secs(10), 2)).await;
     f.publish_job("poison").await;
     let mut sub = f.jobs().await;
     for attempt in 1..=2 {
@@ -360,15 +269,9 @@ async fn max_deliver_is_a_backstop() {
 
 #[tokio::test]
 async fn a_full_max_ack_pending_is_an_empty_fetch() {
-    let broker = broker().await;
-    let mut topo = topology(Duration::from_secs(10));
+    let mut topo = topology(Duration::from_secs(10), 5);
     topo.max_ack_pending = 1;
-    broker.declare(&topo).await.expect("declare");
-    let f = Fixture {
-        broker,
-        topo,
-        cleaned: false,
-    };
+    let f = Fixture::declare(topo).await;
     f.publish_job("a").await;
     f.publish_job("b").await;
     let mut sub = f.jobs().await;
