@@ -9,6 +9,7 @@
 //! * [`amqp_url`], [`nats_url`] and [`postgres_url`] locate the machine's real
 //!   services (`scripts/services.sh` starts them), overridable by environment.
 
+pub mod http;
 mod proxy;
 mod wait;
 

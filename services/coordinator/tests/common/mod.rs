@@ -13,7 +13,6 @@ use fleet_protocol::{Event, EventBatch, EventKind, Heartbeat, InFlightJob, JobEn
 use fleet_store::{Store, StoreOptions};
 use fleet_test_support::{unique_prefix, wait_for};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio_util::sync::CancellationToken;
 
 /// Which broker and store a test runs on.
@@ -409,7 +408,7 @@ pub fn heartbeat(worker: &str, stage: &str, in_flight: &[(&str, &str)]) -> Heart
     }
 }
 
-/// A minimal HTTP/1.1 client: one request, `Connection: close`, the whole response.
+/// One bounded HTTP request to `addr`; panics when it cannot be made.
 pub async fn http_at(
     addr: SocketAddr,
     method: &str,
@@ -417,55 +416,7 @@ pub async fn http_at(
     body: Option<&str>,
     headers: &[(&str, &str)],
 ) -> (u16, String) {
-    let mut s = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect(addr))
+    fleet_test_support::http::request(addr, method, path, body, headers)
         .await
-        .expect("connect in time")
-        .expect("connect");
-    let body = body.unwrap_or("");
-    let mut req = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
-        body.len()
-    );
-    for (k, v) in headers {
-        req.push_str(&format!("{k}: {v}\r\n"));
-    }
-    req.push_str("\r\n");
-    s.write_all(req.as_bytes()).await.expect("write");
-    s.write_all(body.as_bytes()).await.expect("write body");
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), s.read_to_end(&mut raw))
-        .await
-        .expect("response in time")
-        .expect("read");
-    let text = String::from_utf8_lossy(&raw).to_string();
-    let status: u16 = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .expect("status line");
-    let (head, rest) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        dechunk(rest)
-    } else {
-        rest.to_owned()
-    };
-    (status, body)
-}
-
-fn dechunk(mut s: &str) -> String {
-    let mut out = String::new();
-    while let Some((size, rest)) = s.split_once("\r\n") {
-        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
-            break;
-        };
-        if n == 0 || rest.len() < n {
-            break;
-        }
-        out.push_str(&rest[..n]);
-        s = rest[n..].trim_start_matches("\r\n");
-    }
-    out
+        .unwrap_or_else(|e| panic!("{method} {path} at {addr}: {e}"))
 }
