@@ -260,6 +260,11 @@ pub trait Broker: Send + Sync + 'static {
     async fn delete_topology(&self, topology: &Topology) -> Result<(), BrokerError>;
     /// Close the connection.
     async fn close(&self);
+    /// Declared objects found with another config than declared since connecting (reported,
+    /// never fatal; only NATS can tell, the others answer 0).
+    fn config_drift(&self) -> u64 {
+        0
+    }
 }
 
 #[cfg(test)]

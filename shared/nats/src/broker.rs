@@ -202,6 +202,10 @@ impl Broker for NatsBroker {
         Ok(())
     }
 
+    fn config_drift(&self) -> u64 {
+        self.config_drift_count()
+    }
+
     async fn publish(&self, msg: OutMessage) -> Result<(), BrokerError> {
         let subject = wire::subject_for(&self.shared.names(), &msg.dest)?;
         let mut headers = HeaderMap::new();

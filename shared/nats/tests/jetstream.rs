@@ -472,6 +472,8 @@ async fn consumer_with_other_ack_wait_is_reported_not_fatal() {
         .await
         .expect("declare with drift must not fail");
     assert!(other.config_drift_count() >= 1);
+    // What the runtime exports as `fleet_broker_config_drift_total`.
+    assert_eq!(Broker::config_drift(&other), other.config_drift_count());
     // nats-server 2.9.10 accepts the update in place.
     assert_eq!(
         f.jobs_consumer().await.config.ack_wait,

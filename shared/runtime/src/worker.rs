@@ -266,7 +266,10 @@ async fn declare_with_retry(
     let since = Instant::now();
     loop {
         match broker.declare(topology).await {
-            Ok(()) => return Ok(()),
+            Ok(()) => {
+                metrics::counter!(names::BROKER_CONFIG_DRIFT).absolute(broker.config_drift());
+                return Ok(());
+            }
             Err(e @ (BrokerError::Config(_) | BrokerError::Rejected(_))) => {
                 return Err(e).context("declaring the broker topology failed");
             }

@@ -21,6 +21,8 @@ pub const CIRCUIT_STATE: &str = "fleet_circuit_state";
 pub const BROKER_CONNECTED: &str = "fleet_broker_connected";
 /// Counter: successful reconnects.
 pub const BROKER_RECONNECTS: &str = "fleet_broker_reconnects_total";
+/// Counter: declared broker objects found with another config (NATS consumer drift).
+pub const BROKER_CONFIG_DRIFT: &str = "fleet_broker_config_drift_total";
 /// Counter `{kind}`: non-terminal events dropped under pressure (started, progress, retrying, heartbeat, unconfirmed).
 pub const EVENTS_DROPPED: &str = "fleet_events_dropped_total";
 /// Gauge `{stage}`: unix time of the last progress report or job start.
@@ -70,6 +72,10 @@ pub fn describe() {
     );
     describe_gauge!(BROKER_CONNECTED, "1 while the broker connection is up.");
     describe_counter!(BROKER_RECONNECTS, "Successful broker reconnects.");
+    describe_counter!(
+        BROKER_CONFIG_DRIFT,
+        "Declared broker objects found with another config than declared (NATS)."
+    );
     describe_counter!(
         EVENTS_DROPPED,
         "Progress events dropped under pressure, by kind."
