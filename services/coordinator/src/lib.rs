@@ -80,7 +80,12 @@ impl Running {
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     config.validate()?;
     fleet_runtime::telemetry::logging::init(config.runtime.log_format);
-    let broker = fleet_runtime::connect::connect_with_retry(&config.runtime, &shutdown).await?;
+    let Some(broker) =
+        fleet_runtime::connect::connect_with_retry(&config.runtime, &shutdown).await?
+    else {
+        tracing::info!("stopped before the broker was reached");
+        return Ok(());
+    };
     let out = run_with(config, broker.clone(), shutdown).await;
     broker.close().await;
     out

@@ -41,17 +41,19 @@ pub async fn connect(cfg: &RuntimeConfig) -> Result<Arc<dyn Broker>, BrokerError
 }
 
 /// Connects, retrying with backoff until `FLEET_MAX_OUTAGE`; config errors fail at once.
+/// `None` when `shutdown` came first: stopping before the broker was reached is not an error.
 pub async fn connect_with_retry(
     cfg: &RuntimeConfig,
     shutdown: &CancellationToken,
-) -> anyhow::Result<Arc<dyn Broker>> {
+) -> anyhow::Result<Option<Arc<dyn Broker>>> {
     let since = Instant::now();
     let mut pause = Duration::from_millis(200);
     loop {
         match connect(cfg).await {
-            Ok(b) => return Ok(b),
+            Ok(b) => return Ok(Some(b)),
             Err(e @ BrokerError::Config(_)) => return Err(e.into()),
-            Err(e) if since.elapsed() >= cfg.max_outage || shutdown.is_cancelled() => {
+            Err(_) if shutdown.is_cancelled() => return Ok(None),
+            Err(e) if since.elapsed() >= cfg.max_outage => {
                 anyhow::bail!(
                     "cannot reach the broker at {}: {e}. Check FLEET_BROKER_URL and that the broker runs",
                     crate::worker::redact(&cfg.broker_url)
@@ -59,7 +61,10 @@ pub async fn connect_with_retry(
             }
             Err(e) => {
                 tracing::warn!(error = %e, url = %crate::worker::redact(&cfg.broker_url), "broker not reachable yet; retrying");
-                tokio::time::sleep(pause).await;
+                tokio::select! {
+                    () = tokio::time::sleep(pause) => {}
+                    () = shutdown.cancelled() => return Ok(None),
+                }
                 pause = (pause * 2).min(Duration::from_secs(10));
             }
         }

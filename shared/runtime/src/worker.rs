@@ -147,7 +147,13 @@ impl Worker {
         let owned = self.broker.is_none();
         let broker = match self.broker.clone() {
             Some(b) => b,
-            None => connect::connect_with_retry(&cfg, &shutdown).await?,
+            None => match connect::connect_with_retry(&cfg, &shutdown).await? {
+                Some(b) => b,
+                None => {
+                    tracing::info!("stopped before the broker was reached");
+                    return Ok(());
+                }
+            },
         };
         let names = Names::new(&cfg.prefix);
         let topology = topology(&cfg, &names, &self.stage);
