@@ -433,25 +433,31 @@ impl World {
         for p in &mut self.procs {
             p.kill().await;
         }
-        let _ = self.control.delete_topology(&self.topology()).await;
-        self.control.close().await;
-        let base = fleet_test_support::postgres_url();
-        if let Ok(admin) = Store::connect(
-            Some(&base),
-            "unused.sqlite".as_ref(),
-            StoreOptions::default(),
-        )
-        .await
-        {
-            let _ = admin
-                .execute(
-                    &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.schema),
-                    &[],
-                )
-                .await;
-        }
+        // Bounded: a wedged broker or database must not hang the test after its assertions.
+        let _ = tokio::time::timeout(Duration::from_secs(20), async {
+            let _ = self.control.delete_topology(&self.topology()).await;
+            self.control.close().await;
+            drop_schema(&self.schema).await;
+        })
+        .await;
         let _ = std::fs::remove_dir_all(&self.dir);
         self.cleaned = true;
+    }
+}
+
+/// Drops a test's PostgreSQL schema, best effort (cleanup must not fail a test).
+async fn drop_schema(schema: &str) {
+    let base = fleet_test_support::postgres_url();
+    if let Ok(admin) = Store::connect(
+        Some(&base),
+        "unused.sqlite".as_ref(),
+        StoreOptions::default(),
+    )
+    .await
+    {
+        let _ = admin
+            .execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"), &[])
+            .await;
     }
 }
 
@@ -509,18 +515,7 @@ impl Drop for World {
                         let _ = b.delete_topology(&topology).await;
                         b.close().await;
                     }
-                    let base = fleet_test_support::postgres_url();
-                    if let Ok(admin) = Store::connect(
-                        Some(&base),
-                        "unused.sqlite".as_ref(),
-                        StoreOptions::default(),
-                    )
-                    .await
-                    {
-                        let _ = admin
-                            .execute(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"), &[])
-                            .await;
-                    }
+                    drop_schema(&schema).await;
                 };
                 let _ = tokio::time::timeout(Duration::from_secs(20), cleanup).await;
             });

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use fleet_analyzer::analysis::{AnalysisOptions, analyze};
-use fleet_protocol::{DEFAULT_MAX_MESSAGE_BYTES, JobEnvelope, RouteStep, decode_job};
+use fleet_protocol::{DEFAULT_MAX_MESSAGE_BYTES, JobEnvelope, decode_job};
 use fleet_summarizer::extractive::{ExtractiveOptions, summarize};
 use serde_json::{Value, json};
 
@@ -56,19 +56,7 @@ pub fn run(items: &[Item]) -> anyhow::Result<Baseline> {
     for item in items {
         let c = class(item.size);
         b.count[c] += 1;
-        let mut job = JobEnvelope::new(
-            "baseline",
-            &item.id,
-            "analyze",
-            json!({"text": item.text, "metadata": {"size": item.size.label()}}),
-        );
-        job.route = ["summarize", "write"]
-            .into_iter()
-            .map(|s| RouteStep {
-                stage: s.to_owned(),
-                required: true,
-            })
-            .collect();
+        let job = super::measure::envelope("baseline", item);
 
         let t = std::time::Instant::now();
         let job = hop(&job)?;

@@ -297,8 +297,9 @@ async fn probe(ctx: &Ctx<'_>, running: &mut [Running]) -> anyhow::Result<Vec<(Si
     Ok(out)
 }
 
-/// The `analyze` job of an item, routed through `summarize` and `write` (both required).
-fn job(pipeline: &str, item: &Item) -> OutMessage {
+/// The `analyze` job envelope of an item, routed through `summarize` and `write` (both
+/// required): what the benchmark publishes and what the in-process baseline runs.
+pub fn envelope(pipeline: &str, item: &Item) -> JobEnvelope {
     let mut job = JobEnvelope::new(
         pipeline,
         &item.id,
@@ -312,6 +313,12 @@ fn job(pipeline: &str, item: &Item) -> OutMessage {
             required: true,
         })
         .collect();
+    job
+}
+
+/// The message publishing an item's `analyze` job, de-duplicated by its job id.
+fn job(pipeline: &str, item: &Item) -> OutMessage {
+    let job = envelope(pipeline, item);
     OutMessage {
         msg_id: Some(job.job_id.clone()),
         ..OutMessage::new(
