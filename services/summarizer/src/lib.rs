@@ -52,7 +52,13 @@ pub fn build_handler(config: &Config) -> anyhow::Result<SummarizeHandler> {
         .collect::<anyhow::Result<Vec<_>>>()?;
     tracing::info!(
         providers = ?providers.iter().map(|p| p.name()).collect::<Vec<_>>(),
-        "summary providers (then extractive)"
+        extractive_fallback = config.extractive_fallback,
+        "{}",
+        if config.extractive_fallback {
+            "summary providers (then extractive)"
+        } else {
+            "summary providers (no extractive fallback: intake pauses while none is usable)"
+        }
     );
     let mut summarizer = Summarizer::new(providers, config.extractive(), config.map_concurrency);
     if !config.extractive_fallback {
@@ -71,8 +77,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     // and the breakers' initial `fleet_circuit_state` are recorded, not lost.
     fleet_runtime::telemetry::admin::prometheus()?;
     telemetry::describe();
-    let handler = build_handler(&config)?;
-    fleet_runtime::Worker::new(config.runtime, STAGE)
-        .run(handler, shutdown)
-        .await
+    // Every configuration error at once: the runtime's and the providers'.
+    let runtime = config.runtime.validate(None).err();
+    let handler = build_handler(&config);
+    let mut errs: Vec<String> = runtime.map(|e| e.0).unwrap_or_default();
+    if let Err(e) = &handler {
+        errs.push(format!("{e:#}"));
+    }
+    if !errs.is_empty() {
+        anyhow::bail!("invalid configuration:\n  - {}", errs.join("\n  - "));
+    }
+    let handler = handler?;
+    let mut worker = fleet_runtime::Worker::new(config.runtime, STAGE);
+    if let Some(gate) = pause_gate(&handler) {
+        worker = worker.pause_when(gate);
+    }
+    worker.run(handler, shutdown).await
+}
+
+/// With the extractive fallback off, nothing is left once every provider's breaker is open:
+/// the worker then pauses intake (DESIGN §6) instead of failing jobs into retries.
+pub fn pause_gate(handler: &SummarizeHandler) -> Option<Arc<dyn fleet_runtime::IntakeGate>> {
+    let s = handler.summarizer();
+    if s.has_fallback() || s.providers().is_empty() {
+        return None;
+    }
+    let breakers = s.providers().iter().map(|p| p.breaker().clone()).collect();
+    Some(Arc::new(fleet_runtime::pause::AnyOf::new(
+        breakers,
+        "summary provider (the extractive fallback is off)",
+    )))
 }

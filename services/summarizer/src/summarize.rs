@@ -84,6 +84,11 @@ impl Summarizer {
         self
     }
 
+    /// True when the extractive summarizer runs after every provider failed.
+    pub fn has_fallback(&self) -> bool {
+        self.fallback
+    }
+
     /// The configured providers, in order.
     pub fn providers(&self) -> &[Arc<OpenAiProvider>] {
         &self.providers
@@ -143,7 +148,14 @@ impl Summarizer {
                     });
                 }
                 Err(e) => {
-                    tracing::warn!(provider = %p.name(), error = %e, "provider failed; falling back");
+                    if matches!(e, CallError::BreakerOpen) {
+                        // The breaker logged its opening once; a refusal per job is noise.
+                        tracing::debug!(provider = %p.name(), "provider skipped: circuit breaker open");
+                    } else if i + 1 < eligible.len() || self.fallback {
+                        tracing::warn!(provider = %p.name(), error = %e, "provider failed; falling back");
+                    } else {
+                        tracing::warn!(provider = %p.name(), error = %e, "provider failed; no fallback left (the extractive fallback is off)");
+                    }
                     reasons.push(format!("{}: {e}", p.name()));
                     failed = true;
                 }

@@ -51,6 +51,11 @@ fn provider(name: &str, stub: &Stub, f: impl FnOnce(&mut ProviderConfig)) -> Pro
 
 impl World {
     async fn start(providers: Vec<ProviderConfig>, concurrency: u32) -> World {
+        World::start_with(providers, concurrency, true).await
+    }
+
+    /// `fallback: false` turns the extractive fallback off and gates intake as `run` does.
+    async fn start_with(providers: Vec<ProviderConfig>, concurrency: u32, fallback: bool) -> World {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -85,10 +90,17 @@ impl World {
             .map(|p| OpenAiProvider::new(p).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()
             .expect("providers");
-        let summarizer = Arc::new(Summarizer::new(providers, ExtractiveOptions::default(), 2));
+        let mut summarizer = Summarizer::new(providers, ExtractiveOptions::default(), 2);
+        if !fallback {
+            summarizer = summarizer.without_fallback();
+        }
+        let summarizer = Arc::new(summarizer);
         let handler = SummarizeHandler::new(summarizer.clone(), 4000, 3);
         let shutdown = CancellationToken::new();
-        let worker = Worker::new(cfg, "summarize").with_broker(Arc::new(broker.clone()));
+        let mut worker = Worker::new(cfg, "summarize").with_broker(Arc::new(broker.clone()));
+        if let Some(gate) = fleet_summarizer::pause_gate(&handler) {
+            worker = worker.pause_when(gate);
+        }
         let admin = worker.admin_addr();
         let task = tokio::spawn(worker.run(handler, shutdown.clone()));
         let out = broker
@@ -201,6 +213,29 @@ impl World {
             .text()
             .await
             .expect("metrics body")
+    }
+
+    /// `/readyz`: status code and body.
+    async fn readyz(&self) -> (u16, String) {
+        let addr = self
+            .admin
+            .lock()
+            .expect("lock")
+            .expect("admin server started");
+        let r = reqwest::get(format!("http://{addr}/readyz"))
+            .await
+            .expect("GET /readyz");
+        (r.status().as_u16(), r.text().await.expect("readyz body"))
+    }
+
+    /// Dead letters of `summarize` so far.
+    async fn dead_letters(&self) -> u64 {
+        self.broker
+            .depth(&Source::DeadLetters {
+                stage: "summarize".into(),
+            })
+            .await
+            .expect("dlq depth")
     }
 
     fn provider(&self, i: usize) -> &Arc<OpenAiProvider> {
@@ -519,6 +554,98 @@ async fn long_items_are_mapped_and_reduced_with_progress_and_routed_by_length() 
     assert!(
         progress >= 4,
         "one progress event per chunk and one for the reduce, got {progress}"
+    );
+    w.stop().await;
+}
+
+/// The only provider is down and there is no extractive fallback: the worker pauses intake
+/// and holds its jobs (no attempt burned, nothing retried or dead-lettered, `/readyz` 503
+/// with the reason, `fleet_intake_paused` 1) until a timer-driven probe succeeds; then
+/// everything completes on its first attempt.
+#[tokio::test]
+async fn a_down_provider_without_fallback_pauses_intake_and_burns_no_attempts() {
+    let s = Stub::start(Reply::Status(503, None)).await;
+    let p = provider("only", &s, |p| {
+        p.breaker_failures = 1;
+        p.breaker_open_for = Duration::from_millis(700);
+    });
+    let mut w = World::start_with(vec![p], 2, false).await;
+    let jobs = 6;
+    for i in 0..jobs {
+        w.submit(&format!("down{i}"), TEXT, 20_000).await;
+    }
+    let breaker = w.provider(0).breaker().clone();
+    wait_for("the breaker to open", Duration::from_secs(10), || async {
+        breaker.state() != BreakerState::Closed
+    })
+    .await;
+    let (code, body) = w.readyz().await;
+    assert_eq!(code, 503, "{body}");
+    assert!(
+        body.contains("intake paused") && body.contains("llm:only"),
+        "{body}"
+    );
+    assert!(
+        w.metrics()
+            .await
+            .contains("fleet_intake_paused{stage=\"summarize\"} 1"),
+        "{}",
+        w.metrics().await
+    );
+    // Down for a while: several timer-driven probes fail, nothing is retried.
+    let down_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < down_until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(w.dead_letters().await, 0);
+    }
+    let probes = s.requests();
+    assert!(
+        (2..=8).contains(&probes),
+        "about one request per probe time, not one per job attempt: {probes}"
+    );
+    // Back up: the next probe closes the breaker and every job completes.
+    s.set_default(Reply::Answer("Up again.".into()));
+    let mut done = std::collections::HashSet::new();
+    while done.len() < jobs {
+        let out = w.next_output(Duration::from_secs(10)).await;
+        assert_eq!(summary(&out)["provider"], "only");
+        assert!(
+            done.insert(out.item_id.clone()),
+            "duplicate {}",
+            out.item_id
+        );
+    }
+    assert_eq!(breaker.state(), BreakerState::Closed);
+    wait_for("/readyz 200", Duration::from_secs(5), || async {
+        w.readyz().await.0 == 200
+    })
+    .await;
+    assert!(
+        w.metrics()
+            .await
+            .contains("fleet_intake_paused{stage=\"summarize\"} 0")
+    );
+    assert_eq!(w.dead_letters().await, 0);
+    let until = Instant::now() + Duration::from_secs(5);
+    let succeeded = |w: &World| {
+        w.seen_events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Succeeded))
+            .count()
+    };
+    while succeeded(&w) < jobs && Instant::now() < until {
+        w.pump_events().await;
+    }
+    assert_eq!(succeeded(&w), jobs, "{:?}", w.seen_events);
+    let retried = w
+        .seen_events
+        .iter()
+        .filter(|e| matches!(e.kind, EventKind::Retrying { .. }))
+        .count();
+    assert_eq!(retried, 0, "no attempt was burned: {:?}", w.seen_events);
+    assert!(
+        w.seen_events.iter().all(|e| e.attempt == 1),
+        "every job ran on its first attempt"
     );
     w.stop().await;
 }

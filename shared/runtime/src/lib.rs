@@ -11,7 +11,7 @@
 //! The order of the layers around a handler, outermost first, and why:
 //! 1. slot (permit + in-flight gauge): taken before anything runs so intake is bounded;
 //! 2. admit: decode and attempt checks happen before the handler can crash the worker;
-//! 3. pause-breaker gate: holds deliveries without burning attempts while a dependency is down;
+//! 3. pause gate (a `pause` breaker, or several routed dependencies): holds deliveries without burning attempts while a dependency is down;
 //! 4. guard: deadline, cancellation, drain and lease extension around the spawned handler;
 //! 5. settle: the single place that turns the result into ack / retry / dead letter.
 
@@ -27,6 +27,7 @@ pub mod events;
 pub mod guard;
 pub mod handler;
 pub mod inflight;
+pub mod pause;
 pub mod process;
 pub mod settle;
 pub mod shared;
@@ -40,4 +41,5 @@ pub use context::JobContext;
 pub use fleet_core::JobError;
 pub use fleet_protocol::JobEnvelope;
 pub use handler::{BatchHandler, Handler, Output};
+pub use pause::IntakeGate;
 pub use worker::Worker;

@@ -12,10 +12,11 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::admit::{Admitted, admit};
-use crate::breaker::{Admission, Breaker, BreakerState};
+use crate::breaker::{Admission, BreakerState};
 use crate::context::JobContext;
 use crate::guard::{Guarded, Limits, run_guarded};
 use crate::handler::{BatchHandler, Handler};
+use crate::pause::IntakeGate;
 use crate::settle::{AttemptResult, settle};
 use crate::shared::Shared;
 use crate::telemetry::names;
@@ -74,8 +75,8 @@ async fn gate(
         }
         if Instant::now() >= hold_until {
             return Gate::Stop(Guarded::Done(Err(JobError::Retryable(format!(
-                "dependency `{}` unavailable (breaker open) longer than the hold bound",
-                b.dependency()
+                "{} longer than the hold bound (FLEET_MAX_OUTAGE)",
+                b.reason()
             )))));
         }
         // Wake at the probe time, or shortly after when another probe is out.
@@ -99,26 +100,18 @@ async fn gate(
     }
 }
 
-/// After an attempt: record it on the pause breaker; true when the deliveries must be held
-/// and run again without counting an attempt.
+/// After an attempt: record it on the pause gate; true when the deliveries must be held
+/// and run again without counting an attempt (it failed while the dependency is unusable).
 fn record_and_hold(
-    b: Option<&Arc<Breaker>>,
+    b: Option<&Arc<dyn IntakeGate>>,
     admission: Option<Admission>,
     failed: Option<bool>,
 ) -> bool {
     let (Some(b), Some(a)) = (b, admission) else {
         return false;
     };
-    match failed {
-        Some(failed) => {
-            b.record(a, !failed);
-            failed && b.state() != BreakerState::Closed
-        }
-        None => {
-            b.cancel_probe(a);
-            false
-        }
-    }
+    b.record(a, failed);
+    failed == Some(true) && b.state() != BreakerState::Closed
 }
 
 fn context(

@@ -8,12 +8,12 @@ use fleet_core::Broker;
 use fleet_protocol::{Event, EventKind, JobEnvelope, Names};
 use tokio_util::sync::CancellationToken;
 
-use crate::breaker::Breaker;
 use crate::budget::RetryBudget;
 use crate::config::RuntimeConfig;
 use crate::context::Runaways;
 use crate::events::EventSink;
 use crate::inflight::InFlight;
+use crate::pause::IntakeGate;
 
 /// Cancelled pipelines known to this worker.
 #[derive(Default)]
@@ -65,8 +65,8 @@ pub struct Shared {
     pub cancels: Arc<Cancellations>,
     /// Retry budget.
     pub budget: RetryBudget,
-    /// Breaker with policy `pause` gating intake, if any.
-    pub pause: Option<Arc<Breaker>>,
+    /// The gate (a breaker with policy `pause`, or several) holding intake, if any.
+    pub pause: Option<Arc<dyn IntakeGate>>,
     /// Runaway blocking work.
     pub runaways: Arc<Runaways>,
     /// Fires at the end of the drain period: what still runs goes back to the broker.

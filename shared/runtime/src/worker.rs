@@ -25,6 +25,7 @@ use crate::config::RuntimeConfig;
 use crate::context::Runaways;
 use crate::handler::{BatchHandler, Handler};
 use crate::inflight::InFlight;
+use crate::pause::IntakeGate;
 use crate::shared::{Cancellations, Shared};
 use crate::telemetry::{AdminServer, Health, names};
 use crate::{background, connect, events, process};
@@ -48,7 +49,7 @@ pub struct Worker {
     cfg: RuntimeConfig,
     stage: String,
     broker: Option<Arc<dyn Broker>>,
-    pause: Option<Arc<Breaker>>,
+    pause: Option<Arc<dyn IntakeGate>>,
     health: Arc<Health>,
     admin_addr: Arc<Mutex<Option<std::net::SocketAddr>>>,
 }
@@ -78,8 +79,16 @@ impl Worker {
 
     /// Gates intake on a breaker with policy `pause`: while it is open the worker stops
     /// pulling and holds what it has (leases kept), until a probe succeeds.
-    pub fn pause_on(mut self, breaker: Arc<Breaker>) -> Worker {
-        self.pause = Some(breaker);
+    pub fn pause_on(self, breaker: Arc<Breaker>) -> Worker {
+        self.pause_when(breaker)
+    }
+
+    /// Gates intake on any [`IntakeGate`] (e.g. several routed breakers with no fallback
+    /// left): while it is not closed the worker pulls at most one probe job, holds what it
+    /// has, and `/readyz` and `fleet_intake_paused{stage}` say why.
+    pub fn pause_when(mut self, gate: Arc<dyn IntakeGate>) -> Worker {
+        self.health.set_pause_gate(&self.stage, gate.clone());
+        self.pause = Some(gate);
         self
     }
 

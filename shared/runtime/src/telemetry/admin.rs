@@ -1,10 +1,10 @@
 //! The admin HTTP server: `/metrics` (Prometheus text), `/healthz` (a watchdog
 //! proves the runtime is not wedged) and `/readyz` (broker connected, consuming,
-//! not draining).
+//! not draining, intake not paused by a dependency; a 503 says which).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
@@ -15,6 +15,8 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use tokio_util::sync::CancellationToken;
 
 use super::names;
+use crate::breaker::BreakerState;
+use crate::pause::IntakeGate;
 
 /// Shared health flags the runtime sets and the admin server reads.
 #[derive(Debug, Default)]
@@ -25,6 +27,14 @@ pub struct Health {
     dependency_down: AtomicBool,
     watchdog_ms: AtomicU64,
     unhealthy: AtomicBool,
+    pause: Mutex<Pause>,
+}
+
+/// The intake gate, if any, and what was last reported about it.
+#[derive(Debug, Default)]
+struct Pause {
+    gate: Option<(String, Arc<dyn IntakeGate>)>,
+    reason: Option<String>,
 }
 
 fn now_ms() -> u64 {
@@ -52,11 +62,60 @@ impl Health {
     pub fn set_dependency_down(&self, down: bool) {
         self.dependency_down.store(down, Ordering::SeqCst);
     }
+    /// Watches `gate` for stage `stage`: while it is not closed, intake is paused.
+    pub fn set_pause_gate(&self, stage: &str, gate: Arc<dyn IntakeGate>) {
+        self.pause_lock().gate = Some((stage.to_owned(), gate));
+        self.refresh_pause();
+    }
+
+    fn pause_lock(&self) -> std::sync::MutexGuard<'_, Pause> {
+        self.pause
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Re-reads the intake gate (its timer included): sets `fleet_intake_paused{stage}`,
+    /// logs each pause and resume once, and returns why intake is paused, if it is.
+    pub fn refresh_pause(&self) -> Option<String> {
+        let mut p = self.pause_lock();
+        let (stage, gate) = p.gate.clone()?;
+        let now = (gate.state() != BreakerState::Closed).then(|| gate.reason());
+        match (&p.reason, &now) {
+            (None, Some(why)) => {
+                tracing::warn!(%stage, reason = %why, "intake paused: taking no jobs, holding the ones in hand until a probe succeeds");
+            }
+            (Some(_), None) => {
+                tracing::info!(%stage, "intake resumed: the dependency answers again")
+            }
+            _ => {}
+        }
+        metrics::gauge!(names::INTAKE_PAUSED, "stage" => stage).set(if now.is_some() {
+            1.0
+        } else {
+            0.0
+        });
+        p.reason = now.clone();
+        now
+    }
+
+    /// Why `/readyz` answers 503, or `None` when it answers 200.
+    pub fn not_ready_reason(&self) -> Option<String> {
+        if self.draining.load(Ordering::SeqCst) {
+            return Some("draining".into());
+        }
+        if !self.ready.load(Ordering::SeqCst) {
+            return Some("not connected to the broker or not consuming".into());
+        }
+        if self.dependency_down.load(Ordering::SeqCst) {
+            return Some("a dependency this service needs is down".into());
+        }
+        self.refresh_pause()
+            .map(|why| format!("intake paused: {why}"))
+    }
+
     /// True when `/readyz` answers 200.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::SeqCst)
-            && !self.draining.load(Ordering::SeqCst)
-            && !self.dependency_down.load(Ordering::SeqCst)
+        self.not_ready_reason().is_none()
     }
     /// True when `/healthz` answers 200.
     pub fn is_healthy(&self) -> bool {
@@ -143,6 +202,8 @@ impl AdminServer {
                 tokio::select! {
                     _ = tick.tick() => {
                         health.tick();
+                        // Keeps the pause gauge and log current while nothing else asks.
+                        health.refresh_pause();
                         prom.run_upkeep();
                     }
                     () = shutdown.cancelled() => break,
@@ -168,13 +229,12 @@ async fn healthz(State(s): State<AppState>) -> (StatusCode, &'static str) {
     }
 }
 
-async fn readyz(State(s): State<AppState>) -> (StatusCode, &'static str) {
-    if s.health.is_ready() {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (
+async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
+    match s.health.not_ready_reason() {
+        None => (StatusCode::OK, "ready\n".into()),
+        Some(why) => (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not connected, not consuming, or draining\n",
-        )
+            format!("not ready: {why}\n"),
+        ),
     }
 }

@@ -17,6 +17,8 @@ pub const DEADLINE_EXCEEDED: &str = "fleet_attempt_deadline_exceeded_total";
 pub const RETRY_BUDGET_EXHAUSTED: &str = "fleet_retry_budget_exhausted_total";
 /// Gauge `{dependency}`: 0 closed, 1 half-open, 2 open.
 pub const CIRCUIT_STATE: &str = "fleet_circuit_state";
+/// Gauge `{stage}`: 1 while intake is paused because a needed dependency is unusable.
+pub const INTAKE_PAUSED: &str = "fleet_intake_paused";
 /// Gauge: 1 while the broker connection is up.
 pub const BROKER_CONNECTED: &str = "fleet_broker_connected";
 /// Counter: successful reconnects.
@@ -69,6 +71,10 @@ pub fn describe() {
     describe_gauge!(
         CIRCUIT_STATE,
         "Circuit breaker state: 0 closed, 1 half-open, 2 open."
+    );
+    describe_gauge!(
+        INTAKE_PAUSED,
+        "1 while the stage pulls no jobs because a dependency it needs is unusable (breaker open or probing, no fallback left)."
     );
     describe_gauge!(BROKER_CONNECTED, "1 while the broker connection is up.");
     describe_counter!(BROKER_RECONNECTS, "Successful broker reconnects.");
