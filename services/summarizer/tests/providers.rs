@@ -51,11 +51,17 @@ fn provider(name: &str, stub: &Stub, f: impl FnOnce(&mut ProviderConfig)) -> Pro
 
 impl World {
     async fn start(providers: Vec<ProviderConfig>, concurrency: u32) -> World {
-        World::start_with(providers, concurrency, true).await
+        World::start_with(providers, concurrency, true, true).await
     }
 
-    /// `fallback: false` turns the extractive fallback off and gates intake as `run` does.
-    async fn start_with(providers: Vec<ProviderConfig>, concurrency: u32, fallback: bool) -> World {
+    /// `fallback: false` turns the extractive fallback off; `gate` then gates intake as
+    /// `run` does (`false`: the behaviour before the pause gate, for the measurement).
+    async fn start_with(
+        providers: Vec<ProviderConfig>,
+        concurrency: u32,
+        fallback: bool,
+        gate: bool,
+    ) -> World {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -98,7 +104,7 @@ impl World {
         let handler = SummarizeHandler::new(summarizer.clone(), 4000, 3);
         let shutdown = CancellationToken::new();
         let mut worker = Worker::new(cfg, "summarize").with_broker(Arc::new(broker.clone()));
-        if let Some(gate) = fleet_summarizer::pause_gate(&handler) {
+        if let Some(gate) = fleet_summarizer::pause_gate(&handler).filter(|_| gate) {
             worker = worker.pause_when(gate);
         }
         let admin = worker.admin_addr();
@@ -569,7 +575,7 @@ async fn a_down_provider_without_fallback_pauses_intake_and_burns_no_attempts() 
         p.breaker_failures = 1;
         p.breaker_open_for = Duration::from_millis(700);
     });
-    let mut w = World::start_with(vec![p], 2, false).await;
+    let mut w = World::start_with(vec![p], 2, false, true).await;
     let jobs = 6;
     for i in 0..jobs {
         w.submit(&format!("down{i}"), TEXT, 20_000).await;
@@ -648,4 +654,36 @@ async fn a_down_provider_without_fallback_pauses_intake_and_burns_no_attempts() 
         "every job ran on its first attempt"
     );
     w.stop().await;
+}
+
+/// Measurement for the issue (not a check): 20 jobs, the only provider down for 10 s, no
+/// extractive fallback, default breaker (5 failures, here 3 s open): attempts burned with
+/// and without the pause gate. `cargo nextest run -p fleet-summarizer --test providers
+/// --run-ignored only -- measure --nocapture`
+#[tokio::test]
+#[ignore = "measurement, ~25 s"]
+async fn measure_attempts_burned_while_the_provider_is_down() {
+    for gate in [false, true] {
+        let s = Stub::start(Reply::Status(503, None)).await;
+        let p = provider("only", &s, |p| {
+            p.breaker_open_for = Duration::from_secs(3);
+        });
+        let mut w = World::start_with(vec![p], 4, false, gate).await;
+        for i in 0..20 {
+            w.submit(&format!("m{i}"), TEXT, 20_000).await;
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        w.pump_events().await;
+        let retrying = w
+            .seen_events
+            .iter()
+            .filter(|e| matches!(e.kind, EventKind::Retrying { .. }))
+            .count();
+        let dead = w.dead_letters().await;
+        let requests = s.requests();
+        eprintln!(
+            "MEASURE gate={gate}: 20 jobs, provider down 10 s: retrying events {retrying}, dead-lettered {dead}, provider requests {requests}"
+        );
+        w.stop().await;
+    }
 }
