@@ -1,8 +1,11 @@
 //! Command analyzers: one external program per item, in its own process
 //! group, with a timeout and an output cap. The whole group is killed on
-//! timeout, on cancellation, after the program exits (stray children) and on
-//! drop (the runtime drops the handler future at the job deadline), so no
-//! forked child outlives its analyzer.
+//! timeout, on cancellation, when stdout passes the cap (the analyzer then
+//! fails with reason `output_too_large`, and none of its output is kept),
+//! after the program exits (stray children) and on drop (the runtime drops the
+//! handler future at the job deadline). If the analyzer process itself dies,
+//! the command guard ([`crate::guard`]) kills the group, so no forked child
+//! outlives its analyzer.
 
 use std::path::PathBuf;
 use std::process::Stdio;
@@ -30,10 +33,11 @@ pub struct CommandResult {
     pub ok: bool,
     /// Exit code, when it exited (not killed by a signal, not missing).
     pub exit_code: Option<i32>,
-    /// Stdout: JSON when it parses, else text; capped.
+    /// Stdout: JSON when it parses, else text; `null` when it exceeded `max_output_bytes`.
     pub output: serde_json::Value,
-    /// True when stdout exceeded `max_output_bytes`.
-    pub output_truncated: bool,
+    /// Why it failed, as a closed set: `missing`, `timed_out`, `exit_status`, `signal`,
+    /// `output_too_large`, `cancelled`, `io_error` (none when it succeeded).
+    pub reason: Option<&'static str>,
     /// The last bytes of stderr.
     pub stderr_tail: String,
     /// Why it failed, when it did.
@@ -50,6 +54,8 @@ pub struct CommandResult {
 pub enum Failure {
     /// The program does not exist or is not executable: retrying cannot help.
     Missing,
+    /// Stdout passed `max_output_bytes`: the program's answer is not usable as is.
+    TooLarge,
     /// Timed out, non-zero exit, killed, I/O error: may succeed next time.
     Failed,
     /// The job was cancelled (deadline, pipeline cancellation, drain) while it ran.
@@ -80,16 +86,20 @@ impl Drop for GroupGuard {
     }
 }
 
-fn result(started: Instant, failure: Option<Failure>, error: Option<String>) -> CommandResult {
+fn result(
+    started: Instant,
+    failure: Option<(Failure, &'static str)>,
+    error: Option<String>,
+) -> CommandResult {
     CommandResult {
         ok: failure.is_none(),
         exit_code: None,
         output: serde_json::Value::Null,
-        output_truncated: false,
+        reason: failure.map(|f| f.1),
         stderr_tail: String::new(),
         error,
         duration_ms: started.elapsed().as_millis() as u64,
-        failure,
+        failure: failure.map(|f| f.0),
     }
 }
 
@@ -104,7 +114,17 @@ pub async fn run_command(
         pgid: None,
         input_file: None,
     };
-    let mut cmd = Command::new(&spec.program);
+    let mut cmd = match crate::guard::guard_program() {
+        // Through the guard: it leads the group and kills it if this process dies.
+        Some(guard) => {
+            let mut c = Command::new(guard);
+            c.arg(crate::guard::GUARD_ARG)
+                .arg(std::process::id().to_string())
+                .arg(&spec.program);
+            c
+        }
+        None => Command::new(&spec.program),
+    };
     cmd.args(&spec.args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -122,7 +142,7 @@ pub async fn run_command(
             if let Err(e) = tokio::fs::write(&path, text).await {
                 return result(
                     started,
-                    Some(Failure::Failed),
+                    Some((Failure::Failed, "io_error")),
                     Some(format!("writing the input file: {e}")),
                 );
             }
@@ -135,9 +155,9 @@ pub async fn run_command(
         Err(e) => {
             let failure = match e.kind() {
                 std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-                    Failure::Missing
+                    (Failure::Missing, "missing")
                 }
-                _ => Failure::Failed,
+                _ => (Failure::Failed, "io_error"),
             };
             return result(
                 started,
@@ -160,22 +180,34 @@ pub async fn run_command(
             let _ = w.shutdown().await;
         })
     });
+    let (over_tx, over_rx) = tokio::sync::oneshot::channel();
     let stdout = child
         .stdout
         .take()
-        .map(|r| tokio::spawn(read_capped(r, spec.max_output_bytes)));
+        .map(|r| tokio::spawn(read_capped(r, spec.max_output_bytes, over_tx)));
+    let too_large = format!(
+        "output_too_large: stdout passed max_output_bytes ({} bytes); the program was stopped and its output discarded",
+        spec.max_output_bytes
+    );
     let stderr = child
         .stderr
         .take()
         .map(|r| tokio::spawn(read_tail(r, STDERR_TAIL_BYTES)));
 
+    let over_cap = async {
+        // A reader that ends within the cap drops the sender: never fire then.
+        if over_rx.await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    };
     let outcome = tokio::select! {
         r = tokio::time::timeout(spec.timeout, child.wait()) => match r {
             Ok(Ok(status)) => Ok(status),
-            Ok(Err(e)) => Err((Failure::Failed, format!("waiting for the program failed: {e}"))),
-            Err(_) => Err((Failure::Failed, format!("timed out after {}", humantime::format_duration(spec.timeout)))),
+            Ok(Err(e)) => Err((Failure::Failed, "io_error", format!("waiting for the program failed: {e}"))),
+            Err(_) => Err((Failure::Failed, "timed_out", format!("timed out after {}", humantime::format_duration(spec.timeout)))),
         },
-        () = cancel.cancelled() => Err((Failure::Cancelled, "cancelled: the job's attempt ended".to_owned())),
+        () = cancel.cancelled() => Err((Failure::Cancelled, "cancelled", "cancelled: the job's attempt ended".to_owned())),
+        () = over_cap => Err((Failure::TooLarge, "output_too_large", too_large.clone())),
     };
     // Whatever happened, nothing of this group may outlive the analyzer; stray children
     // holding the pipes open would also keep the readers below waiting.
@@ -203,24 +235,38 @@ pub async fn run_command(
         None => Vec::new(),
     };
     let mut r = result(started, None, None);
-    r.output = parse_output(&out);
-    r.output_truncated = truncated;
     r.stderr_tail = String::from_utf8_lossy(&tail).into_owned();
-    match outcome {
+    let failure = match outcome {
+        // Over the cap nothing of the output is kept, whatever the exit status.
+        _ if truncated => Some((Failure::TooLarge, "output_too_large", too_large)),
         Ok(status) => {
             r.exit_code = status.code();
-            if !status.success() {
-                r.failure = Some(Failure::Failed);
-                r.error = Some(match status.code() {
-                    Some(c) => format!("exited with status {c}"),
-                    None => format!("terminated by a signal ({status})"),
-                });
+            r.output = parse_output(&out);
+            match status.code() {
+                _ if status.success() => None,
+                Some(crate::guard::CANNOT_START)
+                    if r.stderr_tail.contains(crate::guard::CANNOT_START_MARK) =>
+                {
+                    Some((Failure::Missing, "missing", r.stderr_tail.trim().to_owned()))
+                }
+                Some(c) => Some((
+                    Failure::Failed,
+                    "exit_status",
+                    format!("exited with status {c}"),
+                )),
+                None => Some((
+                    Failure::Failed,
+                    "signal",
+                    format!("terminated by a signal ({status})"),
+                )),
             }
         }
-        Err((failure, error)) => {
-            r.failure = Some(failure);
-            r.error = Some(error);
-        }
+        Err(e) => Some(e),
+    };
+    if let Some((failure, reason, error)) = failure {
+        r.failure = Some(failure);
+        r.reason = Some(reason);
+        r.error = Some(error);
     }
     r.ok = r.failure.is_none();
     r
@@ -236,20 +282,26 @@ fn parse_output(out: &[u8]) -> serde_json::Value {
     })
 }
 
-/// Reads everything, keeping the first `cap` bytes; true when more came.
-async fn read_capped(mut r: impl AsyncRead + Unpin, cap: usize) -> (Vec<u8>, bool) {
+/// Reads everything up to `cap` bytes; past it, stops reading, says so on `over` and
+/// returns nothing (true: over the cap).
+async fn read_capped(
+    mut r: impl AsyncRead + Unpin,
+    cap: usize,
+    over: tokio::sync::oneshot::Sender<()>,
+) -> (Vec<u8>, bool) {
     let mut kept = Vec::new();
-    let mut truncated = false;
     let mut buf = [0u8; 8192];
     while let Ok(n) = r.read(&mut buf).await {
         if n == 0 {
             break;
         }
-        let room = cap.saturating_sub(kept.len());
-        kept.extend_from_slice(&buf[..n.min(room)]);
-        truncated |= n > room;
+        if kept.len() + n > cap {
+            let _ = over.send(());
+            return (Vec::new(), true);
+        }
+        kept.extend_from_slice(&buf[..n]);
     }
-    (kept, truncated)
+    (kept, false)
 }
 
 /// Reads everything, keeping the last `tail` bytes.
@@ -312,10 +364,30 @@ mod tests {
     #[tokio::test]
     async fn caps_output_and_reads_file_input() {
         let never = CancellationToken::new();
-        let mut s = spec("sh", &["-c", "head -c 5000 /dev/zero | tr '\\0' x"]);
+        // 1 MiB against a 64 KiB cap: failed, named, nothing of it carried.
+        let mut s = spec("sh", &["-c", "head -c 1048576 /dev/zero | tr '\\0' x"]);
+        s.max_output_bytes = 64 * 1024;
+        let r = run_command(&s, "", &never).await;
+        assert!(!r.ok, "{:?}", r.error);
+        assert_eq!(r.failure, Some(Failure::TooLarge));
+        assert_eq!(r.reason, Some("output_too_large"));
+        assert_eq!(r.output, serde_json::Value::Null);
+        assert!(
+            r.error
+                .as_deref()
+                .unwrap_or_default()
+                .contains("output_too_large")
+        );
+        let json = serde_json::to_string(&r).unwrap();
+        assert!(
+            json.len() < 2048 && json.contains("\"reason\":\"output_too_large\""),
+            "{json}"
+        );
+        // Exactly at the cap is fine.
+        let mut s = spec("sh", &["-c", "head -c 100 /dev/zero | tr '\\0' x"]);
         s.max_output_bytes = 100;
         let r = run_command(&s, "", &never).await;
-        assert!(r.ok && r.output_truncated);
+        assert!(r.ok, "{r:?}");
         assert_eq!(r.output.as_str().map(str::len), Some(100));
         let mut f = spec("wc", &["-c"]);
         f.input = InputMode::File;

@@ -80,7 +80,8 @@ impl Handler for AnalyzeHandler {
                         r.error.as_deref().unwrap_or("unknown error")
                     );
                     return Err(match f {
-                        Failure::Missing => JobError::Permanent(msg),
+                        // Retrying runs the same program on the same input: no help.
+                        Failure::Missing | Failure::TooLarge => JobError::Permanent(msg),
                         Failure::Failed | Failure::Cancelled => JobError::Retryable(msg),
                     });
                 }

@@ -19,20 +19,22 @@
 //!               "language": "en", "keywords": ["message queue", "..."],
 //!               "chunks": [{"index": 0, "start": 0, "end": 1234, "text": "..."}],
 //!               "analyzers": {"word_count": {"ok": true, "exit_code": 0, "output": 200,
-//!                             "output_truncated": false, "stderr_tail": "", "error": null,
+//!                             "reason": null, "stderr_tail": "", "error": null,
 //!                             "duration_ms": 3}},
 //!               "failed_analyzers": []}}
 //! ```
 //!
 //! An optional command analyzer that fails is listed in `failed_analyzers`
 //! (the result is partial); a required one fails the job: retryable, or
-//! permanent when its program does not exist. A payload without a string
+//! permanent when its program does not exist or its stdout passes
+//! `max_output_bytes` (reason `output_too_large`; none of that output is kept). A payload without a string
 //! `text` is a permanent error.
 
 pub mod analysis;
 pub mod chunk;
 pub mod command;
 pub mod config;
+pub mod guard;
 pub mod handler;
 pub mod text;
 
@@ -46,7 +48,17 @@ pub const STAGE: &str = "analyze";
 
 /// Runs the analyzer until `shutdown`, then drains (DESIGN §5 step 9).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
-    let analyzers = config.load_analyzers()?;
+    // Every configuration error at once: the runtime's and the analyzers file's.
+    let runtime = config.runtime.validate(None).err();
+    let analyzers = config.load_analyzers();
+    let mut errs: Vec<String> = runtime.map(|e| e.0).unwrap_or_default();
+    if let Err(e) = &analyzers {
+        errs.push(format!("{e:#}"));
+    }
+    if !errs.is_empty() {
+        anyhow::bail!("invalid configuration:\n  - {}", errs.join("\n  - "));
+    }
+    let analyzers = analyzers?;
     tracing::info!(
         analyzers = analyzers.len(),
         names = ?analyzers.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),

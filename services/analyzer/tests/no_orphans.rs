@@ -1,7 +1,8 @@
 //! No command analyzer leaves a process behind: a program that forks a
 //! sleeping child is killed with its whole process group on timeout and when
 //! the job's deadline drops the handler (run through a real Worker on the
-//! memory broker).
+//! memory broker), and when the analyzer binary itself is killed with SIGKILL
+//! mid-job (the command guard, on NATS).
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -196,4 +197,126 @@ async fn job_deadline_kills_the_forked_child() {
         .expect("join")
         .expect("worker ok");
     let _ = std::fs::remove_file(pf);
+}
+
+/// Through the guard a command behaves as without it: output, exit code, a missing program.
+#[tokio::test]
+async fn the_guard_is_transparent() {
+    fleet_analyzer::guard::use_guard(env!("CARGO_BIN_EXE_fleet-analyzer").into());
+    let never = CancellationToken::new();
+    let mut spec = forking_analyzer(Path::new("/dev/null"), Duration::from_secs(5));
+    spec.args = vec!["-c".into(), "cat; echo oops >&2; exit 3".into()];
+    let r = run_command(&spec, "{\"a\": 1}", &never).await;
+    assert_eq!(r.exit_code, Some(3), "{r:?}");
+    assert_eq!(r.output, serde_json::json!({"a": 1}));
+    assert_eq!(r.stderr_tail.trim(), "oops");
+    spec.program = "/nonexistent/program".into();
+    let r = run_command(&spec, "", &never).await;
+    assert_eq!(
+        r.failure,
+        Some(fleet_analyzer::command::Failure::Missing),
+        "{r:?}"
+    );
+    assert_eq!(r.reason, Some("missing"));
+}
+
+/// Kills the listed pids on drop, so a failing test leaves nothing running.
+struct Reap(Vec<i32>);
+impl Drop for Reap {
+    fn drop(&mut self) {
+        for pid in &self.0 {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// `kill -9` of the analyzer binary mid-job: its command analyzer (a shell) and what that
+/// forked (`sleep 600`) die with it instead of running on under PID 1.
+#[tokio::test]
+async fn sigkill_of_the_analyzer_kills_its_commands() {
+    let prefix = unique_prefix("analyzer-sigkill");
+    let url = fleet_test_support::nats_url();
+    let (child_pf, shell_pf) = (pidfile("orphan-kill9-child"), pidfile("orphan-kill9-shell"));
+    let analyzers = std::env::temp_dir().join(format!("{prefix}-analyzers.toml"));
+    std::fs::write(
+        &analyzers,
+        format!(
+            "[[analyzer]]\nname = \"forker\"\nprogram = \"sh\"\nargs = [\"-c\", \"echo $$ > {}; sleep 600 & echo $! > {}; wait\"]\ntimeout = \"10m\"\n",
+            shell_pf.display(),
+            child_pf.display()
+        ),
+    )
+    .expect("write analyzers config");
+    let rt = RuntimeConfig::parse_from([
+        "analyzer".to_owned(),
+        format!("--broker-url={url}"),
+        format!("--prefix={prefix}"),
+    ])
+    .expect("config");
+    let control = fleet_runtime::connect::connect(&rt)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the broker at {url}: {e}"));
+    let topology = Topology::new(Names::new(&prefix), &["analyze", "summarize"]);
+    control.declare(&topology).await.expect("declare");
+
+    let mut analyzer = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet-analyzer"))
+        .env("FLEET_BROKER_URL", &url)
+        .env("FLEET_PREFIX", &prefix)
+        .env("FLEET_ADMIN_ADDR", "127.0.0.1:0")
+        .env("FLEET_CONTROL_SYNC_WAIT", "0s")
+        .env("FLEET_ANALYZERS_CONFIG", &analyzers)
+        .env("FLEET_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start fleet-analyzer");
+    let job = JobEnvelope::new(
+        &format!("{prefix}-p"),
+        "item-1",
+        "analyze",
+        serde_json::json!({"text": "hello world"}),
+    );
+    control
+        .publish(fleet_core::OutMessage::new(
+            fleet_core::Destination::Job {
+                stage: "analyze".into(),
+            },
+            job.to_bytes(),
+        ))
+        .await
+        .expect("publish");
+    let child = wait_for(
+        "the forked child's pid file",
+        Duration::from_secs(30),
+        || async {
+            std::fs::read_to_string(&child_pf)
+                .ok()
+                .and_then(|s| s.trim().parse::<i32>().ok())
+        },
+    )
+    .await;
+    let shell = read_pid(&shell_pf).await;
+    let _reap = Reap(vec![child, shell]);
+    assert!(
+        alive(child) && alive(shell),
+        "the command runs while the job runs"
+    );
+
+    analyzer.start_kill().expect("SIGKILL the analyzer");
+    tokio::time::timeout(Duration::from_secs(10), analyzer.wait())
+        .await
+        .expect("the analyzer dies")
+        .expect("wait");
+    assert_dies(shell).await;
+    assert_dies(child).await;
+
+    let _ = control.delete_topology(&topology).await;
+    control.close().await;
+    for f in [child_pf, shell_pf, analyzers] {
+        let _ = std::fs::remove_file(f);
+    }
 }
