@@ -75,9 +75,18 @@ pub struct Writer {
 impl Writer {
     /// Validates the config and opens the store (PostgreSQL connects lazily).
     pub async fn new(config: Config) -> anyhow::Result<Writer> {
-        config.validate()?;
         let mut rt = config.runtime_config();
-        rt.validate(Some(config.batch_size))?;
+        // Every configuration error at once: the writer's and the runtime's.
+        let mut errs = config.validate().err().map(|e| e.0).unwrap_or_default();
+        errs.extend(
+            rt.validate(Some(config.batch_size))
+                .err()
+                .map(|e| e.0)
+                .unwrap_or_default(),
+        );
+        if !errs.is_empty() {
+            return Err(fleet_runtime::config::ConfigErrors(errs).into());
+        }
         // One id in events, heartbeats and rows.
         let worker_id = rt.worker_id.clone().unwrap_or_else(|| {
             let stage = rt.stage.clone().unwrap_or_else(|| STAGE.to_owned());
