@@ -30,6 +30,11 @@ pub const DEFAULT_ROUTE: &str = "analyze,summarize,write";
 pub const DEFAULT_STAGE_TIMEOUT: &str = "5m";
 /// Default attempts of a stage when the submission names none.
 pub const DEFAULT_STAGE_MAX_ATTEMPTS: u32 = 5;
+/// Default publish attempts of one outbox row before it is abandoned and its job failed
+/// (with the default backoff, about four minutes of refusals).
+pub const DEFAULT_OUTBOX_MAX_ATTEMPTS: u32 = 10;
+/// Default first retry delay of an outbox row that failed to publish (doubles per attempt, capped at 1 min).
+pub const DEFAULT_OUTBOX_RETRY_BACKOFF: &str = "1s";
 /// How long a cancellation is re-broadcast on RabbitMQ (which keeps no messages for late subscribers).
 pub const DEFAULT_CANCEL_REBROADCAST: &str = "1h";
 
@@ -101,6 +106,14 @@ pub struct Config {
     /// How long a cancellation is re-broadcast every tick on RabbitMQ.
     #[arg(long, env = "FLEET_CANCEL_REBROADCAST", default_value = DEFAULT_CANCEL_REBROADCAST, value_parser = humantime::parse_duration)]
     pub cancel_rebroadcast: Duration,
+
+    /// Publish attempts of one outbox row before it is abandoned (its job ends `failed`, reason `publish_failed`).
+    #[arg(long, env = "FLEET_OUTBOX_MAX_ATTEMPTS", default_value_t = DEFAULT_OUTBOX_MAX_ATTEMPTS)]
+    pub outbox_max_attempts: u32,
+
+    /// First retry delay of an outbox row that failed to publish; doubles per attempt up to 1 min.
+    #[arg(long, env = "FLEET_OUTBOX_RETRY_BACKOFF", default_value = DEFAULT_OUTBOX_RETRY_BACKOFF, value_parser = humantime::parse_duration)]
+    pub outbox_retry_backoff: Duration,
 
     /// Database connections in the pool (PostgreSQL).
     #[arg(long, env = "FLEET_DATABASE_POOL", default_value_t = 8)]
@@ -183,6 +196,12 @@ impl Config {
         }
         if self.stage_max_attempts == 0 {
             errs.push("FLEET_STAGE_MAX_ATTEMPTS must be at least 1".into());
+        }
+        if self.outbox_max_attempts == 0 {
+            errs.push("FLEET_OUTBOX_MAX_ATTEMPTS must be at least 1".into());
+        }
+        if self.outbox_retry_backoff.is_zero() {
+            errs.push("FLEET_OUTBOX_RETRY_BACKOFF must be positive".into());
         }
         if self.max_item_bytes > self.max_body_bytes {
             errs.push("FLEET_MAX_ITEM_BYTES must not exceed FLEET_MAX_BODY_BYTES".into());

@@ -35,6 +35,12 @@ pub struct ItemView {
     pub skip_stages: Vec<(String, bool)>,
 }
 
+/// True when the job ended because its message could never be published (outbox).
+fn unpublished(fact: Option<&JobFact>) -> bool {
+    fact.and_then(|f| f.reason.as_deref())
+        .is_some_and(|r| r.starts_with(crate::outbox::PUBLISH_FAILED))
+}
+
 /// Derives the item from `route` (all its stages, in order) and its jobs by stage.
 pub fn derive(route: &[RouteStep], jobs: &HashMap<String, JobFact>) -> ItemView {
     let mut skipped_optional = Vec::new();
@@ -56,11 +62,20 @@ pub fn derive(route: &[RouteStep], jobs: &HashMap<String, JobFact>) -> ItemView 
         };
         match fact.map(|f| f.state) {
             Some(JobState::Succeeded) => {}
-            Some(JobState::DeadLettered) if !step.required => {
+            // A job that was never published cannot pass its item on: nothing would
+            // publish the next stage's job either.
+            Some(JobState::DeadLettered) if !step.required && !unpublished(fact) => {
                 skipped_optional.push(step.stage.clone());
             }
             Some(JobState::DeadLettered) => {
                 let why = fact.and_then(|f| f.reason.clone()).unwrap_or_default();
+                if unpublished(fact) {
+                    return ended(
+                        ItemState::Failed,
+                        "publish_failed",
+                        format!("stage {} could not be published: {why}", step.stage),
+                    );
+                }
                 return ended(
                     ItemState::Failed,
                     "dead_lettered",
@@ -215,6 +230,30 @@ mod tests {
         assert_eq!(v.state, ItemState::Succeeded);
         assert_eq!(v.outcome, Some("completed_with_skips"));
         assert!(v.reason.unwrap().contains("summarize"));
+    }
+
+    #[test]
+    fn unpublished_job_fails_the_item_even_on_an_optional_stage() {
+        let mut route = route();
+        route[0].required = false;
+        let mut j = HashMap::new();
+        j.insert(
+            "analyze".to_owned(),
+            JobFact {
+                state: JobState::DeadLettered,
+                reason: Some("publish_failed: no queue is bound".into()),
+            },
+        );
+        let v = derive(&route, &j);
+        assert_eq!(
+            (v.state, v.outcome),
+            (ItemState::Failed, Some("publish_failed"))
+        );
+        assert_eq!(
+            v.reason.as_deref(),
+            Some("stage analyze could not be published: publish_failed: no queue is bound")
+        );
+        assert_eq!(v.skip_stages.len(), 2);
     }
 
     #[test]

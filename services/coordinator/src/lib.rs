@@ -21,6 +21,7 @@ pub mod events;
 pub mod finalize;
 pub mod ingest;
 pub mod item;
+pub mod lograte;
 pub mod metrics;
 pub mod model;
 pub mod outbox;
@@ -199,6 +200,7 @@ pub async fn start(
     tasks.spawn(outbox::run_relay(
         app.store.clone(),
         app.broker.clone(),
+        outbox::RelayPolicy::new(&app.config, app.ingest),
         app.relay.clone(),
         shutdown.clone(),
     ));

@@ -29,6 +29,12 @@ pub const EVENT_BATCHES: &str = "fleet_coordinator_event_batches_total";
 pub const QUEUE_SUBMISSIONS: &str = "fleet_coordinator_queue_submissions_total";
 /// Counter: late results (after finalization).
 pub const LATE_EVENTS: &str = "fleet_late_events_total";
+/// Counter `{kind}`: outbox publish attempts that failed, by destination kind.
+pub const OUTBOX_PUBLISH_FAILURES: &str = "fleet_outbox_publish_failures_total";
+/// Counter `{kind}`: outbox rows given up after their last attempt (a job row fails its item).
+pub const OUTBOX_ABANDONED: &str = "fleet_outbox_abandoned_total";
+/// Gauge `{state}`: unpublished outbox rows: `pending`, `retrying` (backing off), `abandoned`.
+pub const OUTBOX_ROWS: &str = "fleet_outbox_rows";
 
 /// Registers HELP text for every coordinator metric.
 pub fn describe() {
@@ -55,6 +61,18 @@ pub fn describe() {
     describe_counter!(
         QUEUE_SUBMISSIONS,
         "Submissions read from the submit queue, by result."
+    );
+    describe_counter!(
+        OUTBOX_PUBLISH_FAILURES,
+        "Outbox publish attempts that failed, by destination kind (job, control, pipeline, ...)."
+    );
+    describe_counter!(
+        OUTBOX_ABANDONED,
+        "Outbox rows given up after FLEET_OUTBOX_MAX_ATTEMPTS failed publishes, by destination kind; a job row's item ends failed (publish_failed)."
+    );
+    describe_gauge!(
+        OUTBOX_ROWS,
+        "Unpublished outbox rows by state: pending, retrying (backing off after a failed publish), abandoned (kept one hour)."
     );
     describe_counter!(
         LATE_EVENTS,

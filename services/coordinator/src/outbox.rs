@@ -6,9 +6,18 @@
 //!
 //! On PostgreSQL each relay batch claims its rows with `FOR UPDATE SKIP
 //! LOCKED`, so several replicas relay without publishing a row twice at once.
+//!
+//! A row the broker refuses (unroutable stage, message too large, …) never
+//! blocks the others: each row counts its own attempts and backs off on its
+//! own (`next_attempt_at`; the relay claims only rows that are due, so healthy
+//! rows pass backed-off ones), and after `max_attempts` it is abandoned
+//! (`failed_at`) — a job row's job then ends `dead_lettered` with reason
+//! `publish_failed` through the state machine, so its item fails and its
+//! pipeline finalizes. While the broker is disconnected nothing is counted:
+//! an outage delays rows, it does not fail them.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fleet_core::{Broker, Destination, OutMessage};
 use fleet_store::{Store, StoreError, StoreKind, Tx, params};
@@ -16,7 +25,10 @@ use futures::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
-use crate::model::{Millis, now_ms};
+use crate::ingest::{IngestCtx, JobUpdate, apply_update};
+use crate::lograte::LogLimiter;
+use crate::metrics as m;
+use crate::model::{JobState, Millis, now_ms};
 
 /// Rows claimed per relay batch.
 pub const RELAY_BATCH: i64 = 256;
@@ -26,8 +38,50 @@ const PUBLISH_CONCURRENCY: usize = 32;
 const PUBLISH_TIMEOUT: Duration = Duration::from_secs(15);
 /// How often the relay looks even without a nudge (another replica may have written rows).
 const RELAY_POLL: Duration = Duration::from_millis(250);
-/// Published rows are kept this long for inspection, then deleted by the sweeper.
+/// Published and abandoned rows are kept this long for inspection, then deleted by the sweeper.
 pub const KEEP_PUBLISHED_MS: Millis = 3_600_000;
+/// Longest per-row retry delay.
+const RETRY_MAX: Duration = Duration::from_secs(60);
+/// Longest relay pause while the broker is unreachable.
+const OUTAGE_BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// The same relay error is logged at most once per this interval.
+const LOG_INTERVAL: Duration = Duration::from_secs(30);
+/// How often the relay refreshes the outbox gauges.
+const GAUGE_EVERY: Duration = Duration::from_secs(2);
+/// Longest error text kept on a row (and in a failed item's reason).
+const MAX_ERROR_CHARS: usize = 500;
+/// Dead-letter reason of a job whose message could never be published.
+pub const PUBLISH_FAILED: &str = "publish_failed";
+
+/// How the relay retries a row and when it gives up.
+#[derive(Debug, Clone, Copy)]
+pub struct RelayPolicy {
+    /// Publish attempts of one row before it is abandoned.
+    pub max_attempts: u32,
+    /// First retry delay; doubles per attempt up to one minute.
+    pub backoff: Duration,
+    /// Defaults for failing an abandoned row's job through the state machine.
+    pub ingest: IngestCtx,
+}
+
+impl RelayPolicy {
+    /// The policy `config` sets.
+    pub fn new(config: &crate::Config, ingest: IngestCtx) -> RelayPolicy {
+        RelayPolicy {
+            max_attempts: config.outbox_max_attempts.max(1),
+            backoff: config.outbox_retry_backoff,
+            ingest,
+        }
+    }
+
+    /// Delay before the next try of a row that has failed `attempts` times (≥ 1).
+    pub fn delay(&self, attempts: u32) -> Duration {
+        let doublings = attempts.saturating_sub(1).min(20);
+        self.backoff
+            .saturating_mul(1u32 << doublings)
+            .min(RETRY_MAX.max(self.backoff))
+    }
+}
 
 /// The stored form of a destination: `(kind, key)`.
 pub fn dest_parts(d: &Destination) -> (&'static str, String) {
@@ -74,56 +128,67 @@ pub async fn enqueue(
 
 struct Pending {
     id: i64,
-    msg: OutMessage,
+    kind: String,
+    key: String,
+    attempts: u32,
+    body: String,
+    /// `None` when the stored destination is unknown: such a row is abandoned at once.
+    msg: Option<OutMessage>,
 }
 
 fn decode_rows(rows: Vec<fleet_store::Row>) -> Result<Vec<Pending>, StoreError> {
     let mut out = Vec::with_capacity(rows.len());
     for r in rows {
-        let id: i64 = r.get("id")?;
         let kind: String = r.get("dest_kind")?;
         let key: String = r.get("dest_key")?;
-        let Some(dest) = dest_from(&kind, &key) else {
-            tracing::error!(id, kind, "outbox row with an unknown destination; skipped");
-            continue;
-        };
         let body: String = r.get("body")?;
-        let mut msg = OutMessage::new(dest, body.into_bytes());
-        msg.msg_id = r.get("msg_id")?;
-        out.push(Pending { id, msg });
+        let msg = dest_from(&kind, &key).map(|dest| {
+            let mut msg = OutMessage::new(dest, body.clone().into_bytes());
+            msg.msg_id = r.get("msg_id").ok().flatten();
+            msg
+        });
+        let attempts: i64 = r.get("attempts")?;
+        out.push(Pending {
+            id: r.get("id")?,
+            kind,
+            key,
+            attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
+            body,
+            msg,
+        });
     }
     Ok(out)
 }
 
-/// Publishes every message, confirmed and bounded; returns the ids that went out.
+/// Publishes every message, confirmed and bounded; returns each row's result by index.
 async fn publish_all(
     broker: &Arc<dyn Broker>,
-    pending: Vec<Pending>,
-) -> (Vec<i64>, Option<String>) {
-    let results: Vec<(i64, Result<(), String>)> = futures::stream::iter(pending)
-        .map(|p| {
+    pending: &[Pending],
+) -> Vec<(usize, Result<(), String>)> {
+    // Owned inputs: a stream of borrowed rows makes the relay future not `Send` for spawning.
+    let work: Vec<(usize, Option<OutMessage>, String)> = pending
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i, p.msg.clone(), p.kind.clone()))
+        .collect();
+    futures::stream::iter(work)
+        .map(|(i, msg, kind)| {
             let broker = broker.clone();
             async move {
-                let out = match tokio::time::timeout(PUBLISH_TIMEOUT, broker.publish(p.msg)).await {
+                let Some(msg) = msg else {
+                    return (i, Err(format!("unknown destination kind `{kind}`")));
+                };
+                let out = match tokio::time::timeout(PUBLISH_TIMEOUT, broker.publish(msg)).await {
                     Ok(Ok(())) => Ok(()),
                     Ok(Err(e)) => Err(e.to_string()),
                     Err(_) => Err(format!("no confirmation within {PUBLISH_TIMEOUT:?}")),
                 };
-                (p.id, out)
+                (i, out)
             }
         })
         .buffer_unordered(PUBLISH_CONCURRENCY)
         .collect()
-        .await;
-    let mut ok = Vec::new();
-    let mut err = None;
-    for (id, r) in results {
-        match r {
-            Ok(()) => ok.push(id),
-            Err(e) => err = Some(e),
-        }
-    }
-    (ok, err)
+        .await
 }
 
 async fn mark(tx: &mut Tx, ids: &[i64], now: Millis) -> Result<(), StoreError> {
@@ -142,42 +207,215 @@ async fn mark(tx: &mut Tx, ids: &[i64], now: Millis) -> Result<(), StoreError> {
     Ok(())
 }
 
-const SELECT_PENDING: &str = "SELECT id, dest_kind, dest_key, msg_id, body FROM coord_outbox \
-     WHERE published_at IS NULL ORDER BY id LIMIT $1";
+/// `s` cut to at most [`MAX_ERROR_CHARS`] characters.
+fn bounded(s: &str) -> String {
+    match s.char_indices().nth(MAX_ERROR_CHARS) {
+        Some((end, _)) => format!("{}…", &s[..end]),
+        None => s.to_owned(),
+    }
+}
 
-/// Relays one batch; returns how many rows were published and the last publish error.
+/// Gives up on a row: marks it abandoned and, for a job, ends the job `dead_lettered`
+/// (`publish_failed`) through the state machine, so its item fails and its pipeline finalizes.
+async fn abandon(
+    tx: &mut Tx,
+    p: &Pending,
+    attempts: u32,
+    error: &str,
+    ctx: &IngestCtx,
+    now: Millis,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE coord_outbox SET attempts = $2, last_error = $3, failed_at = $4 WHERE id = $1",
+        params![p.id, attempts, error, now],
+    )
+    .await?;
+    metrics::counter!(m::OUTBOX_ABANDONED, "kind" => kind_label(&p.kind)).increment(1);
+    if p.kind != "job" {
+        return Ok(());
+    }
+    let Ok(job) = fleet_protocol::decode_job(p.body.as_bytes(), usize::MAX) else {
+        return Ok(()); // Not a job envelope: no job to fail.
+    };
+    let update = JobUpdate {
+        log: serde_json::json!({
+            "type": "job", "event": "dead_lettered", "source": "outbox",
+            "job_id": job.job_id, "pipeline_id": job.pipeline_id, "stage": job.stage,
+            "reason": PUBLISH_FAILED, "error": error, "attempt": 0,
+        }),
+        job_id: job.job_id,
+        pipeline_id: job.pipeline_id,
+        stage: job.stage,
+        // Attempt 0: no worker ever had it; a delivery that did happen after all wins.
+        attempt: 0,
+        seq: 0,
+        worker_id: None,
+        at: now,
+        target: JobState::DeadLettered,
+        dl_reason: Some(PUBLISH_FAILED.to_owned()),
+        error: Some(error.to_owned()),
+    };
+    apply_update(tx, &update, ctx, now).await.map(drop)
+}
+
+/// The metric label of a stored destination kind (a closed set).
+fn kind_label(kind: &str) -> &'static str {
+    match kind {
+        "job" => "job",
+        "events" => "events",
+        "dead_letter" => "dead_letter",
+        "submit" => "submit",
+        "pipeline" => "pipeline",
+        "control" => "control",
+        _ => "unknown",
+    }
+}
+
+/// What one relay round did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayRound {
+    /// Rows claimed.
+    pub claimed: usize,
+    /// Rows published.
+    pub published: usize,
+    /// Rows that failed and back off.
+    pub retrying: usize,
+    /// Rows given up.
+    pub abandoned: usize,
+    /// Publishes failed while the broker was disconnected: nothing was counted.
+    pub broker_down: bool,
+}
+
+/// Records the outcome of a round inside `tx`: published rows, per-row backoff, abandonment.
+async fn settle(
+    tx: &mut Tx,
+    pending: &[Pending],
+    results: Vec<(usize, Result<(), String>)>,
+    connected: bool,
+    policy: &RelayPolicy,
+    logs: &mut LogLimiter,
+) -> Result<RelayRound, StoreError> {
+    let now = now_ms();
+    let mut round = RelayRound {
+        claimed: pending.len(),
+        ..RelayRound::default()
+    };
+    let mut ok = Vec::new();
+    for (i, r) in results {
+        let p = &pending[i];
+        let error = match r {
+            Ok(()) => {
+                ok.push(p.id);
+                continue;
+            }
+            Err(e) => bounded(&e),
+        };
+        if !connected && p.msg.is_some() {
+            // An outage is not the row's fault: retry it when the broker is back.
+            round.broker_down = true;
+            continue;
+        }
+        metrics::counter!(m::OUTBOX_PUBLISH_FAILURES, "kind" => kind_label(&p.kind)).increment(1);
+        let attempts = p.attempts.saturating_add(1);
+        if attempts >= policy.max_attempts || p.msg.is_none() {
+            abandon(tx, p, attempts, &error, &policy.ingest, now).await?;
+            round.abandoned += 1;
+            if let Some(held) = logs.allow(&format!("abandon {}:{error}", p.kind), Instant::now()) {
+                tracing::error!(
+                    outbox_id = p.id, kind = %p.kind, key = %p.key, attempts, error = %error,
+                    similar_since_last_log = held,
+                    "outbox: gave up publishing a row; a job row's item ends failed (publish_failed)"
+                );
+            }
+        } else {
+            let delay = policy.delay(attempts);
+            let next = now.saturating_add(i64::try_from(delay.as_millis()).unwrap_or(i64::MAX));
+            tx.execute(
+                "UPDATE coord_outbox SET attempts = $2, last_error = $3, next_attempt_at = $4 WHERE id = $1",
+                params![p.id, attempts, error.as_str(), next],
+            )
+            .await?;
+            round.retrying += 1;
+            if let Some(held) = logs.allow(&format!("retry {}:{error}", p.kind), Instant::now()) {
+                tracing::warn!(
+                    outbox_id = p.id, kind = %p.kind, key = %p.key, attempts,
+                    max_attempts = policy.max_attempts, retry_in = ?delay, error = %error,
+                    similar_since_last_log = held,
+                    "outbox: publish failed; the row backs off, others go on"
+                );
+            }
+        }
+    }
+    mark(tx, &ok, now).await?;
+    round.published = ok.len();
+    Ok(round)
+}
+
+/// Due rows, oldest first: backed-off rows wait in place while healthy rows pass them.
+const SELECT_PENDING: &str = "SELECT id, dest_kind, dest_key, msg_id, body, attempts FROM coord_outbox \
+     WHERE published_at IS NULL AND failed_at IS NULL AND next_attempt_at <= $1 ORDER BY id LIMIT $2";
+
+/// Relays one batch of due rows.
 pub async fn relay_once(
     store: &Store,
     broker: &Arc<dyn Broker>,
-) -> anyhow::Result<(usize, Option<String>)> {
+    policy: &RelayPolicy,
+    logs: &mut LogLimiter,
+) -> anyhow::Result<RelayRound> {
     if store.kind() == StoreKind::Sqlite {
         // A single replica: claim nothing, and do not hold the only connection while publishing.
-        let rows = store.query(SELECT_PENDING, params![RELAY_BATCH]).await?;
+        let rows = store
+            .query(SELECT_PENDING, params![now_ms(), RELAY_BATCH])
+            .await?;
         let pending = decode_rows(rows)?;
-        let (ok, err) = publish_all(broker, pending).await;
+        let results = publish_all(broker, &pending).await;
+        let connected = broker.is_connected();
         let mut tx = store.begin().await?;
-        mark(&mut tx, &ok, now_ms()).await?;
+        let round = settle(&mut tx, &pending, results, connected, policy, logs).await?;
         tx.commit().await?;
-        return Ok((ok.len(), err));
+        return Ok(round);
     }
     let mut tx = store.begin().await?;
     let sql = format!("{SELECT_PENDING}{}", store.skip_locked());
-    let rows = tx.query(&sql, params![RELAY_BATCH]).await?;
+    let rows = tx.query(&sql, params![now_ms(), RELAY_BATCH]).await?;
     let pending = decode_rows(rows)?;
-    let (ok, err) = publish_all(broker, pending).await;
-    mark(&mut tx, &ok, now_ms()).await?;
+    let results = publish_all(broker, &pending).await;
+    let connected = broker.is_connected();
+    let round = settle(&mut tx, &pending, results, connected, policy, logs).await?;
     tx.commit().await?;
-    Ok((ok.len(), err))
+    Ok(round)
 }
 
-/// Runs the relay until `shutdown`: on every nudge and every 250 ms, publishes until nothing is pending.
+/// Refreshes `fleet_outbox_rows{state}`: unpublished rows waiting, backing off, abandoned.
+async fn refresh_gauges(store: &Store) -> Result<(), StoreError> {
+    let r = store
+        .query_one(
+            "SELECT \
+             CAST(COALESCE(SUM(CASE WHEN failed_at IS NULL AND attempts = 0 THEN 1 ELSE 0 END), 0) AS BIGINT) AS pending, \
+             CAST(COALESCE(SUM(CASE WHEN failed_at IS NULL AND attempts > 0 THEN 1 ELSE 0 END), 0) AS BIGINT) AS retrying, \
+             CAST(COALESCE(SUM(CASE WHEN failed_at IS NOT NULL THEN 1 ELSE 0 END), 0) AS BIGINT) AS abandoned \
+             FROM coord_outbox WHERE published_at IS NULL",
+            &[],
+        )
+        .await?;
+    for state in ["pending", "retrying", "abandoned"] {
+        let n: i64 = r.get(state)?;
+        metrics::gauge!(m::OUTBOX_ROWS, "state" => state).set(n as f64);
+    }
+    Ok(())
+}
+
+/// Runs the relay until `shutdown`: on every nudge and every 250 ms, publishes until no row is due.
 pub async fn run_relay(
     store: Store,
     broker: Arc<dyn Broker>,
+    policy: RelayPolicy,
     nudge: Arc<Notify>,
     shutdown: CancellationToken,
 ) {
+    let mut logs = LogLimiter::new(LOG_INTERVAL);
     let mut backoff = RELAY_POLL;
+    let mut gauges_at: Option<Instant> = None;
     loop {
         tokio::select! {
             () = nudge.notified() => {}
@@ -185,26 +423,41 @@ pub async fn run_relay(
             () = shutdown.cancelled() => return,
         }
         loop {
-            match relay_once(&store, &broker).await {
-                Ok((n, None)) => {
+            match relay_once(&store, &broker, &policy, &mut logs).await {
+                Ok(round) if round.broker_down => {
+                    backoff = (backoff * 2).min(OUTAGE_BACKOFF_MAX);
+                    if let Some(held) = logs.allow("broker down", Instant::now()) {
+                        tracing::warn!(
+                            similar_since_last_log = held,
+                            "outbox relay: the broker is disconnected; rows wait, nothing is counted"
+                        );
+                    }
+                    break;
+                }
+                Ok(round) => {
                     backoff = RELAY_POLL;
-                    if (n as i64) < RELAY_BATCH {
+                    // A full batch may hide more due rows (failed ones now back off): go on.
+                    if (round.claimed as i64) < RELAY_BATCH {
                         break;
                     }
                 }
-                Ok((_, Some(e))) => {
-                    tracing::warn!(error = %e, "outbox relay: publish failed; will retry");
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    break;
-                }
                 Err(e) => {
-                    tracing::warn!(error = %format!("{e:#}"), "outbox relay: database error; will retry");
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                    let e = format!("{e:#}");
+                    if let Some(held) = logs.allow(&format!("db {e}"), Instant::now()) {
+                        tracing::warn!(error = %e, similar_since_last_log = held, "outbox relay: database error; will retry");
+                    }
+                    backoff = (backoff * 2).min(OUTAGE_BACKOFF_MAX);
                     break;
                 }
             }
             if shutdown.is_cancelled() {
                 return;
+            }
+        }
+        if gauges_at.is_none_or(|t| t.elapsed() >= GAUGE_EVERY) {
+            gauges_at = Some(Instant::now());
+            if let Err(e) = refresh_gauges(&store).await {
+                tracing::debug!(error = %e, "outbox gauges not refreshed; next round retries");
             }
         }
     }
@@ -232,5 +485,29 @@ mod tests {
             assert_eq!(dest_from(k, &v), Some(d));
         }
         assert_eq!(dest_from("nope", ""), None);
+    }
+
+    #[test]
+    fn per_row_backoff_doubles_and_is_capped() {
+        let p = RelayPolicy {
+            max_attempts: 10,
+            backoff: Duration::from_secs(1),
+            ingest: IngestCtx {
+                heartbeat_ms: 1000,
+                default_timeout_ms: 1000,
+                default_max_attempts: 1,
+            },
+        };
+        let d: Vec<u64> = (1..=9).map(|a| p.delay(a).as_secs()).collect();
+        assert_eq!(d, [1, 2, 4, 8, 16, 32, 60, 60, 60]);
+        assert_eq!(p.delay(u32::MAX), RETRY_MAX);
+    }
+
+    #[test]
+    fn errors_are_bounded_on_char_boundaries() {
+        assert_eq!(bounded("short"), "short");
+        let long = "é".repeat(MAX_ERROR_CHARS + 10);
+        assert_eq!(bounded(&long).chars().count(), MAX_ERROR_CHARS + 1);
+        assert_eq!(kind_label("weird"), "unknown");
     }
 }

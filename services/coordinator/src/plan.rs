@@ -115,6 +115,31 @@ fn check_item_id(s: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// Refuses a route naming a stage outside `known` (the coordinator's configured route): no
+/// queue exists for it, so its jobs could never be published or consumed.
+pub fn check_known_stages(route: &[RouteStep], known: &[RouteStep]) -> Result<(), ApiError> {
+    let unknown: Vec<&str> = route
+        .iter()
+        .map(|s| s.stage.as_str())
+        .filter(|s| !known.iter().any(|k| k.stage == *s))
+        .collect();
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let names: Vec<&str> = known.iter().map(|k| k.stage.as_str()).collect();
+    Err(ApiError::bad_request(
+        format!(
+            "the route names stage(s) this coordinator does not know: {}; known stages: {}",
+            unknown.join(", "),
+            names.join(", ")
+        ),
+        format!(
+            "use only the known stages ({}), or add the stage to the coordinator's FLEET_ROUTE and deploy its workers",
+            names.join(", ")
+        ),
+    ))
+}
+
 /// The SHA-256 (hex) of `value` serialized with sorted object keys.
 pub fn canonical_hash(value: &serde_json::Value) -> String {
     fn write(v: &serde_json::Value, out: &mut String) {
@@ -205,6 +230,7 @@ pub fn plan(
             ));
         }
     }
+    check_known_stages(&route, &limits.default_route)?;
     let mut stages = BTreeMap::new();
     for step in &route {
         let opts = sub.stages.get(&step.stage).cloned().unwrap_or_default();
@@ -407,8 +433,19 @@ mod tests {
         unknown.stages.insert("nope".into(), Default::default());
         assert!(plan(&unknown, None, &l).is_err());
         let mut dup = sub(&["a"]);
-        dup.route = Some(crate::config::parse_route("a,a"));
-        assert!(plan(&dup, None, &l).is_err());
+        dup.route = Some(crate::config::parse_route("analyze,analyze"));
+        assert!(plan(&dup, None, &l).unwrap_err().message.contains("twice"));
+        let mut nowhere = sub(&["a"]);
+        nowhere.route = Some(crate::config::parse_route("analyze,nowhere"));
+        let e = plan(&nowhere, None, &l).unwrap_err();
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(
+            e.message.contains("nowhere") && e.message.contains("analyze, summarize, write"),
+            "{e}"
+        );
+        let mut subset = sub(&["a"]);
+        subset.route = Some(crate::config::parse_route("summarize?,write"));
+        assert!(plan(&subset, None, &l).is_ok());
         let mut ctl = sub(&["a"]);
         ctl.items[0].item_id = "a\nb".into();
         assert!(plan(&ctl, None, &l).is_err());

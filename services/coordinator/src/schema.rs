@@ -117,17 +117,42 @@ macro_rules! v1 {
     };
 }
 
-const PG: &[Migration] = &[Migration {
-    version: 1,
-    name: "coordinator tables",
-    sql: v1!("BIGSERIAL PRIMARY KEY"),
-}];
+/// v2: per-row publish attempts, so a row that cannot be published backs off on its own
+/// (healthy rows pass it: the relay claims only rows due at `next_attempt_at`) and is
+/// abandoned (`failed_at`) after a bound instead of blocking the relay's head forever.
+const V2_OUTBOX_ATTEMPTS: &str =
+    "ALTER TABLE coord_outbox ADD COLUMN attempts BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE coord_outbox ADD COLUMN next_attempt_at BIGINT NOT NULL DEFAULT 0;
+    ALTER TABLE coord_outbox ADD COLUMN last_error TEXT;
+    ALTER TABLE coord_outbox ADD COLUMN failed_at BIGINT;
+    CREATE INDEX coord_outbox_due ON coord_outbox (next_attempt_at, id) \
+        WHERE published_at IS NULL AND failed_at IS NULL";
 
-const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "coordinator tables",
-    sql: v1!("INTEGER PRIMARY KEY AUTOINCREMENT"),
-}];
+const PG: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "coordinator tables",
+        sql: v1!("BIGSERIAL PRIMARY KEY"),
+    },
+    Migration {
+        version: 2,
+        name: "outbox attempts",
+        sql: V2_OUTBOX_ATTEMPTS,
+    },
+];
+
+const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "coordinator tables",
+        sql: v1!("INTEGER PRIMARY KEY AUTOINCREMENT"),
+    },
+    Migration {
+        version: 2,
+        name: "outbox attempts",
+        sql: V2_OUTBOX_ATTEMPTS,
+    },
+];
 
 /// The migrations for `kind`.
 pub fn migrations(kind: StoreKind) -> &'static [Migration] {

@@ -312,7 +312,8 @@ pub async fn sweep_once(store: &Store, cfg: &SweepConfig) -> Result<SweepReport,
     }
     // Housekeeping.
     tx.execute(
-        "DELETE FROM coord_outbox WHERE published_at IS NOT NULL AND published_at < $1",
+        "DELETE FROM coord_outbox WHERE (published_at IS NOT NULL AND published_at < $1) \
+         OR (failed_at IS NOT NULL AND failed_at < $1)",
         params![now - KEEP_PUBLISHED_MS],
     )
     .await?;

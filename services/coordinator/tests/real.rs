@@ -220,6 +220,100 @@ async fn nats_postgres_max_deliver_backstop_ends_the_item() {
     h.cleanup().await;
 }
 
+/// 300 outbox rows the broker refuses (their stage has no queue, written past the API's route
+/// check as an older coordinator or a changed FLEET_ROUTE would leave them) neither stop a healthy
+/// pipeline nor stay forever: they back off on their own, and after the configured attempts their
+/// items end `failed` with `publish_failed` and their pipeline finalizes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_postgres_unpublishable_rows_do_not_stop_other_pipelines() {
+    use fleet_coordinator::plan::{NewItem, NewPipeline, StageLimits};
+    use fleet_protocol::RouteStep;
+    let h = Harness::new(
+        Backend::Rabbit,
+        "outbox-wedge",
+        &["--outbox-max-attempts=3", "--outbox-retry-backoff=1s"],
+    )
+    .await;
+    let count = |sql: &'static str| {
+        let store = h.store();
+        async move {
+            store
+                .query_one(sql, &[])
+                .await
+                .unwrap()
+                .get::<i64>("n")
+                .unwrap()
+        }
+    };
+    let route = vec![RouteStep {
+        stage: "nowhere".into(),
+        required: true,
+    }];
+    let bad = NewPipeline {
+        pipeline_id: "bad".into(),
+        body_hash: "bad".into(),
+        deadline_at: None,
+        replay_of: None,
+        stages: [(
+            "nowhere".to_owned(),
+            StageLimits {
+                timeout_ms: 60_000,
+                max_attempts: 3,
+            },
+        )]
+        .into(),
+        items: (0..300)
+            .map(|i| NewItem {
+                item_id: format!("i{i}"),
+                route: route.clone(),
+                payload: json!({"item_id": format!("i{i}"), "text": "t"}),
+            })
+            .collect(),
+    };
+    fleet_coordinator::submit::store_pipeline(&h.store(), &bad)
+        .await
+        .unwrap();
+    h.coordinators[0].0.app.relay.notify_one();
+    wait_for("every refused row tried once", T, || async {
+        count("SELECT COUNT(*) AS n FROM coord_outbox WHERE attempts >= 1").await == 300
+    })
+    .await;
+    // A healthy pipeline goes out while the refused rows back off.
+    h.submit("good", &["a", "b", "c"], json!({})).await;
+    let jobs = h.take_jobs("analyze", 3, T).await;
+    assert!(jobs.iter().all(|j| j.pipeline_id == "good"));
+    let r = h.wait_state("bad", "failed", T).await;
+    let items = r["items"].as_array().unwrap();
+    assert_eq!(items.len(), 300);
+    for it in items {
+        assert_eq!(it["state"], "failed", "{it}");
+        assert_eq!(it["outcome"], "publish_failed", "{it}");
+        let reason = it["reason"].as_str().unwrap();
+        assert!(
+            reason.contains("publish_failed") && reason.contains("no queue is bound"),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        count(
+            "SELECT COUNT(*) AS n FROM coord_outbox WHERE failed_at IS NOT NULL AND attempts = 3"
+        )
+        .await,
+        300
+    );
+    for stage in STAGES {
+        h.finish("good", &["a", "b", "c"], stage, EventKind::Succeeded)
+            .await;
+    }
+    h.wait_state("good", "completed", T).await;
+    // PostgreSQL cannot store NUL in text: the API refuses it up front (it answered 500).
+    let (s, v) = h
+        .post("/v1/dlq/purge", &json!({"pipeline_id": "p\u{0}"}))
+        .await;
+    assert_eq!(s, 400, "{v}");
+    h.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rabbitmq_postgres_pipeline_completes() {
     completes(Backend::Rabbit).await;

@@ -222,6 +222,9 @@ pub struct ChangeArgs {
     /// Do it (turns the default dry run off).
     #[arg(long, short = 'y')]
     pub yes: bool,
+    /// Purge the whole archive (purge only; without ids or filters nothing is selected otherwise).
+    #[arg(long)]
+    pub all: bool,
     /// Replay at most this many items per second, e.g. `10/s`, `100/m` (replay only).
     #[arg(long, value_parser = parse_rate)]
     pub rate: Option<f64>,

@@ -156,10 +156,33 @@ fn is_empty(f: &DlqFilter) -> bool {
 }
 
 fn need_selection(args: &ChangeArgs, verb: &str) -> Result<(), Failure> {
+    let f = &args.filter;
+    for (flag, v) in [
+        ("--pipeline-id", &f.pipeline_id),
+        ("--stage", &f.stage),
+        ("--reason", &f.reason),
+    ] {
+        if v.as_deref().is_some_and(|v| v.trim().is_empty()) {
+            return Err(Failure::usage(format!("{flag} is empty"))
+                .hint(format!("give {flag} a value, or leave it out")));
+        }
+    }
+    if args.all {
+        if verb != "purge" {
+            return Err(Failure::usage("--all applies to `dlq purge` only")
+                .hint("select the dead letters to replay with ids or a filter"));
+        }
+        if !args.ids.is_empty() || !is_empty(f) {
+            return Err(Failure::usage("--all and a selection were both given")
+                .hint("use --all alone to purge the whole archive, or only ids / filters"));
+        }
+        return Ok(());
+    }
     if args.ids.is_empty() && is_empty(&args.filter) {
         return Err(Failure::usage(format!("no dead letters selected to {verb}"))
             .hint(format!(
-                "give archive ids (fleetctl dlq {verb} 12 13) or a filter (--pipeline-id, --stage, --reason); see `fleetctl dlq list`"
+                "give archive ids (fleetctl dlq {verb} 12 13) or a filter (--pipeline-id, --stage, --reason); see `fleetctl dlq list`{}",
+                if verb == "purge" { "; --all purges the whole archive" } else { "" }
             )));
     }
     Ok(())
@@ -320,12 +343,17 @@ async fn purge(client: &Client, args: &ChangeArgs) -> anyhow::Result<u8> {
         return Err(Failure::usage("--rate applies to `dlq replay` only").into());
     }
     let dry = args.is_dry_run();
-    let mut body = json!({
-        "pipeline_id": args.filter.pipeline_id,
-        "stage": args.filter.stage,
-        "reason": args.filter.reason,
-        "dry_run": dry,
-    });
+    // Only an explicit --all selects everything; the filters are sent only when given.
+    let mut body = if args.all {
+        json!({"all": true, "dry_run": dry})
+    } else {
+        json!({
+            "pipeline_id": args.filter.pipeline_id,
+            "stage": args.filter.stage,
+            "reason": args.filter.reason,
+            "dry_run": dry,
+        })
+    };
     if !args.ids.is_empty() {
         body["ids"] = json!(args.ids);
     }

@@ -33,6 +33,14 @@ async fn usage_errors_exit_2_with_a_message() {
     let r = fleetctl(&["dlq", "purge"]).await;
     assert_eq!(r.code, 2, "{}", r.all());
     assert!(r.stderr.contains("no dead letters selected"), "{}", r.all());
+    assert!(r.stderr.contains("--all"), "{}", r.all());
+    let r = fleetctl(&["dlq", "purge", "--stage", ""]).await;
+    assert_eq!(r.code, 2, "{}", r.all());
+    assert!(r.stderr.contains("--stage is empty"), "{}", r.all());
+    let r = fleetctl(&["dlq", "purge", "--all", "--stage", "write"]).await;
+    assert_eq!(r.code, 2, "{}", r.all());
+    let r = fleetctl(&["dlq", "replay", "--all"]).await;
+    assert_eq!(r.code, 2, "{}", r.all());
     let _ = std::fs::remove_dir_all(dir);
 }
 
@@ -234,6 +242,9 @@ async fn status_list_cancel_watch_queues_and_dlq() {
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stdout.contains("no dead letters"), "{}", r.all());
     let r = fleetctl(&["--url", &url, "dlq", "purge", "--stage", "write"]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(r.stdout.contains("dry run: would purge 0"), "{}", r.all());
+    let r = fleetctl(&["--url", &url, "dlq", "purge", "--all"]).await;
     assert_eq!(r.code, 0, "{}", r.all());
     assert!(r.stdout.contains("dry run: would purge 0"), "{}", r.all());
     let r = fleetctl(&[

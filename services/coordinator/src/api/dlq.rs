@@ -1,11 +1,18 @@
 //! The dead-letter archive API: `GET /v1/dlq`, `GET /v1/dlq/{id}`,
 //! `POST /v1/dlq/replay` (a new pipeline `replay_of` the old one, items from
 //! their failed stage on) and `POST /v1/dlq/purge`.
+//!
+//! A selection is never empty by accident: an empty or blank filter value is a
+//! 400 (it used to mean "no filter" and select the whole archive), and purging
+//! everything takes an explicit `all: true`. Replay is idempotent: the new
+//! pipeline's id is the request's `Idempotency-Key`, or else derived from the
+//! dead letters it replays, so a repeated or concurrent request makes one pipeline.
 
 use std::collections::BTreeMap;
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use fleet_protocol::{RouteStep, decode_job};
 use fleet_store::{Row, Value, params};
 use serde::Deserialize;
@@ -13,9 +20,9 @@ use serde_json::json;
 
 use crate::app::App;
 use crate::error::ApiError;
-use crate::plan::{NewItem, NewPipeline, StageLimits, canonical_hash};
+use crate::plan::{NewItem, NewPipeline, StageLimits, canonical_hash, check_known_stages};
 use crate::report::rfc3339;
-use crate::submit::store_pipeline;
+use crate::submit::{Submitted, check_name, store_pipeline};
 
 /// Largest page of `GET /v1/dlq`.
 const MAX_PAGE: i64 = 1000;
@@ -39,6 +46,9 @@ pub struct Filter {
     /// Report what would happen without doing it.
     #[serde(default)]
     dry_run: bool,
+    /// Select every dead letter (purge only; the only way to purge without a filter).
+    #[serde(default)]
+    all: bool,
 }
 
 impl Filter {
@@ -47,6 +57,31 @@ impl Filter {
             && self.pipeline_id.is_none()
             && self.stage.is_none()
             && self.reason.is_none()
+    }
+
+    /// Refuses empty or blank values: they would silently widen the selection.
+    fn check_values(&self) -> Result<(), ApiError> {
+        if self.ids.as_ref().is_some_and(Vec::is_empty) {
+            return Err(ApiError::bad_request(
+                "`ids` is empty",
+                "list archive ids, or leave `ids` out and filter by pipeline_id, stage or reason",
+            ));
+        }
+        for (name, v) in [
+            ("pipeline_id", &self.pipeline_id),
+            ("stage", &self.stage),
+            ("reason", &self.reason),
+        ] {
+            if v.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                return Err(ApiError::bad_request(
+                    format!("the `{name}` filter is empty"),
+                    format!(
+                        "give `{name}` a value or leave it out (an empty filter selects nothing, never everything)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// ` AND …` conditions and their parameters.
@@ -99,6 +134,7 @@ pub async fn list(
     State(app): State<App>,
     Query(f): Query<Filter>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    f.check_values()?;
     let limit = f.limit.unwrap_or(100).clamp(1, MAX_PAGE);
     let mut args = Vec::new();
     let cond = f.sql(&mut args);
@@ -148,22 +184,94 @@ pub async fn show(
     Ok(Json(out))
 }
 
-fn need_filter(f: &Filter) -> Result<(), ApiError> {
-    if f.is_empty() {
-        return Err(ApiError::bad_request(
+/// Checks that `f` selects something on purpose; `all: true` is allowed for purge only.
+fn need_filter(f: &Filter, purge: bool) -> Result<(), ApiError> {
+    f.check_values()?;
+    match (f.all, f.is_empty()) {
+        (true, _) if !purge => Err(ApiError::bad_request(
+            "`all` applies to purge only",
+            "select the dead letters to replay with `ids` or a `pipeline_id`",
+        )),
+        (true, false) => Err(ApiError::bad_request(
+            "`all: true` and a filter were both given",
+            "send `all: true` alone to purge the whole archive, or only the filter",
+        )),
+        (false, true) if purge => Err(ApiError::bad_request(
+            "no dead letters selected",
+            "give `ids` or a filter (`pipeline_id`, `stage`, `reason`); to purge the whole archive send `all: true`",
+        )),
+        (false, true) => Err(ApiError::bad_request(
             "no dead letters selected",
             "give `ids`, or a `pipeline_id` (optionally with `stage` and `reason`)",
-        ));
+        )),
+        _ => Ok(()),
     }
-    Ok(())
 }
 
-/// `POST /v1/dlq/replay` → `{pipeline_id, items, skipped, dry_run}`.
+/// The request's `Idempotency-Key`, checked like a pipeline id (it becomes one).
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v.to_str().map_err(|_| {
+        ApiError::bad_request(
+            "the Idempotency-Key header is not text",
+            "use letters, digits, - and _",
+        )
+    })?;
+    check_name("Idempotency-Key", key)?;
+    Ok(Some(key.to_owned()))
+}
+
+/// The replay an earlier request with `key` made, as a replay answer.
+async fn earlier_replay(app: &App, key: &str) -> Result<Option<serde_json::Value>, ApiError> {
+    let Some(row) = app
+        .store
+        .query_opt(
+            "SELECT replay_of FROM coord_pipelines WHERE pipeline_id = $1",
+            params![key],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let Some(origin) = row.get::<Option<String>>("replay_of")? else {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!("Idempotency-Key `{key}` names a pipeline that is not a replay"),
+            "use a new Idempotency-Key for this replay",
+        ));
+    };
+    let items = app
+        .store
+        .query(
+            "SELECT item_id FROM coord_items WHERE pipeline_id = $1 ORDER BY item_id",
+            params![key],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get::<String>("item_id"))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(Some(json!({
+        "pipeline_id": key, "replay_of": origin, "items": items, "skipped": [],
+        "dry_run": false, "created": false,
+    })))
+}
+
+/// `POST /v1/dlq/replay` → `{pipeline_id, replay_of, items, skipped, dry_run, created}`.
 pub async fn replay(
     State(app): State<App>,
+    headers: HeaderMap,
     Json(f): Json<Filter>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    need_filter(&f)?;
+    need_filter(&f, false)?;
+    let key = idempotency_key(&headers)?;
+    if let Some(k) = key.as_deref()
+        && !f.dry_run
+        && let Some(found) = earlier_replay(&app, k).await?
+    {
+        return Ok(Json(found));
+    }
     let mut args = Vec::new();
     let cond = f.sql(&mut args);
     let sql = format!(
@@ -202,6 +310,10 @@ pub async fn replay(
             required: job.required,
         }];
         route.extend(job.route.iter().cloned());
+        if let Err(e) = check_known_stages(&route, &app.limits.default_route) {
+            skipped.push(json!({"id": id, "why": e.message}));
+            continue;
+        }
         for s in &route {
             stages.entry(s.stage.clone()).or_insert(StageLimits {
                 timeout_ms: job.timeout_ms,
@@ -229,16 +341,29 @@ pub async fn replay(
             json!({"pipeline_id": null, "replay_of": origin, "items": item_ids, "skipped": skipped, "dry_run": true}),
         ));
     }
-    let pipeline_id = uuid::Uuid::new_v4().to_string();
+    let body_hash = canonical_hash(&json!({"replay_of": origin, "dead_letters": used}));
+    // Without a key the id comes from what is replayed: a retried or concurrent request
+    // for the same dead letters finds the same pipeline instead of making a second one.
+    let pipeline_id = key.unwrap_or_else(|| format!("replay-{}", &body_hash[..32]));
     let new = NewPipeline {
-        body_hash: canonical_hash(&json!({"replay_of": origin, "dead_letters": used})),
+        body_hash,
         pipeline_id: pipeline_id.clone(),
         deadline_at: None,
         replay_of: Some(origin.clone()),
         stages,
         items: items.values().cloned().collect(),
     };
-    store_pipeline(&app.store, &new).await?;
+    let outcome = store_pipeline(&app.store, &new).await.map_err(|e| {
+        if e.status == StatusCode::CONFLICT {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!("Idempotency-Key `{pipeline_id}` was used for another replay or pipeline"),
+                "use a new Idempotency-Key for a different selection",
+            )
+        } else {
+            e
+        }
+    })?;
     app.relay.notify_one();
     let list = used
         .iter()
@@ -252,7 +377,8 @@ pub async fn replay(
         )
         .await?;
     Ok(Json(
-        json!({"pipeline_id": pipeline_id, "replay_of": origin, "items": item_ids, "skipped": skipped, "dry_run": false}),
+        json!({"pipeline_id": pipeline_id, "replay_of": origin, "items": item_ids, "skipped": skipped,
+               "dry_run": false, "created": outcome == Submitted::Created}),
     ))
 }
 
@@ -261,7 +387,7 @@ pub async fn purge(
     State(app): State<App>,
     Json(f): Json<Filter>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    need_filter(&f)?;
+    need_filter(&f, true)?;
     let mut args = Vec::new();
     let cond = f.sql(&mut args);
     let n: i64 = if f.dry_run {

@@ -1,6 +1,7 @@
 //! The HTTP API (axum): routes, bearer-token auth, body limits, JSON errors.
 
 mod dlq;
+mod nul;
 mod pipelines;
 mod queues;
 mod sse;
@@ -34,6 +35,11 @@ pub fn router(app: App) -> Router {
         .route("/v1/dlq/purge", post(dlq::purge))
         .route("/v1/dlq/{id}", get(dlq::show))
         .route("/v1/queues", get(queues::list))
+        // Inner to auth: an unauthenticated body is never read.
+        .route_layer(axum::middleware::from_fn_with_state(
+            app.clone(),
+            nul::refuse_nul,
+        ))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
         .route("/v1/openapi.yaml", get(openapi))
