@@ -28,9 +28,11 @@ pub mod guard;
 pub mod handler;
 pub mod inflight;
 pub mod process;
+pub mod resubscribe;
 pub mod settle;
 pub mod shared;
 pub mod shutdown;
+pub mod supervise;
 pub mod telemetry;
 pub mod worker;
 
@@ -40,4 +42,5 @@ pub use context::JobContext;
 pub use fleet_core::JobError;
 pub use fleet_protocol::JobEnvelope;
 pub use handler::{BatchHandler, Handler, Output};
+pub use supervise::{Supervisor, TaskFailure};
 pub use worker::Worker;
