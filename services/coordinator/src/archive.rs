@@ -11,9 +11,12 @@
 //! runtime normally dead-letters first (`max_deliver` exceeds `max_attempts`);
 //! the backstop catches jobs whose every delivery died without an outcome.
 
+use std::sync::Arc;
+
 use chrono::Utc;
 use fleet_core::{Delivery, Source};
 use fleet_protocol::{DeadLetterInfo, DeadLetterReason, decode_job};
+use fleet_runtime::telemetry::Health;
 use fleet_store::{StoreError, params};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
@@ -149,12 +152,17 @@ async fn archive(app: &App, stage: &str, d: &Delivery) -> Result<bool, StoreErro
 }
 
 /// Archives one stage's dead letters until `shutdown`.
-pub async fn run(app: App, stage: String, shutdown: CancellationToken) {
+pub async fn run(
+    app: App,
+    stage: String,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let a = app.clone();
     let source = Source::DeadLetters {
         stage: stage.clone(),
     };
-    consume(app.broker.clone(), source, 32, shutdown, move |ds| {
+    consume(&app, health, source, 32, shutdown, move |ds| {
         let a = a.clone();
         let stage = stage.clone();
         async move {
@@ -172,7 +180,7 @@ pub async fn run(app: App, stage: String, shutdown: CancellationToken) {
             }
         }
     })
-    .await;
+    .await
 }
 
 #[cfg(test)]

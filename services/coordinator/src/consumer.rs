@@ -1,86 +1,78 @@
-//! A resilient consume loop over one broker [`Source`]: bounded fetches,
-//! resubscribe after errors (reconnecting on connection loss, with backoff),
-//! and a handler per fetched batch of deliveries.
+//! A resilient consume loop over one broker [`Source`]: bounded fetches, a handler per
+//! fetched batch of deliveries, and after any failure (a refused subscribe, a lost
+//! connection, a consumer the broker cancelled because its queue was deleted) a resubscribe
+//! that reconnects and redeclares the coordinator's topology, with backoff. A consumer that
+//! cannot get its subscription back within the limits (`FLEET_RESUBSCRIBE_LIMIT` while the
+//! broker is connected, `FLEET_MAX_OUTAGE` while it is not) returns an error: its supervisor
+//! then makes the coordinator unready and exit non-zero.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_core::{Broker, Delivery, Source, SubscribeOptions, Subscription};
+use fleet_core::{Delivery, Source, SubscribeOptions};
+use fleet_runtime::resubscribe::{Limits, Resubscriber};
+use fleet_runtime::telemetry::Health;
 use tokio_util::sync::CancellationToken;
+
+use crate::app::App;
 
 /// Longest wait of one fetch (also how quickly shutdown is noticed).
 const FETCH_WAIT: Duration = Duration::from_millis(500);
-
-async fn subscribe(
-    broker: &Arc<dyn Broker>,
-    source: &Source,
-    prefetch: u16,
-    shutdown: &CancellationToken,
-) -> Option<Box<dyn Subscription>> {
-    let mut pause = Duration::from_millis(200);
-    loop {
-        match broker
-            .subscribe(source.clone(), SubscribeOptions { prefetch })
-            .await
-        {
-            Ok(s) => return Some(s),
-            Err(e) => {
-                tracing::warn!(error = %e, ?source, "subscribe failed; retrying");
-                if e.is_connection() {
-                    let _ = broker.reconnect().await;
-                }
-            }
-        }
-        tokio::select! {
-            () = tokio::time::sleep(pause) => {}
-            () = shutdown.cancelled() => return None,
-        }
-        pause = (pause * 2).min(Duration::from_secs(10));
-    }
-}
+/// Pause after a failed fetch before resubscribing.
+const FETCH_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// Consumes `source` until `shutdown`, handing each non-empty fetch (at most `max`) to `handle`.
-/// The handler settles every delivery it is given.
+/// The handler settles every delivery it is given. An error means the consumer is gone.
 pub async fn consume<F, Fut>(
-    broker: Arc<dyn Broker>,
+    app: &App,
+    health: Arc<Health>,
     source: Source,
     max: usize,
     shutdown: CancellationToken,
     mut handle: F,
-) where
+) -> anyhow::Result<()>
+where
     F: FnMut(Vec<Delivery>) -> Fut,
     Fut: Future<Output = ()>,
 {
     let prefetch = u16::try_from(max).unwrap_or(u16::MAX);
-    let Some(mut sub) = subscribe(&broker, &source, prefetch, &shutdown).await else {
-        return;
-    };
-    while !shutdown.is_cancelled() {
-        let fetched = tokio::select! {
-            r = sub.fetch(max, FETCH_WAIT) => r,
-            () = shutdown.cancelled() => break,
-        };
-        match fetched {
-            Ok(ds) if ds.is_empty() => {}
-            Ok(ds) => handle(ds).await,
-            Err(e) => {
-                tracing::warn!(error = %e, ?source, "fetch failed; resubscribing");
-                drop(sub);
-                if e.is_connection() {
-                    let _ = broker.reconnect().await;
+    let mut resub = Resubscriber::new(
+        app.broker.clone(),
+        source.clone(),
+        SubscribeOptions { prefetch },
+        crate::topology(&app.config),
+        Limits::from_config(&app.config.runtime),
+        health,
+    );
+    'subscribe: while let Some(mut sub) = resub.subscribe(&shutdown).await? {
+        while !shutdown.is_cancelled() {
+            let fetched = tokio::select! {
+                r = sub.fetch(max, FETCH_WAIT) => r,
+                () = shutdown.cancelled() => break,
+            };
+            match fetched {
+                Ok(ds) => {
+                    resub.working();
+                    if !ds.is_empty() {
+                        handle(ds).await;
+                    }
                 }
-                tokio::select! {
-                    () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                    () = shutdown.cancelled() => break,
+                Err(e) => {
+                    resub.failed("fetching", &e)?;
+                    drop(sub);
+                    tokio::select! {
+                        () = tokio::time::sleep(FETCH_RETRY_PAUSE) => {}
+                        () = shutdown.cancelled() => break 'subscribe,
+                    }
+                    continue 'subscribe;
                 }
-                let Some(s) = subscribe(&broker, &source, prefetch, &shutdown).await else {
-                    return;
-                };
-                sub = s;
             }
         }
+        sub.close().await;
+        break;
     }
+    Ok(())
 }
 
 /// Settles a delivery; a failed settlement is logged (the broker redelivers, which is harmless).

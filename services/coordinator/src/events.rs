@@ -1,8 +1,11 @@
 //! The event consumer: event batches (job events and heartbeats) from every
 //! stage, applied in one transaction per fetch, acked after the commit.
 
+use std::sync::Arc;
+
 use fleet_core::{Delivery, Source};
 use fleet_protocol::EventBatch;
+use fleet_runtime::telemetry::Health;
 use fleet_store::StoreError;
 use tokio_util::sync::CancellationToken;
 
@@ -91,17 +94,11 @@ pub async fn handle(app: &App, deliveries: Vec<Delivery>) {
 }
 
 /// Runs the event consumer until `shutdown`.
-pub async fn run(app: App, shutdown: CancellationToken) {
+pub async fn run(app: App, health: Arc<Health>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let a = app.clone();
-    consume(
-        app.broker.clone(),
-        Source::Events,
-        FETCH,
-        shutdown,
-        move |ds| {
-            let a = a.clone();
-            async move { handle(&a, ds).await }
-        },
-    )
-    .await;
+    consume(&app, health, Source::Events, FETCH, shutdown, move |ds| {
+        let a = a.clone();
+        async move { handle(&a, ds).await }
+    })
+    .await
 }

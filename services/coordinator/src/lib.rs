@@ -42,9 +42,9 @@ use anyhow::Context;
 use fleet_core::broker::default_retry_ladder;
 use fleet_core::{Broker, BrokerKind, Destination, OutMessage, Topology};
 use fleet_protocol::{Names, control};
+use fleet_runtime::Supervisor;
 use fleet_runtime::telemetry::{AdminServer, Health};
 use fleet_store::{Store, StoreOptions, params};
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 pub use app::App;
@@ -63,17 +63,18 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The shared context (store, broker, config).
     pub app: App,
-    tasks: JoinSet<()>,
+    /// `/healthz` and `/readyz`.
+    pub health: Arc<Health>,
+    tasks: Supervisor,
 }
 
 impl Running {
-    /// Waits for every task to end after `shutdown` was cancelled (bounded).
-    pub async fn wait(mut self) {
-        let drain = async { while self.tasks.join_next().await.is_some() {} };
-        if tokio::time::timeout(STOP_TIMEOUT, drain).await.is_err() {
-            tracing::warn!("coordinator tasks did not stop in time; aborting them");
-            self.tasks.abort_all();
-        }
+    /// Runs until `shutdown` is cancelled or a task ends before it; then stops every task
+    /// (bounded). An error names the task that ended early: the process must exit non-zero.
+    pub async fn wait(self) -> anyhow::Result<()> {
+        self.tasks.stopped().await;
+        self.tasks.finish(STOP_TIMEOUT).await?;
+        Ok(())
     }
 }
 
@@ -98,11 +99,9 @@ pub async fn run_with(
     broker: Arc<dyn Broker>,
     shutdown: CancellationToken,
 ) -> anyhow::Result<()> {
-    let running = start(config, broker, shutdown.clone()).await?;
+    let running = start(config, broker, shutdown).await?;
     tracing::info!(api = %running.api_addr, admin = %running.admin_addr, "coordinator running");
-    shutdown.cancelled().await;
-    running.wait().await;
-    Ok(())
+    running.wait().await
 }
 
 /// The topology the coordinator declares: the default route's stages plus `submit`'s DLQ.
@@ -172,8 +171,15 @@ pub async fn start(
         .await
         .context("declaring the broker topology")?;
     let health = Arc::new(Health::default());
-    let admin =
-        AdminServer::start(config.runtime.admin_addr, health.clone(), shutdown.clone()).await?;
+    // Every task below is supervised: one that ends before shutdown makes the coordinator
+    // unready and `wait` return an error naming it.
+    let mut tasks = Supervisor::new(
+        health.clone(),
+        &shutdown,
+        config.runtime.test_fail_task.as_deref(),
+    );
+    let shutdown = tasks.token();
+    let admin = AdminServer::start(config.runtime.admin_addr, &mut tasks).await?;
     DESCRIBE.call_once(metrics::describe);
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
@@ -185,25 +191,26 @@ pub async fn start(
         })?;
     let api_addr = listener.local_addr()?;
     let app = App::new(store, broker, config);
-    let mut tasks = JoinSet::new();
 
     let router = api::router(app.clone());
     let stop = shutdown.clone();
-    tasks.spawn(async move {
-        let served = axum::serve(listener, router)
+    tasks.spawn("api", async move {
+        axum::serve(listener, router)
             .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "API server stopped");
-        }
+            .await
+            .with_context(|| format!("the API server on {api_addr} stopped"))
     });
-    tasks.spawn(outbox::run_relay(
+    let relay = outbox::run_relay(
         app.store.clone(),
         app.broker.clone(),
         outbox::RelayPolicy::new(&app.config, app.ingest),
         app.relay.clone(),
         shutdown.clone(),
-    ));
+    );
+    tasks.spawn("outbox-relay", async move {
+        relay.await;
+        Ok(())
+    });
     let sweep = sweeper::SweepConfig {
         heartbeat: app.config.heartbeat(),
         scale_up_allowance: app.config.scale_up_allowance,
@@ -212,39 +219,63 @@ pub async fn start(
         stages: app.stages(),
         started_at: app.started_at,
     };
-    tasks.spawn(sweeper::run(
+    let sweeper = sweeper::run(
         app.store.clone(),
         sweep,
         app.config.tick,
         app.relay.clone(),
         shutdown.clone(),
-    ));
-    tasks.spawn(events::run(app.clone(), shutdown.clone()));
-    tasks.spawn(submitq::run(app.clone(), shutdown.clone()));
+    );
+    tasks.spawn("sweeper", async move {
+        sweeper.await;
+        Ok(())
+    });
+    tasks.spawn(
+        "events",
+        events::run(app.clone(), health.clone(), shutdown.clone()),
+    );
+    tasks.spawn(
+        "submit",
+        submitq::run(app.clone(), health.clone(), shutdown.clone()),
+    );
     let mut dlq_stages = app.stages();
     dlq_stages.push(submitq::SUBMIT_STAGE.into());
     for stage in dlq_stages {
-        tasks.spawn(archive::run(app.clone(), stage, shutdown.clone()));
+        tasks.spawn(
+            format!("dlq-archive:{stage}"),
+            archive::run(app.clone(), stage, health.clone(), shutdown.clone()),
+        );
     }
     if app.broker.kind() == BrokerKind::RabbitMq {
-        tasks.spawn(rebroadcast_cancellations(app.clone(), shutdown.clone()));
+        tasks.spawn(
+            "cancel-rebroadcast",
+            rebroadcast_cancellations(app.clone(), shutdown.clone()),
+        );
     }
-    tasks.spawn(readiness(app.clone(), health, shutdown.clone()));
+    tasks.spawn(
+        "readiness",
+        readiness(app.clone(), health.clone(), shutdown.clone()),
+    );
     Ok(Running {
         api_addr,
         admin_addr: admin.addr,
         app,
+        health,
         tasks,
     })
 }
 
 /// `/readyz`: database answers and broker connected, checked every 2 s.
-async fn readiness(app: App, health: Arc<Health>, shutdown: CancellationToken) {
+async fn readiness(
+    app: App,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(Duration::from_secs(2));
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            () = shutdown.cancelled() => { health.set_draining(); return; }
+            () = shutdown.cancelled() => { health.set_draining(); return Ok(()); }
         }
         let db = tokio::time::timeout(Duration::from_secs(5), app.store.ping()).await;
         health.set_ready(matches!(db, Ok(Ok(()))) && app.broker.is_connected());
@@ -252,14 +283,14 @@ async fn readiness(app: App, health: Arc<Health>, shutdown: CancellationToken) {
 }
 
 /// RabbitMQ keeps no message for late subscribers: re-broadcast recent cancellations every tick.
-async fn rebroadcast_cancellations(app: App, shutdown: CancellationToken) {
+async fn rebroadcast_cancellations(app: App, shutdown: CancellationToken) -> anyhow::Result<()> {
     let mut tick = tokio::time::interval(app.config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let window = i64::try_from(app.config.cancel_rebroadcast.as_millis()).unwrap_or(i64::MAX);
     'tick: loop {
         tokio::select! {
             _ = tick.tick() => {}
-            () = shutdown.cancelled() => return,
+            () = shutdown.cancelled() => return Ok(()),
         }
         let rows = app
             .store

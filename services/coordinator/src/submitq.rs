@@ -4,11 +4,14 @@
 //! pipeline: without a `pipeline_id` or `Idempotency-Key` header, the id is
 //! derived from the body's hash.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
+
 use fleet_core::{Delivery, Source};
 use fleet_protocol::{DeadLetterInfo, DeadLetterReason, Submission};
+use fleet_runtime::telemetry::Health;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -123,21 +126,15 @@ async fn handle_one(app: &App, d: Delivery) {
 }
 
 /// Runs the submit consumer until `shutdown`.
-pub async fn run(app: App, shutdown: CancellationToken) {
+pub async fn run(app: App, health: Arc<Health>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let a = app.clone();
-    consume(
-        app.broker.clone(),
-        Source::Submit,
-        16,
-        shutdown,
-        move |ds| {
-            let a = a.clone();
-            async move {
-                for d in ds {
-                    handle_one(&a, d).await;
-                }
+    consume(&app, health, Source::Submit, 16, shutdown, move |ds| {
+        let a = a.clone();
+        async move {
+            for d in ds {
+                handle_one(&a, d).await;
             }
-        },
-    )
-    .await;
+        }
+    })
+    .await
 }

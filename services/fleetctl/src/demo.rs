@@ -141,12 +141,8 @@ async fn run_in(
         .await
         .context("starting the coordinator")?;
     let api = running.api_addr;
-    let stop = shutdown.clone();
-    tasks.spawn(async move {
-        stop.cancelled().await;
-        running.wait().await;
-        ("coordinator", Ok(()))
-    });
+    // It runs until the demo stops, or until one of its tasks fails (named in the error).
+    tasks.spawn(async move { ("coordinator", running.wait().await) });
 
     // The analyzer: built-in analysis only.
     let mut ac = fleet_analyzer::Config::try_parse_from(["fleet-analyzer"])

@@ -1,4 +1,5 @@
-//! Background tasks of a worker: heartbeats (liveness) and the cancellation listener.
+//! Background tasks of a worker, supervised: heartbeats (liveness) and the cancellation
+//! listener. Either ending before `stop` ends the process (see [`crate::supervise`]).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -6,14 +7,16 @@ use std::time::Duration;
 use chrono::Utc;
 use fleet_core::{BrokerKind, Source, SubscribeOptions};
 use fleet_protocol::{Heartbeat, control};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::resubscribe::{Limits, Resubscriber};
 use crate::shared::Shared;
+use crate::supervise::Supervisor;
+use crate::telemetry::Health;
 
-/// Sends a heartbeat every interval until `stop`, including the jobs in flight.
-pub fn heartbeats(sh: Arc<Shared>, slots: u32, stop: CancellationToken) -> JoinHandle<()> {
-    tokio::spawn(async move {
+/// Sends a heartbeat every interval until `stop`, including the jobs in flight (task `heartbeats`).
+pub fn heartbeats(sup: &mut Supervisor, sh: Arc<Shared>, slots: u32, stop: CancellationToken) {
+    sup.spawn("heartbeats", async move {
         let mut tick = tokio::time::interval(sh.cfg.heartbeat_interval);
         loop {
             tokio::select! {
@@ -24,46 +27,48 @@ pub fn heartbeats(sh: Arc<Shared>, slots: u32, stop: CancellationToken) -> JoinH
                     slots,
                     in_flight: sh.inflight.snapshot(),
                 }),
-                () = stop.cancelled() => break,
+                () = stop.cancelled() => return Ok(()),
             }
         }
-    })
+    });
 }
 
-/// Listens for cancellations until `stop`: remembers them and cancels running jobs.
+/// Listens for cancellations until `stop` (task `cancellations`): remembers them and cancels
+/// running jobs. A subscription it cannot get back (even after redeclaring) ends it with an
+/// error after the resubscribe limits.
 ///
 /// `synced` fires once this worker has seen every cancellation that was active when it
 /// subscribed, so intake can wait for it (DESIGN §5: a worker started after a cancel drops
 /// the cancelled jobs): where the broker keeps cancellations (NATS, memory) after replaying as
 /// many as it keeps; on RabbitMQ at the coordinator's first sync marker after a re-broadcast.
 pub fn cancellations(
+    sup: &mut Supervisor,
     sh: Arc<Shared>,
+    health: Arc<Health>,
     stop: CancellationToken,
     synced: CancellationToken,
-) -> JoinHandle<()> {
-    tokio::spawn(async move {
-        let mut pause = Duration::from_millis(200);
+) {
+    sup.spawn("cancellations", async move {
+        let topology = crate::worker::topology(&sh.cfg, &sh.names, &sh.stage);
+        let mut resub = Resubscriber::new(
+            sh.broker.clone(),
+            Source::Control,
+            SubscribeOptions { prefetch: 256 },
+            topology,
+            Limits::from_config(&sh.cfg),
+            health,
+        );
         while !stop.is_cancelled() {
             // How many kept cancellations the replay holds (None: the broker keeps none).
             let kept = if sh.broker.kind() == BrokerKind::RabbitMq || synced.is_cancelled() {
                 None
             } else {
-                Some(sh.broker.depth(&Source::Control).await.unwrap_or(0))
+                let depth = tokio::time::timeout(Duration::from_secs(10), sh.broker.depth(&Source::Control));
+                Some(depth.await.ok().and_then(Result::ok).unwrap_or(0))
             };
-            let sub = sh
-                .broker
-                .subscribe(Source::Control, SubscribeOptions { prefetch: 256 })
-                .await;
-            let mut sub = match sub {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot subscribe to cancellations; retrying");
-                    tokio::select! { () = tokio::time::sleep(pause) => {}, () = stop.cancelled() => break }
-                    pause = (pause * 2).min(Duration::from_secs(5));
-                    continue;
-                }
+            let Some(mut sub) = resub.subscribe(&stop).await? else {
+                break;
             };
-            pause = Duration::from_millis(200);
             let mut seen = 0u64;
             loop {
                 if kept.is_some_and(|n| seen >= n) {
@@ -73,11 +78,19 @@ pub fn cancellations(
                     r = sub.fetch(256, Duration::from_secs(1)) => r,
                     () = stop.cancelled() => break,
                 };
-                let Ok(deliveries) = got.inspect_err(
-                    |e| tracing::warn!(error = %e, "cancellation stream failed; resubscribing"),
-                ) else {
-                    break;
+                let deliveries = match got {
+                    Ok(d) => d,
+                    Err(e) => {
+                        resub.failed("the cancellation stream", &e)?;
+                        drop(sub);
+                        tokio::select! {
+                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+                            () = stop.cancelled() => {}
+                        }
+                        break;
+                    }
                 };
+                resub.working();
                 seen += deliveries.len() as u64;
                 for d in deliveries {
                     if let Some(pid) = control::cancelled_pipeline(&d.body) {
@@ -94,5 +107,6 @@ pub fn cancellations(
                 }
             }
         }
-    })
+        Ok(())
+    });
 }

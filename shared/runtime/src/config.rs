@@ -18,6 +18,9 @@ pub const DEFAULT_MAX_TIMEOUT: &str = "10m";
 pub const DEFAULT_ACK_WAIT: &str = "30s";
 /// RabbitMQ's global `consumer_timeout` default (30 min); attempts must stay below it.
 pub const DEFAULT_CONSUMER_TIMEOUT: &str = "30m";
+/// Default bound on a consumer that cannot subscribe to a connected broker: a minute of
+/// redeclaring and retrying fixes a deleted queue; longer means something an operator must see.
+pub const DEFAULT_RESUBSCRIBE_LIMIT: &str = "60s";
 /// Margin kept between the longest attempt and RabbitMQ's `consumer_timeout`.
 pub const CONSUMER_TIMEOUT_MARGIN: Duration = Duration::from_secs(60);
 
@@ -92,6 +95,15 @@ pub struct RuntimeConfig {
     /// Exit non-zero after this long without a broker.
     #[arg(long, env = "FLEET_MAX_OUTAGE", default_value = "5m", value_parser = humantime::parse_duration)]
     pub max_outage: Duration,
+
+    /// A consumer that cannot subscribe while the broker is connected (redeclaring its queues
+    /// between attempts) gives up after this long: the process turns unready and exits non-zero.
+    #[arg(long, env = "FLEET_RESUBSCRIBE_LIMIT", default_value = DEFAULT_RESUBSCRIBE_LIMIT, value_parser = humantime::parse_duration)]
+    pub resubscribe_limit: Duration,
+
+    /// Tests only: the named supervised task fails 200 ms after it starts (`<task>[:panic]`).
+    #[arg(long, env = crate::supervise::FAIL_TASK_ENV, hide = true)]
+    pub test_fail_task: Option<String>,
 
     /// How often a worker heartbeat goes to the coordinator.
     #[arg(long, env = "FLEET_HEARTBEAT_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
@@ -183,6 +195,9 @@ impl RuntimeConfig {
             errs.push(
                 "FLEET_ACK_WAIT must be at least 3s (leases are extended every third of it)".into(),
             );
+        }
+        if self.resubscribe_limit.is_zero() {
+            errs.push("FLEET_RESUBSCRIBE_LIMIT must be positive (e.g. 60s)".into());
         }
         if self.retry_base > self.retry_max {
             errs.push("FLEET_RETRY_BASE must not exceed FLEET_RETRY_MAX".into());

@@ -9,8 +9,8 @@ use std::time::Duration;
 use fleet_core::{Broker, BrokerError, Destination, OutMessage, Topology};
 use fleet_protocol::{Event, EventBatch, EventKind, Heartbeat, PROTOCOL_VERSION};
 use tokio::sync::{mpsc, oneshot};
-use tokio::task::JoinHandle;
 
+use crate::supervise::Supervisor;
 use crate::telemetry::names;
 
 /// Events queued before progress starts being dropped.
@@ -71,25 +71,25 @@ impl EventSink {
     }
 }
 
-/// Starts the batcher task for one worker; it ends when every sink is dropped.
+/// Starts the batcher for one worker as supervised task `events`; it ends when every sink is
+/// dropped (which only shutdown does: the worker keeps one until it has drained).
 ///
 /// `topology` is declared again when the broker refuses a batch (e.g. someone deleted the events
 /// exchange), so a worker repairs what it can instead of stalling on unconfirmable events.
 pub fn spawn(
+    sup: &mut Supervisor,
     broker: Arc<dyn Broker>,
     topology: Topology,
     stage: &str,
     worker_id: &str,
-) -> (EventSink, JoinHandle<()>) {
+) -> EventSink {
     let (tx, rx) = mpsc::channel(QUEUE_CAPACITY);
-    let task = tokio::spawn(batcher(
-        broker,
-        topology,
-        stage.to_owned(),
-        worker_id.to_owned(),
-        rx,
-    ));
-    (EventSink { tx }, task)
+    let task = batcher(broker, topology, stage.to_owned(), worker_id.to_owned(), rx);
+    sup.spawn("events", async move {
+        task.await;
+        Ok(())
+    });
+    EventSink { tx }
 }
 
 async fn batcher(
@@ -228,12 +228,19 @@ mod tests {
         assert_eq!(events[0].job_id, "b");
     }
 
+    fn supervisor() -> (Supervisor, tokio_util::sync::CancellationToken) {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let health = Arc::new(crate::telemetry::Health::default());
+        (Supervisor::new(health, &shutdown, None), shutdown)
+    }
+
     #[tokio::test]
     async fn confirmed_events_arrive_in_batches() {
         use fleet_core::{MemoryBroker, Source, SubscribeOptions};
         let broker = MemoryBroker::new();
         let topology = Topology::new(fleet_protocol::Names::new("t"), &["s"]);
-        let (sink, task) = spawn(Arc::new(broker.clone()), topology, "s", "w");
+        let (mut sup, shutdown) = supervisor();
+        let sink = spawn(&mut sup, Arc::new(broker.clone()), topology, "s", "w");
         let mut waits = Vec::new();
         for i in 0..50 {
             let sink = sink.clone();
@@ -248,8 +255,9 @@ mod tests {
         for w in waits {
             w.await.unwrap().unwrap();
         }
+        shutdown.cancel();
         drop(sink);
-        task.await.unwrap();
+        sup.finish(Duration::from_secs(5)).await.unwrap();
         let mut sub = broker
             .subscribe(Source::Events, SubscribeOptions { prefetch: 100 })
             .await
@@ -324,12 +332,14 @@ mod tests {
             declared: std::sync::atomic::AtomicBool::new(false),
         });
         let topology = Topology::new(fleet_protocol::Names::new("t"), &["s"]);
-        let (sink, task) = spawn(broker.clone(), topology, "s", "w");
+        let (mut sup, shutdown) = supervisor();
+        let sink = spawn(&mut sup, broker.clone(), topology, "s", "w");
         sink.emit_confirmed(ev("j", EventKind::Succeeded), Duration::from_secs(10))
             .await
             .expect("confirmed after the redeclare");
         assert!(broker.declared.load(std::sync::atomic::Ordering::SeqCst));
+        shutdown.cancel();
         drop(sink);
-        task.await.unwrap();
+        sup.finish(Duration::from_secs(5)).await.unwrap();
     }
 }

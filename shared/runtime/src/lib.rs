@@ -29,9 +29,11 @@ pub mod handler;
 pub mod inflight;
 pub mod pause;
 pub mod process;
+pub mod resubscribe;
 pub mod settle;
 pub mod shared;
 pub mod shutdown;
+pub mod supervise;
 pub mod telemetry;
 pub mod worker;
 
@@ -42,4 +44,5 @@ pub use fleet_core::JobError;
 pub use fleet_protocol::JobEnvelope;
 pub use handler::{BatchHandler, Handler, Output};
 pub use pause::IntakeGate;
+pub use supervise::{Supervisor, TaskFailure};
 pub use worker::Worker;

@@ -1,8 +1,10 @@
 //! The worker: connect, declare, consume with bounded pulls, hand each delivery
 //! to its own task, reconnect after a lost connection, drain on shutdown.
 //!
-//! A consumer loop that dies for any reason but shutdown returns an error, so
-//! the process exits non-zero and the orchestrator restarts it.
+//! Every long-lived part (admin server, event batcher, heartbeats, cancellation
+//! listener, the consume loop) runs under one [`Supervisor`]: a part that dies
+//! for any reason but shutdown makes `run` return an error naming it, so the
+//! process exits non-zero and the orchestrator restarts it.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -26,7 +28,9 @@ use crate::context::Runaways;
 use crate::handler::{BatchHandler, Handler};
 use crate::inflight::InFlight;
 use crate::pause::IntakeGate;
+use crate::resubscribe::{Limits, Resubscriber};
 use crate::shared::{Cancellations, Shared};
+use crate::supervise::Supervisor;
 use crate::telemetry::{AdminServer, Health, names};
 use crate::{background, connect, events, process};
 
@@ -34,6 +38,10 @@ use crate::{background, connect, events, process};
 const FETCH_WAIT: Duration = Duration::from_secs(1);
 /// Window of the retry budget.
 const BUDGET_WINDOW: Duration = Duration::from_secs(10);
+/// How long the event batcher may take to flush after the drain.
+const FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long the remaining supervised tasks may take to stop at the end.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
 enum Mode {
     Single(Arc<dyn Handler>),
@@ -134,6 +142,21 @@ impl Worker {
             Mode::Single(_) => None,
         };
         self.cfg.validate(batch_size)?;
+        // Every long-lived part runs supervised: one that ends before shutdown stops the rest
+        // and makes `run` fail naming it (the process exits non-zero).
+        let mut sup = Supervisor::new(
+            self.health.clone(),
+            &shutdown,
+            self.cfg.test_fail_task.as_deref(),
+        );
+        let out = self.run_supervised(mode, &mut sup).await;
+        sup.finish(STOP_TIMEOUT).await?;
+        out
+    }
+
+    async fn run_supervised(self, mode: Mode, sup: &mut Supervisor) -> anyhow::Result<()> {
+        // Stops on shutdown and on the failure of any supervised task.
+        let shutdown = sup.token();
         let cfg = self.cfg.clone();
         let worker_id = cfg.worker_id.clone().unwrap_or_else(|| {
             format!(
@@ -142,14 +165,11 @@ impl Worker {
                 &uuid::Uuid::new_v4().simple().to_string()[..8]
             )
         });
-        let admin_stop = CancellationToken::new();
-        let admin =
-            AdminServer::start(cfg.admin_addr, self.health.clone(), admin_stop.clone()).await?;
+        let admin = AdminServer::start(cfg.admin_addr, sup).await?;
         *self
             .admin_addr
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(admin.addr);
-        let _stop_admin = admin_stop.drop_guard();
         tracing::info!(stage = %self.stage, %worker_id, admin = %admin.addr, "worker starting");
 
         // A broker handed in (tests, the demo) is shared: only close one we opened.
@@ -168,8 +188,13 @@ impl Worker {
         let topology = topology(&cfg, &names, &self.stage);
         declare_with_retry(&*broker, &topology, &cfg, &shutdown).await?;
 
-        let (sink, batcher) =
-            events::spawn(broker.clone(), topology.clone(), &self.stage, &worker_id);
+        let sink = events::spawn(
+            sup,
+            broker.clone(),
+            topology.clone(),
+            &self.stage,
+            &worker_id,
+        );
         let runaways = Runaways::new(&self.stage, cfg.max_runaway, self.health.clone());
         let sh = Arc::new(Shared {
             broker: broker.clone(),
@@ -190,14 +215,27 @@ impl Worker {
             declared: Mutex::new(HashSet::from([self.stage.clone()])),
             cfg,
         });
+        // Heartbeats and cancellations go on while the worker drains; they stop after it.
         let bg_stop = CancellationToken::new();
-        let heartbeats = background::heartbeats(sh.clone(), sh.cfg.concurrency, bg_stop.clone());
+        let _stop_bg = bg_stop.clone().drop_guard();
+        background::heartbeats(sup, sh.clone(), sh.cfg.concurrency, bg_stop.clone());
         let synced = CancellationToken::new();
-        let control = background::cancellations(sh.clone(), bg_stop.clone(), synced.clone());
+        background::cancellations(
+            sup,
+            sh.clone(),
+            self.health.clone(),
+            bg_stop.clone(),
+            synced.clone(),
+        );
         wait_for_cancellations(&synced, sh.cfg.control_sync_wait, &shutdown).await;
 
         let tracker = TaskTracker::new();
-        let consumed = consume(&sh, &mode, &tracker, &self.health, &shutdown).await;
+        let consumed = sup
+            .run(
+                "consumer",
+                consume(&sh, &mode, &tracker, &self.health, &shutdown),
+            )
+            .await;
 
         // Drain: stop pulling (done), let in-flight jobs finish until the drain deadline,
         // then return the rest to the broker; the subscription stays open until then.
@@ -222,16 +260,10 @@ impl Worker {
             sub.close().await;
         }
         bg_stop.cancel();
-        let _ = heartbeats.await;
-        let _ = control.await;
-        // The batcher ends when the last sink is dropped: flush what is queued, bounded.
-        drop(Arc::try_unwrap(sh).ok());
-        if tokio::time::timeout(Duration::from_secs(15), batcher)
-            .await
-            .is_err()
-        {
-            tracing::warn!("event batcher did not flush within 15s");
-        }
+        // The batcher ends when the last sink is dropped (ours here, the background tasks'
+        // as they stop): it flushes what is queued first, bounded.
+        drop(sh);
+        sup.join(FLUSH_TIMEOUT).await;
         if owned {
             broker.close().await;
         }
@@ -388,7 +420,7 @@ async fn consume(
     sh: &Arc<Shared>,
     mode: &Mode,
     tracker: &TaskTracker,
-    health: &Health,
+    health: &Arc<Health>,
     shutdown: &CancellationToken,
 ) -> anyhow::Result<Option<Box<dyn Subscription>>> {
     let slots = match mode {
@@ -402,28 +434,21 @@ async fn consume(
     let source = Source::Jobs {
         stage: sh.stage.clone(),
     };
+    let mut resub = Resubscriber::new(
+        sh.broker.clone(),
+        source,
+        opts,
+        topology(&sh.cfg, &sh.names, &sh.stage),
+        Limits::from_config(&sh.cfg),
+        health.clone(),
+    );
     let mut consumer_cancellations = 0u32;
     let mut pending: Vec<(Delivery, OwnedSemaphorePermit)> = Vec::new();
     let mut batch_started: Option<Instant> = None;
     'subscribe: loop {
-        if shutdown.is_cancelled() {
+        // Reconnects, redeclares and retries with backoff; fails past its limits.
+        let Some(mut sub) = resub.subscribe(shutdown).await? else {
             return Ok(None);
-        }
-        let mut sub = match sh.broker.subscribe(source.clone(), opts.clone()).await {
-            Ok(s) => s,
-            Err(e) => {
-                health.set_ready(false);
-                tracing::warn!(error = %e, "subscribe failed; reconnecting");
-                reconnect(&*sh.broker, &sh.cfg, Instant::now(), shutdown).await?;
-                declare_with_retry(
-                    &*sh.broker,
-                    &topology(&sh.cfg, &sh.names, &sh.stage),
-                    &sh.cfg,
-                    shutdown,
-                )
-                .await?;
-                continue 'subscribe;
-            }
         };
         health.set_ready(true);
         loop {
@@ -458,8 +483,12 @@ async fn consume(
             };
             let fetched = sub.fetch(free.len(), wait).await;
             let deliveries = match fetched {
-                Ok(d) => d,
+                Ok(d) => {
+                    resub.working();
+                    d
+                }
                 Err(e @ BrokerError::ConsumerCancelled(_)) => {
+                    health.set_ready(false);
                     consumer_cancellations += 1;
                     if consumer_cancellations > 1 {
                         bail!(
@@ -480,11 +509,17 @@ async fn consume(
                 Err(e) => {
                     health.set_ready(false);
                     tracing::warn!(error = %e, "consuming failed; reconnecting");
+                    // A subscription that keeps failing right after it was made is bounded too.
+                    resub.failed("consuming", &e)?;
                     // Deliveries of the dead connection cannot be acked; their tasks see it.
                     pending.clear();
                     batch_started = None;
                     sub.close().await;
                     reconnect(&*sh.broker, &sh.cfg, Instant::now(), shutdown).await?;
+                    tokio::select! {
+                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
+                        () = shutdown.cancelled() => {}
+                    }
                     continue 'subscribe;
                 }
             };

@@ -197,7 +197,7 @@ impl Harness {
         let topo = fleet_coordinator::topology(&self.config());
         for (r, stop) in self.coordinators {
             stop.cancel();
-            r.wait().await;
+            r.wait().await.expect("the coordinator stops cleanly");
         }
         let _ = self.broker.delete_topology(&topo).await;
         self.broker.close().await;

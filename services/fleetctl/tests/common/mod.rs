@@ -131,7 +131,7 @@ impl Coordinator {
     pub async fn stop(mut self) {
         self.stop.cancel();
         if let Some(r) = self.running.take() {
-            r.wait().await;
+            r.wait().await.expect("the coordinator stops cleanly");
         }
         let _ = std::fs::remove_dir_all(&self.dir);
     }

@@ -1,9 +1,10 @@
 //! The admin HTTP server: `/metrics` (Prometheus text), `/healthz` (a watchdog
 //! proves the runtime is not wedged) and `/readyz` (broker connected, consuming,
-//! not draining, intake not paused by a dependency; a 503 says which).
+//! not draining, no consumer failing to subscribe, intake not paused by a dependency; a 503
+//! says which); both answer 503 for good once a supervised task ended early.
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -12,11 +13,11 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use tokio_util::sync::CancellationToken;
 
 use super::names;
 use crate::breaker::BreakerState;
 use crate::pause::IntakeGate;
+use crate::supervise::Supervisor;
 
 /// Shared health flags the runtime sets and the admin server reads.
 #[derive(Debug, Default)]
@@ -28,6 +29,10 @@ pub struct Health {
     watchdog_ms: AtomicU64,
     unhealthy: AtomicBool,
     pause: Mutex<Pause>,
+    /// Consumers failing to subscribe right now (each holds a [`Resubscribing`] guard).
+    resubscribing: AtomicUsize,
+    /// Set for good once a supervised task ended before shutdown (see `crate::supervise`).
+    failed: OnceLock<String>,
 }
 
 /// The intake gate, if any, and what was last reported about it.
@@ -35,6 +40,16 @@ pub struct Health {
 struct Pause {
     gate: Option<(String, Arc<dyn IntakeGate>)>,
     reason: Option<String>,
+}
+
+/// Held by a consumer while it cannot subscribe: `/readyz` is 503 until every one is dropped.
+#[derive(Debug)]
+pub struct Resubscribing(Arc<Health>);
+
+impl Drop for Resubscribing {
+    fn drop(&mut self) {
+        self.0.resubscribing.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 fn now_ms() -> u64 {
@@ -61,6 +76,19 @@ impl Health {
     /// Marks a dependency the service needs as down (not ready) or back up.
     pub fn set_dependency_down(&self, down: bool) {
         self.dependency_down.store(down, Ordering::SeqCst);
+    }
+    /// Marks the process failed for good (a supervised task ended): neither ready nor healthy.
+    pub fn set_failed(&self, why: String) {
+        let _first_wins = self.failed.set(why);
+    }
+    /// Why the process failed, once it has.
+    pub fn failure(&self) -> Option<&str> {
+        self.failed.get().map(String::as_str)
+    }
+    /// Marks one consumer as unable to subscribe (not ready) until the guard is dropped.
+    pub fn resubscribing(self: &Arc<Self>) -> Resubscribing {
+        self.resubscribing.fetch_add(1, Ordering::SeqCst);
+        Resubscribing(self.clone())
     }
     /// Watches `gate` for stage `stage`: while it is not closed, intake is paused.
     pub fn set_pause_gate(&self, stage: &str, gate: Arc<dyn IntakeGate>) {
@@ -100,6 +128,9 @@ impl Health {
 
     /// Why `/readyz` answers 503, or `None` when it answers 200.
     pub fn not_ready_reason(&self) -> Option<String> {
+        if let Some(why) = self.failed.get() {
+            return Some(why.clone());
+        }
         if self.draining.load(Ordering::SeqCst) {
             return Some("draining".into());
         }
@@ -108,6 +139,9 @@ impl Health {
         }
         if self.dependency_down.load(Ordering::SeqCst) {
             return Some("a dependency this service needs is down".into());
+        }
+        if self.resubscribing.load(Ordering::SeqCst) > 0 {
+            return Some("a consumer cannot subscribe (redeclaring and retrying)".into());
         }
         self.refresh_pause()
             .map(|why| format!("intake paused: {why}"))
@@ -120,7 +154,9 @@ impl Health {
     /// True when `/healthz` answers 200.
     pub fn is_healthy(&self) -> bool {
         let last = self.watchdog_ms.load(Ordering::SeqCst);
-        !self.unhealthy.load(Ordering::SeqCst) && now_ms().saturating_sub(last) < WATCHDOG_STALE_MS
+        !self.unhealthy.load(Ordering::SeqCst)
+            && self.failed.get().is_none()
+            && now_ms().saturating_sub(last) < WATCHDOG_STALE_MS
     }
     /// Called by the watchdog task on every tick.
     pub fn tick(&self) {
@@ -164,12 +200,10 @@ pub struct AdminServer {
 }
 
 impl AdminServer {
-    /// Binds `addr` and serves until `shutdown`; also runs the watchdog and metric upkeep.
-    pub async fn start(
-        addr: SocketAddr,
-        health: Arc<Health>,
-        shutdown: CancellationToken,
-    ) -> anyhow::Result<AdminServer> {
+    /// Binds `addr` and serves (with the watchdog and metric upkeep) as supervised tasks
+    /// `admin` and `watchdog`, which stop last: when `sup` finishes.
+    pub async fn start(addr: SocketAddr, sup: &mut Supervisor) -> anyhow::Result<AdminServer> {
+        let health = sup.health();
         let prom = prometheus()?;
         let listener = tokio::net::TcpListener::bind(addr).await.map_err(|e| {
             anyhow::anyhow!(
@@ -186,16 +220,15 @@ impl AdminServer {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .with_state(state);
-        let stop = shutdown.clone();
-        tokio::spawn(async move {
-            let served = axum::serve(listener, app)
+        let stop = sup.last_token();
+        sup.spawn_last("admin", async move {
+            axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await })
-                .await;
-            if let Err(e) = served {
-                tracing::error!(error = %e, "admin server stopped");
-            }
+                .await
+                .map_err(|e| anyhow::anyhow!("the admin server on {addr} stopped: {e}"))
         });
-        tokio::spawn(async move {
+        let stop = sup.last_token();
+        sup.spawn_last("watchdog", async move {
             // The watchdog: if the reactor wedges, this stops ticking and /healthz turns 503.
             let mut tick = tokio::time::interval(Duration::from_secs(1));
             loop {
@@ -206,7 +239,7 @@ impl AdminServer {
                         health.refresh_pause();
                         prom.run_upkeep();
                     }
-                    () = shutdown.cancelled() => break,
+                    () = stop.cancelled() => return Ok(()),
                 }
             }
         });
@@ -218,13 +251,15 @@ async fn metrics_text(State(s): State<AppState>) -> String {
     s.prom.render()
 }
 
-async fn healthz(State(s): State<AppState>) -> (StatusCode, &'static str) {
+async fn healthz(State(s): State<AppState>) -> (StatusCode, String) {
     if s.health.is_healthy() {
-        (StatusCode::OK, "ok\n")
+        (StatusCode::OK, "ok\n".into())
+    } else if let Some(why) = s.health.failure() {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("{why}\n"))
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "watchdog stale or too many runaway tasks\n",
+            "watchdog stale or too many runaway tasks\n".into(),
         )
     }
 }

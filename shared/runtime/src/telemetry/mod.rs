@@ -5,4 +5,4 @@ pub mod admin;
 pub mod logging;
 pub mod names;
 
-pub use admin::{AdminServer, Health};
+pub use admin::{AdminServer, Health, Resubscribing};

@@ -37,6 +37,8 @@ pub const EVENT_BATCHES: &str = "fleet_event_batches_total";
 pub const HANDLER_PANICS: &str = "fleet_handler_panics_total";
 /// Counter `{stage}`: deliveries whose lease or channel was lost while running.
 pub const LEASES_LOST: &str = "fleet_leases_lost_total";
+/// Counter `{source}`: failed subscribes or fetches of a consumer (each is retried after redeclaring).
+pub const SUBSCRIBE_FAILURES: &str = "fleet_subscribe_failures_total";
 
 /// The closed set of `outcome` label values.
 pub const OUTCOMES: [&str; 5] = [
@@ -103,6 +105,10 @@ pub fn describe() {
     describe_counter!(
         LEASES_LOST,
         "Deliveries whose lease or channel was lost while running."
+    );
+    describe_counter!(
+        SUBSCRIBE_FAILURES,
+        "Failed subscribes or fetches of a consumer, by source; each is retried after redeclaring."
     );
 }
 
