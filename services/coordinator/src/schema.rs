@@ -117,17 +117,41 @@ macro_rules! v1 {
     };
 }
 
-const PG: &[Migration] = &[Migration {
-    version: 1,
-    name: "coordinator tables",
-    sql: v1!("BIGSERIAL PRIMARY KEY"),
-}];
+/// Open pipelines (items appended in batches, then sealed): `sealed_at` is NULL
+/// while the item list is open, `seal_by` is when an unsealed pipeline times out,
+/// `route` is what appended items take; `item_hash` makes appends idempotent
+/// per item. Pipelines from before were submitted whole, so they count as sealed.
+const V2_OPEN_PIPELINES: &str = "ALTER TABLE coord_pipelines ADD COLUMN sealed_at BIGINT;
+    ALTER TABLE coord_pipelines ADD COLUMN seal_by BIGINT;
+    ALTER TABLE coord_pipelines ADD COLUMN route JSONB;
+    UPDATE coord_pipelines SET sealed_at = created_at;
+    ALTER TABLE coord_items ADD COLUMN item_hash TEXT";
 
-const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "coordinator tables",
-    sql: v1!("INTEGER PRIMARY KEY AUTOINCREMENT"),
-}];
+const PG: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "coordinator tables",
+        sql: v1!("BIGSERIAL PRIMARY KEY"),
+    },
+    Migration {
+        version: 2,
+        name: "open pipelines",
+        sql: V2_OPEN_PIPELINES,
+    },
+];
+
+const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "coordinator tables",
+        sql: v1!("INTEGER PRIMARY KEY AUTOINCREMENT"),
+    },
+    Migration {
+        version: 2,
+        name: "open pipelines",
+        sql: V2_OPEN_PIPELINES,
+    },
+];
 
 /// The migrations for `kind`.
 pub fn migrations(kind: StoreKind) -> &'static [Migration] {
