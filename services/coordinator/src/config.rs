@@ -35,6 +35,10 @@ pub const DEFAULT_STAGE_MAX_ATTEMPTS: u32 = 5;
 pub const DEFAULT_OUTBOX_MAX_ATTEMPTS: u32 = 10;
 /// Default first retry delay of an outbox row that failed to publish (doubles per attempt, capped at 1 min).
 pub const DEFAULT_OUTBOX_RETRY_BACKOFF: &str = "1s";
+/// Default open-pipeline timeout: an open pipeline that gets neither an append nor
+/// its seal for this long is finalized `timed_out` (its client went away); long
+/// enough for a slow uploader between two batches.
+pub const DEFAULT_OPEN_PIPELINE_TIMEOUT: &str = "10m";
 /// How long a cancellation is re-broadcast on RabbitMQ (which keeps no messages for late subscribers).
 pub const DEFAULT_CANCEL_REBROADCAST: &str = "1h";
 
@@ -90,6 +94,10 @@ pub struct Config {
     /// Largest accepted item (text plus metadata).
     #[arg(long, env = "FLEET_MAX_ITEM_BYTES", default_value_t = DEFAULT_MAX_ITEM_BYTES)]
     pub max_item_bytes: usize,
+
+    /// An open pipeline with no append and no seal for this long is finalized `timed_out`.
+    #[arg(long, env = "FLEET_OPEN_PIPELINE_TIMEOUT", default_value = DEFAULT_OPEN_PIPELINE_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub open_pipeline_timeout: Duration,
 
     /// Default route when a submission names none; `stage?` marks an optional stage.
     #[arg(long, env = "FLEET_ROUTE", default_value = DEFAULT_ROUTE)]

@@ -19,6 +19,10 @@ pub struct PipelineFacts {
     pub cancel_requested: bool,
     /// The pipeline's deadline.
     pub deadline_at: Option<Millis>,
+    /// Its item list is complete (submitted whole, or open and then sealed).
+    pub sealed: bool,
+    /// When an unsealed pipeline times out (its client stopped appending).
+    pub seal_by: Option<Millis>,
 }
 
 /// A final state and its reason.
@@ -41,7 +45,19 @@ pub fn decide(f: &PipelineFacts, now: Millis, grace_ms: i64) -> Option<Verdict> 
         return verdict(PipelineState::Cancelled, "cancelled on request".into());
     }
     let (n, ok) = (f.items_total, f.items_succeeded);
-    if n > 0 && f.items_terminal >= n {
+    if !f.sealed
+        && let Some(by) = f.seal_by
+        && now >= by
+    {
+        // More items were announced and never came: whatever arrived cannot be the whole.
+        return verdict(
+            PipelineState::TimedOut,
+            format!(
+                "never sealed: {n} items arrived, then no append or seal before the open-pipeline timeout"
+            ),
+        );
+    }
+    if f.sealed && n > 0 && f.items_terminal >= n {
         return if ok == n {
             verdict(PipelineState::Completed, format!("all {n} items succeeded"))
         } else if f.items_expired > 0 {
@@ -85,6 +101,7 @@ mod tests {
             items_total: total,
             items_terminal: terminal,
             items_succeeded: ok,
+            sealed: true,
             ..PipelineFacts::default()
         }
     }
@@ -128,6 +145,32 @@ mod tests {
         done.deadline_at = Some(0);
         assert_eq!(
             decide(&done, 10, 0).unwrap().state,
+            PipelineState::Completed
+        );
+    }
+
+    #[test]
+    fn an_open_pipeline_waits_for_its_seal_or_times_out() {
+        let mut f = facts(2, 2, 2);
+        f.sealed = false;
+        f.seal_by = Some(1000);
+        // Every item so far is done, but more may come: not final.
+        assert_eq!(decide(&f, 999, 0), None);
+        let v = decide(&f, 1000, 0).unwrap();
+        assert_eq!(v.state, PipelineState::TimedOut);
+        assert!(v.reason.contains("never sealed"), "{}", v.reason);
+        // The deadline applies to an open pipeline too.
+        f.seal_by = Some(10_000);
+        f.deadline_at = Some(500);
+        assert_eq!(decide(&f, 600, 0).unwrap().state, PipelineState::TimedOut);
+        // Cancellation still wins.
+        f.cancel_requested = true;
+        assert_eq!(decide(&f, 0, 0).unwrap().state, PipelineState::Cancelled);
+        // Sealed: the outcome rules apply.
+        let mut sealed = facts(2, 2, 2);
+        sealed.seal_by = Some(0);
+        assert_eq!(
+            decide(&sealed, 10, 0).unwrap().state,
             PipelineState::Completed
         );
     }

@@ -12,6 +12,7 @@
 
 pub mod api;
 pub mod app;
+pub mod append;
 pub mod archive;
 pub mod config;
 pub mod consumer;

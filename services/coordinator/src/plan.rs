@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashSet};
 
 use axum::http::StatusCode;
 use chrono::Utc;
-use fleet_protocol::{JobEnvelope, RouteStep, Submission};
+use fleet_protocol::{JobEnvelope, RouteStep, Submission, SubmitItem};
 use sha2::{Digest, Sha256};
 
 use crate::error::ApiError;
@@ -106,13 +106,17 @@ pub fn check_name(what: &str, s: &str) -> Result<(), ApiError> {
 }
 
 fn check_item_id(s: &str) -> Result<(), ApiError> {
-    if s.is_empty() || s.len() > MAX_ID_BYTES || s.chars().any(char::is_control) {
-        return Err(ApiError::bad_request(
-            format!("invalid item_id `{}`", s.escape_debug()),
-            format!("an item_id is 1 to {MAX_ID_BYTES} bytes without control characters"),
-        ));
-    }
-    Ok(())
+    fleet_protocol::submission::check_items(std::slice::from_ref(&SubmitItem {
+        item_id: s.to_owned(),
+        text: String::new(),
+        metadata: serde_json::Value::Null,
+    }))
+    .map_err(contract)
+}
+
+/// A broken contract rule as a 400.
+fn contract(e: fleet_protocol::SubmissionError) -> ApiError {
+    ApiError::bad_request(e.message, e.hint)
 }
 
 /// Refuses a route naming a stage outside `known` (the coordinator's configured route): no
@@ -183,16 +187,20 @@ pub fn plan(
     idempotency_key: Option<&str>,
     limits: &PlanLimits,
 ) -> Result<NewPipeline, ApiError> {
-    if sub.v != fleet_protocol::PROTOCOL_VERSION {
-        return Err(ApiError::bad_request(
-            format!("unsupported submission version {}", sub.v),
-            format!(
-                "send \"v\": {} (this coordinator reads version {})",
-                fleet_protocol::PROTOCOL_VERSION,
-                fleet_protocol::PROTOCOL_VERSION
-            ),
-        ));
-    }
+    plan_with_route(sub, idempotency_key, limits).map(|(p, _)| p)
+}
+
+/// [`plan`], also returning the route every item takes (what an open pipeline
+/// stores for the items appended later). For an open submission (`open: true`)
+/// items may be empty and the body hash covers everything but the items: the
+/// items are idempotent one by one instead (see `append`).
+pub fn plan_with_route(
+    sub: &Submission,
+    idempotency_key: Option<&str>,
+    limits: &PlanLimits,
+) -> Result<(NewPipeline, Vec<RouteStep>), ApiError> {
+    // The contract's static rules (the same as the JSON Schema's and openapi.yaml's).
+    sub.validate().map_err(contract)?;
     let pipeline_id = match (sub.pipeline_id.as_deref(), idempotency_key) {
         (Some(a), Some(b)) if a != b => {
             return Err(ApiError::bad_request(
@@ -204,7 +212,7 @@ pub fn plan(
         (None, None) => uuid::Uuid::new_v4().to_string(),
     };
     check_name("pipeline_id", &pipeline_id)?;
-    if sub.items.is_empty() {
+    if sub.items.is_empty() && !sub.open {
         return Err(ApiError::bad_request(
             "a pipeline needs at least one item",
             "add items: [{\"item_id\": \"a\", \"text\": \"...\"}]",
@@ -263,9 +271,34 @@ pub fn plan(
             "give a future RFC 3339 time, or omit it",
         ));
     }
+    let items = plan_items(&sub.items, &route, limits.max_item_bytes)?;
+    let mut canonical = sub.clone();
+    canonical.pipeline_id = Some(pipeline_id.clone());
+    if sub.open {
+        canonical.items.clear();
+    }
+    let body_hash = canonical_hash(&serde_json::to_value(&canonical).map_err(ApiError::internal)?);
+    let planned = NewPipeline {
+        pipeline_id,
+        body_hash,
+        deadline_at: sub.deadline_at.map(to_millis),
+        replay_of: sub.replay_of.clone(),
+        stages,
+        items,
+    };
+    Ok((planned, route))
+}
+
+/// Validates a list of items (ids, duplicates within the list, sizes) and gives
+/// each the `route`. Used for a whole submission and for each appended batch.
+pub fn plan_items(
+    list: &[SubmitItem],
+    route: &[RouteStep],
+    max_item_bytes: usize,
+) -> Result<Vec<NewItem>, ApiError> {
     let mut ids = HashSet::new();
-    let mut items = Vec::with_capacity(sub.items.len());
-    for it in &sub.items {
+    let mut items = Vec::with_capacity(list.len());
+    for it in list {
         check_item_id(&it.item_id)?;
         if !ids.insert(it.item_id.as_str()) {
             return Err(ApiError::bad_request(
@@ -279,19 +312,19 @@ pub fn plan(
             } else {
                 it.metadata.to_string().len()
             };
-        if size > limits.max_item_bytes {
+        if size > max_item_bytes {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
                     "item `{}` is {size} bytes; the limit is {} bytes",
-                    it.item_id, limits.max_item_bytes
+                    it.item_id, max_item_bytes
                 ),
                 "split the item into smaller items, or raise FLEET_MAX_ITEM_BYTES (and the workers' FLEET_MAX_MESSAGE_BYTES)",
             ));
         }
         items.push(NewItem {
             item_id: it.item_id.clone(),
-            route: route.clone(),
+            route: route.to_vec(),
             payload: serde_json::json!({
                 "item_id": it.item_id,
                 "text": it.text,
@@ -299,23 +332,12 @@ pub fn plan(
             }),
         });
     }
-    let mut canonical = sub.clone();
-    canonical.pipeline_id = Some(pipeline_id.clone());
-    let body_hash = canonical_hash(&serde_json::to_value(&canonical).map_err(ApiError::internal)?);
-    Ok(NewPipeline {
-        pipeline_id,
-        body_hash,
-        deadline_at: sub.deadline_at.map(to_millis),
-        replay_of: sub.replay_of.clone(),
-        stages,
-        items,
-    })
+    Ok(items)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use fleet_protocol::SubmitItem;
 
     fn limits() -> PlanLimits {
         PlanLimits {
@@ -342,6 +364,7 @@ mod tests {
             stages: BTreeMap::new(),
             deadline_at: None,
             replay_of: None,
+            open: false,
         }
     }
 

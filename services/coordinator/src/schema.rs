@@ -128,6 +128,16 @@ const V2_OUTBOX_ATTEMPTS: &str =
     CREATE INDEX coord_outbox_due ON coord_outbox (next_attempt_at, id) \
         WHERE published_at IS NULL AND failed_at IS NULL";
 
+/// v3: open pipelines (items appended in batches, then sealed): `sealed_at` is NULL
+/// while the item list is open, `seal_by` is when an unsealed pipeline times out,
+/// `route` is what appended items take; `item_hash` makes appends idempotent
+/// per item. Pipelines from before were submitted whole, so they count as sealed.
+const V3_OPEN_PIPELINES: &str = "ALTER TABLE coord_pipelines ADD COLUMN sealed_at BIGINT;
+    ALTER TABLE coord_pipelines ADD COLUMN seal_by BIGINT;
+    ALTER TABLE coord_pipelines ADD COLUMN route JSONB;
+    UPDATE coord_pipelines SET sealed_at = created_at;
+    ALTER TABLE coord_items ADD COLUMN item_hash TEXT";
+
 const PG: &[Migration] = &[
     Migration {
         version: 1,
@@ -138,6 +148,11 @@ const PG: &[Migration] = &[
         version: 2,
         name: "outbox attempts",
         sql: V2_OUTBOX_ATTEMPTS,
+    },
+    Migration {
+        version: 3,
+        name: "open pipelines",
+        sql: V3_OPEN_PIPELINES,
     },
 ];
 
@@ -151,6 +166,11 @@ const SQLITE: &[Migration] = &[
         version: 2,
         name: "outbox attempts",
         sql: V2_OUTBOX_ATTEMPTS,
+    },
+    Migration {
+        version: 3,
+        name: "open pipelines",
+        sql: V3_OPEN_PIPELINES,
     },
 ];
 

@@ -4,14 +4,14 @@
 
 use axum::http::StatusCode;
 use fleet_core::Destination;
-use fleet_store::{Store, Value, params};
+use fleet_store::{Store, Tx, Value, params};
 
 use crate::db::{insert_rows, log_event};
 use crate::error::ApiError;
-use crate::model::{ItemState, JobState, PipelineState, now_ms};
+use crate::model::{ItemState, JobState, Millis, PipelineState, now_ms};
 use crate::outbox::dest_parts;
-use crate::plan::NewPipeline;
 pub use crate::plan::check_name;
+use crate::plan::{NewItem, NewPipeline};
 
 /// What a submission did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,18 +50,51 @@ async fn existing(store: &Store, p: &NewPipeline) -> Result<Option<Submitted>, A
     }
 }
 
+/// How an open pipeline is stored: the route its later items take and when it
+/// times out unless sealed (or appended to) before.
+#[derive(Debug, Clone)]
+pub struct Open {
+    /// The route of every item (appended items get it too).
+    pub route: Vec<fleet_protocol::RouteStep>,
+    /// When the pipeline times out if still unsealed.
+    pub seal_by: Millis,
+}
+
 /// Stores `p` (or finds it), committing pipeline, items, jobs and outbox rows together.
 pub async fn store_pipeline(store: &Store, p: &NewPipeline) -> Result<Submitted, ApiError> {
+    store_with(store, p, None).await
+}
+
+/// Stores `p` as an open pipeline (its items, if any, are the first batch; more
+/// follow through [`crate::append`]), or finds it.
+pub async fn store_open_pipeline(
+    store: &Store,
+    p: &NewPipeline,
+    open: &Open,
+) -> Result<Submitted, ApiError> {
+    store_with(store, p, Some(open)).await
+}
+
+async fn store_with(
+    store: &Store,
+    p: &NewPipeline,
+    open: Option<&Open>,
+) -> Result<Submitted, ApiError> {
     if let Some(found) = existing(store, p).await? {
         return Ok(found);
     }
     let now = now_ms();
     let mut tx = store.begin().await?;
     let stages = serde_json::to_string(&p.stages).map_err(ApiError::internal)?;
+    let route = open
+        .map(|o| serde_json::to_string(&o.route))
+        .transpose()
+        .map_err(ApiError::internal)?;
     let inserted = tx
         .execute(
-            "INSERT INTO coord_pipelines (pipeline_id, state, body_hash, created_at, deadline_at, replay_of, stages) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT (pipeline_id) DO NOTHING",
+            "INSERT INTO coord_pipelines (pipeline_id, state, body_hash, created_at, deadline_at, replay_of, stages, \
+             sealed_at, seal_by, route) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) ON CONFLICT (pipeline_id) DO NOTHING",
             params![
                 p.pipeline_id.as_str(),
                 PipelineState::Running.as_str(),
@@ -69,7 +102,10 @@ pub async fn store_pipeline(store: &Store, p: &NewPipeline) -> Result<Submitted,
                 now,
                 p.deadline_at,
                 p.replay_of.clone(),
-                stages
+                stages,
+                open.is_none().then_some(now),
+                open.map(|o| o.seal_by),
+                route
             ],
         )
         .await?;
@@ -80,10 +116,37 @@ pub async fn store_pipeline(store: &Store, p: &NewPipeline) -> Result<Submitted,
             .await?
             .ok_or_else(|| ApiError::unavailable("the pipeline vanished during submission"));
     }
-    let mut items = Vec::with_capacity(p.items.len());
-    let mut jobs = Vec::with_capacity(p.items.len());
-    let mut outbox = Vec::with_capacity(p.items.len());
-    for it in &p.items {
+    insert_items(&mut tx, p, &p.items, now).await?;
+    log_event(
+        &mut tx,
+        &p.pipeline_id,
+        now,
+        &serde_json::json!({"type": "submitted", "items": p.items.len(), "replay_of": p.replay_of, "open": open.is_some()}),
+    )
+    .await?;
+    tx.commit().await?;
+    metrics::counter!(crate::metrics::PIPELINES_SUBMITTED).increment(1);
+    Ok(Submitted::Created)
+}
+
+/// The content hash of an item (its first job's payload): what makes re-sending
+/// an item to an open pipeline a no-op and changing it a conflict.
+pub fn item_hash(item: &NewItem) -> String {
+    crate::plan::canonical_hash(&item.payload)
+}
+
+/// Inserts `items` of pipeline `p` with their first-stage jobs and the jobs'
+/// outbox rows inside `tx` (the caller has checked none of them exists).
+pub async fn insert_items(
+    tx: &mut Tx,
+    p: &NewPipeline,
+    list: &[NewItem],
+    now: Millis,
+) -> Result<(), ApiError> {
+    let mut items = Vec::with_capacity(list.len());
+    let mut jobs = Vec::with_capacity(list.len());
+    let mut outbox = Vec::with_capacity(list.len());
+    for it in list {
         let route = serde_json::to_string(&it.route).map_err(ApiError::internal)?;
         items.push(vec![
             Value::from(p.pipeline_id.as_str()),
@@ -91,6 +154,7 @@ pub async fn store_pipeline(store: &Store, p: &NewPipeline) -> Result<Submitted,
             Value::from(ItemState::Running.as_str()),
             Value::from(route),
             Value::from(now),
+            Value::from(item_hash(it)),
         ]);
         let job = p.first_job(it);
         jobs.push(vec![
@@ -119,34 +183,25 @@ pub async fn store_pipeline(store: &Store, p: &NewPipeline) -> Result<Submitted,
         ]);
     }
     insert_rows(
-        &mut tx,
+        tx,
         "coord_outbox (dest_kind, dest_key, msg_id, body, created_at)",
         "",
         &outbox,
     )
     .await?;
     insert_rows(
-        &mut tx,
-        "coord_items (pipeline_id, item_id, state, route, updated_at)",
+        tx,
+        "coord_items (pipeline_id, item_id, state, route, updated_at, item_hash)",
         "",
         &items,
     )
     .await?;
     insert_rows(
-        &mut tx,
+        tx,
         "coord_jobs (job_id, pipeline_id, item_id, stage, required, state, attempt, seq, queued_at, timeout_ms, max_attempts)",
         "",
         &jobs,
     )
     .await?;
-    log_event(
-        &mut tx,
-        &p.pipeline_id,
-        now,
-        &serde_json::json!({"type": "submitted", "items": p.items.len(), "replay_of": p.replay_of}),
-    )
-    .await?;
-    tx.commit().await?;
-    metrics::counter!(crate::metrics::PIPELINES_SUBMITTED).increment(1);
-    Ok(Submitted::Created)
+    Ok(())
 }

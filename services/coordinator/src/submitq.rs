@@ -62,6 +62,16 @@ async fn submit(app: &App, d: &Delivery) -> Result<Submitted, (DeadLetterReason,
             false,
         )
     })?;
+    if sub.open {
+        // One message is one whole pipeline here; batching is an HTTP feature
+        // (the queue's message limit is the broker's, not a request body's).
+        return Err((
+            DeadLetterReason::PermanentError,
+            "the submit queue takes whole pipelines only (\"open\": true is for the HTTP API)"
+                .into(),
+            false,
+        ));
+    }
     let key = d
         .headers
         .iter()

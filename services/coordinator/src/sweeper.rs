@@ -64,23 +64,23 @@ async fn facts_of(tx: &mut Tx, pipeline_id: &str) -> Result<Option<PipelineFacts
 }
 
 const FACTS_SQL_ALL: &str = concat!(
-    "SELECT p.pipeline_id, p.deadline_at, p.cancel_requested_at, \
+    "SELECT p.pipeline_id, p.deadline_at, p.cancel_requested_at, p.sealed_at, p.seal_by, \
     COUNT(i.item_id) AS total, \
     CAST(COALESCE(SUM(CASE WHEN i.state <> 'running' THEN 1 ELSE 0 END), 0) AS BIGINT) AS terminal, \
     CAST(COALESCE(SUM(CASE WHEN i.state = 'succeeded' THEN 1 ELSE 0 END), 0) AS BIGINT) AS succeeded, \
     CAST(COALESCE(SUM(CASE WHEN i.state = 'expired' THEN 1 ELSE 0 END), 0) AS BIGINT) AS expired",
     " FROM coord_pipelines p LEFT JOIN coord_items i ON i.pipeline_id = p.pipeline_id \
-     WHERE p.state = 'running' GROUP BY p.pipeline_id, p.deadline_at, p.cancel_requested_at"
+     WHERE p.state = 'running' GROUP BY p.pipeline_id, p.deadline_at, p.cancel_requested_at, p.sealed_at, p.seal_by"
 );
 
 const FACTS_SQL_ONE: &str = concat!(
-    "SELECT p.pipeline_id, p.deadline_at, p.cancel_requested_at, \
+    "SELECT p.pipeline_id, p.deadline_at, p.cancel_requested_at, p.sealed_at, p.seal_by, \
     COUNT(i.item_id) AS total, \
     CAST(COALESCE(SUM(CASE WHEN i.state <> 'running' THEN 1 ELSE 0 END), 0) AS BIGINT) AS terminal, \
     CAST(COALESCE(SUM(CASE WHEN i.state = 'succeeded' THEN 1 ELSE 0 END), 0) AS BIGINT) AS succeeded, \
     CAST(COALESCE(SUM(CASE WHEN i.state = 'expired' THEN 1 ELSE 0 END), 0) AS BIGINT) AS expired",
     " FROM coord_pipelines p LEFT JOIN coord_items i ON i.pipeline_id = p.pipeline_id \
-     WHERE p.state = 'running' AND p.pipeline_id = $1 GROUP BY p.pipeline_id, p.deadline_at, p.cancel_requested_at"
+     WHERE p.state = 'running' AND p.pipeline_id = $1 GROUP BY p.pipeline_id, p.deadline_at, p.cancel_requested_at, p.sealed_at, p.seal_by"
 );
 
 fn facts_from(r: &fleet_store::Row) -> Result<PipelineFacts, StoreError> {
@@ -91,6 +91,8 @@ fn facts_from(r: &fleet_store::Row) -> Result<PipelineFacts, StoreError> {
         items_expired: r.get("expired")?,
         cancel_requested: r.get::<Option<i64>>("cancel_requested_at")?.is_some(),
         deadline_at: r.get("deadline_at")?,
+        sealed: r.get::<Option<i64>>("sealed_at")?.is_some(),
+        seal_by: r.get("seal_by")?,
     })
 }
 

@@ -615,3 +615,181 @@ async fn list_is_paginated() {
     assert_eq!(running["pipelines"].as_array().unwrap().len(), 5);
     h.cleanup().await;
 }
+
+#[tokio::test]
+async fn open_pipeline_takes_batches_idempotently_and_finalizes_only_when_sealed() {
+    open_batches(Backend::Memory).await;
+}
+
+/// The same on NATS + PostgreSQL (the migration and the row locks of appends are backend-specific).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn open_pipeline_on_nats_and_postgres() {
+    open_batches(Backend::Nats).await;
+}
+
+async fn open_batches(backend: Backend) {
+    let h = Harness::new(backend, "open", &[]).await;
+    let item = |id: &str, text: &str| json!({"item_id": id, "text": text});
+    let (s, v) = h
+        .post(
+            "/v1/pipelines",
+            &json!({"v": 1, "pipeline_id": "po", "open": true, "items": [item("a", "A")]}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["created"].clone(), v["accepted"].clone()),
+        (201, json!(true), json!(1)),
+        "{v}"
+    );
+    let (s, v) = h
+        .post(
+            "/v1/pipelines/po/items",
+            &json!({"v": 1, "items": [item("b", "B"), item("c", "C")]}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["accepted"].clone(), v["existing"].clone()),
+        (200, json!(2), json!(0)),
+        "{v}"
+    );
+    // Re-sending a batch is a no-op; changed content for an existing item is a conflict.
+    let (s, v) = h
+        .post(
+            "/v1/pipelines/po/items",
+            &json!({"v": 1, "items": [item("a", "A"), item("b", "B")]}),
+        )
+        .await;
+    assert_eq!(
+        (s, v["accepted"].clone(), v["existing"].clone()),
+        (200, json!(0), json!(2)),
+        "{v}"
+    );
+    let (s, v) = h
+        .post(
+            "/v1/pipelines/po/items",
+            &json!({"v": 1, "items": [item("a", "changed")]}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("`a`"), "{v}");
+    // Re-creating the open pipeline finds it.
+    let (s, v) = h
+        .post(
+            "/v1/pipelines",
+            &json!({"v": 1, "pipeline_id": "po", "open": true, "items": []}),
+        )
+        .await;
+    assert_eq!((s, v["created"].clone()), (200, json!(false)), "{v}");
+    // Every item finishes every stage before the seal: the pipeline must stay open.
+    let items = ["a", "b", "c"];
+    for stage in STAGES {
+        h.finish("po", &items, stage, EventKind::Succeeded).await;
+    }
+    wait_for("the three items to be terminal", T, || async {
+        h.report("po").await["items_terminal"] == 3
+    })
+    .await;
+    let ticks = Instant::now();
+    while ticks.elapsed() < Duration::from_millis(400) {
+        assert_eq!(
+            h.report("po").await["state"],
+            "running",
+            "finalized before its seal"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // A seal that expects another count is refused (a batch went missing).
+    let (s, v) = h
+        .post("/v1/pipelines/po/seal", &json!({"item_count": 4}))
+        .await;
+    assert_eq!(s, 409, "{v}");
+    let (s, v) = h
+        .post("/v1/pipelines/po/seal", &json!({"item_count": 3}))
+        .await;
+    assert_eq!(
+        (s, v["state"].clone(), v["newly_sealed"].clone()),
+        (200, json!("completed"), json!(true)),
+        "{v}"
+    );
+    let (s, v) = h
+        .post("/v1/pipelines/po/seal", &json!({"item_count": 3}))
+        .await;
+    assert_eq!((s, v["newly_sealed"].clone()), (200, json!(false)), "{v}");
+    // Sealed: the same items are still a no-op, a new one is refused.
+    let (s, _) = h
+        .post(
+            "/v1/pipelines/po/items",
+            &json!({"v": 1, "items": [item("c", "C")]}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let (s, v) = h
+        .post(
+            "/v1/pipelines/po/items",
+            &json!({"v": 1, "items": [item("d", "D")]}),
+        )
+        .await;
+    assert_eq!(s, 409, "{v}");
+    // Exactly one first-stage job per item reached the broker, and one final message.
+    let jobs = h.take_jobs("analyze", 3, T).await;
+    let mut ids: Vec<String> = jobs.iter().map(|j| j.job_id.clone()).collect();
+    ids.sort();
+    assert_eq!(ids, ["po/a/analyze", "po/b/analyze", "po/c/analyze"]);
+    assert_eq!(h.final_messages("po").await, 1);
+    // A pipeline submitted whole takes no batches; an unknown one is 404.
+    h.submit("whole", &["x"], json!({})).await;
+    let (s, _) = h
+        .post(
+            "/v1/pipelines/whole/items",
+            &json!({"v": 1, "items": [item("y", "Y")]}),
+        )
+        .await;
+    assert_eq!(s, 409);
+    let (s, _) = h.post("/v1/pipelines/nope/seal", &json!({})).await;
+    assert_eq!(s, 404);
+    let (s, v) = h.get("/v1/limits").await;
+    assert_eq!(
+        (s, v["max_body_bytes"].clone()),
+        (200, json!(10 * 1024 * 1024)),
+        "{v}"
+    );
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn an_open_pipeline_never_sealed_times_out_with_a_reason() {
+    let h = Harness::new(
+        Backend::Memory,
+        "open-timeout",
+        &["--open-pipeline-timeout=600ms"],
+    )
+    .await;
+    let (s, v) = h
+        .post(
+            "/v1/pipelines",
+            &json!({"v": 1, "pipeline_id": "pn", "open": true, "items": [{"item_id": "a", "text": "x"}]}),
+        )
+        .await;
+    assert_eq!(s, 201, "{v}");
+    h.finish("pn", &["a"], "analyze", EventKind::Succeeded)
+        .await;
+    let r = h.wait_state("pn", "timed_out", T).await;
+    assert!(
+        r["reason"].as_str().unwrap().contains("never sealed"),
+        "{r}"
+    );
+    assert!(
+        r["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|i| i["state"] == "timed_out"),
+        "{r}"
+    );
+    assert_eq!(h.final_messages("pn").await, 1);
+    // Sealing it now says why not.
+    let (s, v) = h.post("/v1/pipelines/pn/seal", &json!({})).await;
+    assert_eq!(s, 409, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("timed_out"), "{v}");
+    h.cleanup().await;
+}

@@ -117,6 +117,11 @@ pub struct SubmitArgs {
     /// Attempts per stage; default: the coordinator's.
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: Option<u32>,
+    /// Largest request body to send; a bigger submission goes as an open pipeline
+    /// with its items in batches, then sealed. Default: 90 % of the coordinator's
+    /// limit (GET /v1/limits).
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(usize))]
+    pub max_request_bytes: Option<usize>,
     /// Watch the pipeline after submitting (exit 5 when it does not complete).
     #[arg(long)]
     pub watch: bool,

@@ -95,6 +95,24 @@ impl Client {
         self.json(resp, path).await
     }
 
+    /// `GET path` → JSON, or `None` when the coordinator has no such endpoint (404).
+    pub async fn get_if_exists<T: DeserializeOwned>(
+        &self,
+        path: &str,
+    ) -> anyhow::Result<Option<T>> {
+        let rb = self
+            .builder(Method::GET, path)
+            .timeout(self.request_timeout);
+        let resp = rb.send().await.map_err(|e| self.transport(&e))?;
+        if resp.status() == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !resp.status().is_success() {
+            return Err(self.refusal(resp, None).await.into());
+        }
+        self.json(resp, path).await.map(Some)
+    }
+
     /// `POST path` with a JSON body and extra headers → `(status, JSON)`.
     pub async fn post<T: DeserializeOwned>(
         &self,

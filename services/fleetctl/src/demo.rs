@@ -202,6 +202,7 @@ async fn run_in(
         deadline: Some(chrono::Utc::now() + chrono::Duration::from_std(args.deadline)?),
         timeout: None,
         max_attempts: None,
+        max_request_bytes: None,
         watch: false,
         json: false,
     };

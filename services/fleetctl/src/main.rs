@@ -13,6 +13,7 @@
 //! | 4 | not found: unknown pipeline or dead letter |
 //! | 5 | the pipeline finished but not `completed` (`watch`, `submit --watch`, `demo`) |
 
+mod batches;
 mod cli;
 mod client;
 mod demo;

@@ -8,6 +8,7 @@ use std::path::{Component, Path, PathBuf};
 use fleet_protocol::{RouteStep, StageOptions, Submission, SubmitItem};
 use serde::Deserialize;
 
+use crate::batches;
 use crate::cli::SubmitArgs;
 use crate::client::Client;
 use crate::exit::{self, Failure};
@@ -332,6 +333,7 @@ pub fn build(args: &SubmitArgs, items: Vec<SubmitItem>) -> Result<Submission, Fa
         stages,
         deadline_at: args.deadline,
         replay_of: None,
+        open: false,
     })
 }
 
@@ -346,10 +348,35 @@ pub struct Submitted {
     pub created: bool,
 }
 
-/// Posts `sub`.
+/// Posts `sub`: in one request when it fits the coordinator's body limit, else as
+/// an open pipeline with its items in batches (see [`crate::batches`]).
 pub async fn post(client: &Client, sub: &Submission) -> anyhow::Result<Submitted> {
-    let (_, s): (_, Submitted) = client.post("/v1/pipelines", sub, &[], None).await?;
-    Ok(s)
+    post_within(client, sub, None).await.map(|(s, _)| s)
+}
+
+/// [`post`] with requests of at most `max_request` bytes (default: the
+/// coordinator's limit); also returns how many items this run added.
+pub async fn post_within(
+    client: &Client,
+    sub: &Submission,
+    max_request: Option<usize>,
+) -> anyhow::Result<(Submitted, Option<batches::BatchedOutcome>)> {
+    let budget = match max_request {
+        Some(n) => n,
+        None => batches::budget(batches::limits(client).await?.max_body_bytes),
+    };
+    let whole = serde_json::to_vec(sub)?.len();
+    if whole <= budget {
+        let (_, s): (_, Submitted) = client.post("/v1/pipelines", sub, &[], None).await?;
+        return Ok((s, None));
+    }
+    let done = batches::submit(client, sub, budget).await?;
+    let s = Submitted {
+        pipeline_id: done.pipeline_id.clone(),
+        state: done.state.clone(),
+        created: done.created,
+    };
+    Ok((s, Some(done)))
 }
 
 /// `fleetctl submit`: returns the exit code.
@@ -357,9 +384,19 @@ pub async fn run(client: &Client, args: &SubmitArgs) -> anyhow::Result<u8> {
     let items = load(&args.paths)?;
     let n = items.len();
     let sub = build(args, items)?;
-    let done = post(client, &sub).await?;
+    let (done, batched) = post_within(client, &sub, args.max_request_bytes).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&done)?);
+    } else if let Some(b) = batched.as_ref().filter(|b| !b.created && b.added > 0) {
+        println!(
+            "resumed pipeline {}: added the {} missing of {n} items ({} requests)",
+            b.pipeline_id, b.added, b.batches
+        );
+    } else if let Some(b) = batched.as_ref().filter(|b| b.created) {
+        println!(
+            "created pipeline {} with {n} items (sent in {} requests)",
+            b.pipeline_id, b.batches
+        );
     } else if done.created {
         println!("created pipeline {} with {n} items", done.pipeline_id);
     } else {

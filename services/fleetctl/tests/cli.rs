@@ -315,6 +315,192 @@ async fn stdin_jsonl_is_submitted() {
     c.stop().await;
 }
 
+/// Writes `n` chapters like the seed workloads: 40 % of about 2.5 KB, 60 % of about 25 KB.
+fn chapters(tag: &str, n: usize) -> (std::path::PathBuf, usize) {
+    let dir = common::temp_dir(tag);
+    let mut total = 0;
+    for i in 0..n {
+        let target = if i % 5 < 2 { 2_500 } else { 25_000 };
+        let mut text = format!("# Chapter {i}\n\n");
+        let mut w = 0usize;
+        while text.len() < target {
+            text.push_str(
+                [
+                    "the ",
+                    "queue ",
+                    "worker ",
+                    "pipeline ",
+                    "fleet ",
+                    "message ",
+                ][(i + w) % 6],
+            );
+            w += 1;
+            if w.is_multiple_of(90) {
+                text.push_str(".\n\n");
+            }
+        }
+        total += text.len();
+        std::fs::write(dir.join(format!("ch-{i:04}.md")), text).unwrap();
+    }
+    (dir, total)
+}
+
+/// Plays the workers: `started` + `succeeded` for every item at every stage.
+async fn finish_all(broker: &std::sync::Arc<dyn fleet_core::Broker>, pid: &str, items: &[String]) {
+    for stage in ["analyze", "summarize", "write"] {
+        for chunk in items.chunks(200) {
+            let mut events = Vec::new();
+            for it in chunk {
+                for (seq, kind) in [
+                    fleet_protocol::EventKind::Started,
+                    fleet_protocol::EventKind::Succeeded,
+                ]
+                .into_iter()
+                .enumerate()
+                {
+                    events.push(fleet_protocol::Event {
+                        job_id: fleet_protocol::job_id(pid, it, stage),
+                        pipeline_id: pid.into(),
+                        stage: stage.into(),
+                        attempt: 1,
+                        seq: seq as u32,
+                        worker_id: "test-worker".into(),
+                        at: chrono::Utc::now(),
+                        kind,
+                    });
+                }
+            }
+            let batch = fleet_protocol::EventBatch {
+                v: 1,
+                worker_id: "test-worker".into(),
+                stage: stage.into(),
+                events,
+                heartbeat: None,
+            };
+            broker
+                .publish(fleet_core::OutMessage::new(
+                    fleet_core::Destination::Events {
+                        stage: stage.into(),
+                    },
+                    serde_json::to_vec(&batch).unwrap(),
+                ))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+/// Takes every job queued for `stage` until none comes within `quiet`.
+async fn drain_jobs(
+    broker: &std::sync::Arc<dyn fleet_core::Broker>,
+    stage: &str,
+    quiet: std::time::Duration,
+) -> Vec<String> {
+    let mut sub = broker
+        .subscribe(
+            fleet_core::Source::Jobs {
+                stage: stage.into(),
+            },
+            fleet_core::SubscribeOptions { prefetch: 256 },
+        )
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    loop {
+        let got = sub.fetch(256, quiet).await.unwrap();
+        if got.is_empty() {
+            return ids;
+        }
+        for d in got {
+            ids.push(
+                fleet_protocol::decode_job(&d.body, usize::MAX)
+                    .unwrap()
+                    .job_id,
+            );
+            d.acker.ack().await.unwrap();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_16_mb_submission_goes_in_batches_exactly_once_and_completes() {
+    use std::time::Duration;
+    let c = Coordinator::start(&[]).await;
+    let url = c.url();
+    let (dir, bytes) = chapters("big", 1000);
+    assert!(bytes > 15_000_000, "{bytes}");
+    let d = dir.display().to_string();
+    let id = format!("big-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+
+    let r = fleetctl(&["--url", &url, "submit", "--pipeline-id", &id, &d]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout
+            .contains(&format!("created pipeline {id} with 1000 items (sent in")),
+        "{}",
+        r.all()
+    );
+    // Every item was accepted exactly once: one first-stage job each.
+    let jobs = drain_jobs(&c.broker, "analyze", Duration::from_millis(500)).await;
+    let unique: std::collections::BTreeSet<&String> = jobs.iter().collect();
+    assert_eq!((jobs.len(), unique.len()), (1000, 1000));
+    let items: Vec<String> = jobs
+        .iter()
+        .map(|j| {
+            j.strip_prefix(&format!("{id}/"))
+                .unwrap()
+                .strip_suffix("/analyze")
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    finish_all(&c.broker, &id, &items).await;
+    let http = reqwest::Client::new();
+    let status = |http: reqwest::Client, url: String| async move {
+        http.get(url)
+            .timeout(Duration::from_secs(10))
+            .send()
+            .await
+            .unwrap()
+            .json::<serde_json::Value>()
+            .await
+            .unwrap()
+    };
+    let report_url = format!("{url}/v1/pipelines/{id}");
+    let mut last = serde_json::Value::Null;
+    let until = std::time::Instant::now() + Duration::from_secs(60);
+    while std::time::Instant::now() < until {
+        last = status(http.clone(), report_url.clone()).await;
+        if last["state"] == "completed" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(last["state"], "completed", "{}", last["reason"]);
+    assert_eq!(last["items_total"], 1000);
+
+    // Re-running the same submit is a no-op: nothing added, no job published.
+    let r = fleetctl(&["--url", &url, "submit", "--pipeline-id", &id, &d]).await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    assert!(
+        r.stdout.contains("already exists (completed)"),
+        "{}",
+        r.all()
+    );
+    assert!(
+        drain_jobs(&c.broker, "analyze", Duration::from_millis(300))
+            .await
+            .is_empty()
+    );
+    let v = status(http.clone(), report_url.clone()).await;
+    assert_eq!(
+        (v["state"].clone(), v["items_total"].clone()),
+        ("completed".into(), 1000.into())
+    );
+    let _ = std::fs::remove_dir_all(dir);
+    c.stop().await;
+}
+
 /// Serves `/v1/pipelines/p/events` like the coordinator, but the first connection
 /// breaks after one progress event; the second sends progress and the final report.
 async fn flaky_sse_server() -> (String, tokio::task::JoinHandle<usize>) {

@@ -12,6 +12,7 @@ use crate::PROTOCOL_VERSION;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 pub struct RouteStep {
     /// Stage name, e.g. `summarize`.
+    #[schemars(regex(pattern = "^[A-Za-z0-9_-]{1,200}$"))]
     pub stage: String,
     /// When false, a failure of this stage passes the item on with a `skipped` marker.
     #[serde(default = "default_true")]
@@ -35,6 +36,7 @@ fn default_true() -> bool {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct JobEnvelope {
     /// Wire format major version (`1`).
+    #[schemars(extend("enum" = [1]))]
     pub v: u32,
     /// Deterministic id `{pipeline_id}/{item_id}/{stage}`; also the publish de-duplication id.
     pub job_id: String,

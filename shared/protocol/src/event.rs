@@ -113,6 +113,7 @@ pub struct Heartbeat {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
 pub struct EventBatch {
     /// Wire format major version (`1`).
+    #[schemars(extend("enum" = [1]))]
     pub v: u32,
     /// Sending worker.
     pub worker_id: String,

@@ -17,7 +17,10 @@ pub use deadletter::{DeadLetterInfo, DeadLetterReason, ErrorKind};
 pub use envelope::{DecodeError, JobEnvelope, RouteStep, StageLimits, decode_job};
 pub use event::{Event, EventBatch, EventKind, Heartbeat, InFlightJob};
 pub use names::Names;
-pub use submission::{StageOptions, Submission, SubmitItem};
+pub use submission::{
+    ItemBatch, Seal, StageOptions, Submission, SubmissionError, SubmitItem, decode_item_batch,
+    decode_submission,
+};
 
 /// The wire format major version this build reads and writes.
 pub const PROTOCOL_VERSION: u32 = 1;

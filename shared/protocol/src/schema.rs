@@ -3,7 +3,7 @@
 //! The checked-in copies live in `shared/protocol/schema/`; a test fails when
 //! they are stale. Regenerate with `FLEET_BLESS=1 cargo test -p fleet-protocol`.
 
-use crate::{DeadLetterInfo, EventBatch, JobEnvelope, Submission};
+use crate::{DeadLetterInfo, EventBatch, ItemBatch, JobEnvelope, Submission};
 
 /// `(file name, pretty JSON schema)` for every published wire type.
 pub fn all() -> Vec<(&'static str, String)> {
@@ -18,6 +18,10 @@ pub fn all() -> Vec<(&'static str, String)> {
         (
             "submission.schema.json",
             pretty(schemars::schema_for!(Submission)),
+        ),
+        (
+            "item-batch.schema.json",
+            pretty(schemars::schema_for!(ItemBatch)),
         ),
         (
             "event-batch.schema.json",

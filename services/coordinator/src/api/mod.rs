@@ -1,7 +1,9 @@
 //! The HTTP API (axum): routes, bearer-token auth, body limits, JSON errors.
 
 mod dlq;
+mod limits;
 mod nul;
+mod open;
 mod pipelines;
 mod queues;
 mod sse;
@@ -29,6 +31,9 @@ pub fn router(app: App) -> Router {
         )
         .route("/v1/pipelines/{id}", get(pipelines::show))
         .route("/v1/pipelines/{id}/cancel", post(pipelines::cancel))
+        .route("/v1/pipelines/{id}/items", post(open::append))
+        .route("/v1/pipelines/{id}/seal", post(open::seal))
+        .route("/v1/limits", get(limits::show))
         .route("/v1/pipelines/{id}/events", get(sse::events))
         .route("/v1/dlq", get(dlq::list))
         .route("/v1/dlq/replay", post(dlq::replay))
@@ -97,7 +102,7 @@ pub(crate) fn body_error(e: &axum::extract::rejection::BytesRejection, limit: us
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
         ApiError::too_large(
             format!("the request body exceeds the limit of {limit} bytes"),
-            "split the submission into several pipelines, or raise FLEET_MAX_BODY_BYTES",
+            "send the items in batches: create the pipeline with \"open\": true, POST /v1/pipelines/{id}/items per batch, then POST /v1/pipelines/{id}/seal (fleetctl submit does this by itself); see GET /v1/limits",
         )
     } else {
         ApiError::new(

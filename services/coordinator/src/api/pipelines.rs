@@ -49,6 +49,9 @@ pub async fn create(
             })
         })
         .transpose()?;
+    if sub.open {
+        return super::open::create_open(&app, &sub, key.as_deref()).await;
+    }
     let planned = plan(&sub, key.as_deref(), &app.limits)?;
     let outcome = store_pipeline(&app.store, &planned).await?;
     app.relay.notify_one();
