@@ -231,7 +231,7 @@ async fn rabbitmq_postgres_unpublishable_rows_do_not_stop_other_pipelines() {
     let h = Harness::new(
         Backend::Rabbit,
         "outbox-wedge",
-        &["--outbox-max-attempts=3", "--outbox-retry-backoff=1s"],
+        &["--outbox-max-attempts=3", "--outbox-retry-backoff=2s"],
     )
     .await;
     let count = |sql: &'static str| {
@@ -282,6 +282,20 @@ async fn rabbitmq_postgres_unpublishable_rows_do_not_stop_other_pipelines() {
     h.submit("good", &["a", "b", "c"], json!({})).await;
     let jobs = h.take_jobs("analyze", 3, T).await;
     assert!(jobs.iter().all(|j| j.pipeline_id == "good"));
+    // The queue overview still answers; the stage without a queue says so.
+    let (s, q) = h.get("/v1/queues").await;
+    assert_eq!(s, 200, "{q}");
+    let nowhere = q["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["stage"] == "nowhere")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        nowhere["depth"].is_null() && nowhere["depth_error"].is_string(),
+        "{q}"
+    );
     let r = h.wait_state("bad", "failed", T).await;
     let items = r["items"].as_array().unwrap();
     assert_eq!(items.len(), 300);
