@@ -320,6 +320,26 @@ async fn rabbitmq_postgres_unpublishable_rows_do_not_stop_other_pipelines() {
             .await;
     }
     h.wait_state("good", "completed", T).await;
+    // Cancelling a pipeline drops its unpublished jobs at once: no retries, nothing abandoned.
+    let cancelled = NewPipeline {
+        pipeline_id: "bad2".into(),
+        items: bad.items[..5].to_vec(),
+        ..bad.clone()
+    };
+    fleet_coordinator::submit::store_pipeline(&h.store(), &cancelled)
+        .await
+        .unwrap();
+    let (s, v) = h.post("/v1/pipelines/bad2/cancel", &json!({})).await;
+    assert_eq!((s, v["state"].clone()), (202, json!("cancelled")), "{v}");
+    wait_for("bad2's rows dropped", T, || async {
+        count(
+            "SELECT COUNT(*) AS n FROM coord_outbox WHERE dest_kind = 'job' AND msg_id LIKE 'bad2/%' \
+             AND failed_at IS NOT NULL AND last_error LIKE 'pipeline cancelled%'",
+        )
+        .await
+            == 5
+    })
+    .await;
     // PostgreSQL cannot store NUL in text: the API refuses it up front (it answered 500).
     let (s, v) = h
         .post("/v1/dlq/purge", &json!({"pipeline_id": "p\u{0}"}))
