@@ -133,7 +133,6 @@ struct Pending {
     kind: String,
     key: String,
     attempts: u32,
-    body: String,
     /// `None` when the stored destination is unknown: such a row is abandoned at once.
     msg: Option<OutMessage>,
 }
@@ -144,9 +143,10 @@ fn decode_rows(rows: Vec<fleet_store::Row>) -> Result<Vec<Pending>, StoreError> 
         let kind: String = r.get("dest_kind")?;
         let key: String = r.get("dest_key")?;
         let body: String = r.get("body")?;
+        let msg_id: Option<String> = r.get("msg_id")?;
         let msg = dest_from(&kind, &key).map(|dest| {
-            let mut msg = OutMessage::new(dest, body.clone().into_bytes());
-            msg.msg_id = r.get("msg_id").ok().flatten();
+            let mut msg = OutMessage::new(dest, body.into_bytes());
+            msg.msg_id = msg_id;
             msg
         });
         let attempts: i64 = r.get("attempts")?;
@@ -155,7 +155,6 @@ fn decode_rows(rows: Vec<fleet_store::Row>) -> Result<Vec<Pending>, StoreError> 
             kind,
             key,
             attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
-            body,
             msg,
         });
     }
@@ -236,7 +235,11 @@ async fn abandon(
     if p.kind != "job" {
         return Ok(());
     }
-    let Ok(job) = fleet_protocol::decode_job(p.body.as_bytes(), usize::MAX) else {
+    let Some(Ok(job)) = p
+        .msg
+        .as_ref()
+        .map(|m| fleet_protocol::decode_job(&m.body, usize::MAX))
+    else {
         return Ok(()); // Not a job envelope: no job to fail.
     };
     let update = JobUpdate {
