@@ -331,6 +331,15 @@ async fn settle(
     };
     let mut ok = Vec::new();
     let mut retried = Vec::new();
+    // Abandoning a job locks its pipeline and item rows: take them in job-id order, as event
+    // ingestion does, so the two never wait on each other in a cycle.
+    let mut results = results;
+    // (pipeline id, job id), ingestion's order; a pipeline id never contains `/`.
+    let order = |i: usize| {
+        let job = pending[i].msg.as_ref().and_then(|m| m.msg_id.as_deref());
+        (job.map(|j| j.split_once('/').map_or(j, |(p, _)| p)), job)
+    };
+    results.sort_by(|a, b| order(a.0).cmp(&order(b.0)));
     for (i, r) in results {
         let p = &pending[i];
         let error = match r {
