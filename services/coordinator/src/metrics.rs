@@ -72,7 +72,7 @@ pub fn describe() {
     );
     describe_gauge!(
         OUTBOX_ROWS,
-        "Unpublished outbox rows by state: pending, retrying (backing off after a failed publish), abandoned (kept one hour)."
+        "Unpublished outbox rows by state: pending, retrying (backing off after a failed publish), abandoned (given up, or dropped by a cancellation; kept one hour)."
     );
     describe_counter!(
         LATE_EVENTS,

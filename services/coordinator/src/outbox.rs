@@ -50,6 +50,8 @@ const LOG_INTERVAL: Duration = Duration::from_secs(30);
 const GAUGE_EVERY: Duration = Duration::from_secs(2);
 /// Longest error text kept on a row (and in a failed item's reason).
 const MAX_ERROR_CHARS: usize = 500;
+/// `last_error` of a job row dropped because its pipeline was cancelled first.
+const CANCELLED_BEFORE_PUBLISH: &str = "pipeline cancelled before the job was published";
 /// Dead-letter reason of a job whose message could never be published.
 pub const PUBLISH_FAILED: &str = "publish_failed";
 
@@ -131,7 +133,6 @@ struct Pending {
     kind: String,
     key: String,
     attempts: u32,
-    body: String,
     /// `None` when the stored destination is unknown: such a row is abandoned at once.
     msg: Option<OutMessage>,
 }
@@ -142,9 +143,10 @@ fn decode_rows(rows: Vec<fleet_store::Row>) -> Result<Vec<Pending>, StoreError> 
         let kind: String = r.get("dest_kind")?;
         let key: String = r.get("dest_key")?;
         let body: String = r.get("body")?;
+        let msg_id: Option<String> = r.get("msg_id")?;
         let msg = dest_from(&kind, &key).map(|dest| {
-            let mut msg = OutMessage::new(dest, body.clone().into_bytes());
-            msg.msg_id = r.get("msg_id").ok().flatten();
+            let mut msg = OutMessage::new(dest, body.into_bytes());
+            msg.msg_id = msg_id;
             msg
         });
         let attempts: i64 = r.get("attempts")?;
@@ -153,7 +155,6 @@ fn decode_rows(rows: Vec<fleet_store::Row>) -> Result<Vec<Pending>, StoreError> 
             kind,
             key,
             attempts: u32::try_from(attempts.max(0)).unwrap_or(u32::MAX),
-            body,
             msg,
         });
     }
@@ -234,7 +235,11 @@ async fn abandon(
     if p.kind != "job" {
         return Ok(());
     }
-    let Ok(job) = fleet_protocol::decode_job(p.body.as_bytes(), usize::MAX) else {
+    let Some(Ok(job)) = p
+        .msg
+        .as_ref()
+        .map(|m| fleet_protocol::decode_job(&m.body, usize::MAX))
+    else {
         return Ok(()); // Not a job envelope: no job to fail.
     };
     let update = JobUpdate {
@@ -256,6 +261,30 @@ async fn abandon(
         error: Some(error.to_owned()),
     };
     apply_update(tx, &update, ctx, now).await.map(drop)
+}
+
+/// Drops the unpublished job rows of `pipeline_id`'s cancelled jobs inside `tx` (a cancelled
+/// pipeline's jobs need not go out, and a row the broker refuses stops retrying at once).
+/// Rows a relay is publishing right now are skipped, never waited for.
+pub async fn drop_cancelled_jobs(
+    tx: &mut Tx,
+    pipeline_id: &str,
+    now: Millis,
+) -> Result<u64, StoreError> {
+    let skip = match tx.kind() {
+        StoreKind::Postgres => " FOR UPDATE SKIP LOCKED",
+        StoreKind::Sqlite => "",
+    };
+    tx.execute(
+        &format!(
+            "UPDATE coord_outbox SET failed_at = $2, last_error = '{CANCELLED_BEFORE_PUBLISH}' \
+             WHERE id IN (SELECT o.id FROM coord_outbox o WHERE o.published_at IS NULL AND o.failed_at IS NULL \
+             AND o.dest_kind = 'job' AND o.msg_id IN \
+             (SELECT job_id FROM coord_jobs WHERE pipeline_id = $1 AND state = 'cancelled'){skip})"
+        ),
+        params![pipeline_id, now],
+    )
+    .await
 }
 
 /// The metric label of a stored destination kind (a closed set).
@@ -301,6 +330,16 @@ async fn settle(
         ..RelayRound::default()
     };
     let mut ok = Vec::new();
+    let mut retried = Vec::new();
+    // Abandoning a job locks its pipeline and item rows: take them in job-id order, as event
+    // ingestion does, so the two never wait on each other in a cycle.
+    let mut results = results;
+    // (pipeline id, job id), ingestion's order; a pipeline id never contains `/`.
+    let order = |i: usize| {
+        let job = pending[i].msg.as_ref().and_then(|m| m.msg_id.as_deref());
+        (job.map(|j| j.split_once('/').map_or(j, |(p, _)| p)), job)
+    };
+    results.sort_by(|a, b| order(a.0).cmp(&order(b.0)));
     for (i, r) in results {
         let p = &pending[i];
         let error = match r {
@@ -336,6 +375,7 @@ async fn settle(
             )
             .await?;
             round.retrying += 1;
+            retried.push(p.id);
             if let Some(held) = logs.allow(&format!("retry {}:{error}", p.kind), Instant::now()) {
                 tracing::warn!(
                     outbox_id = p.id, kind = %p.kind, key = %p.key, attempts,
@@ -348,6 +388,24 @@ async fn settle(
     }
     mark(tx, &ok, now).await?;
     round.published = ok.len();
+    // A job cancelled meanwhile needs no more tries (the cancellation skipped this row
+    // because this relay held it).
+    for chunk in retried.chunks(100) {
+        let list = chunk
+            .iter()
+            .map(i64::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        tx.execute(
+            &format!(
+                "UPDATE coord_outbox SET failed_at = $1, last_error = '{CANCELLED_BEFORE_PUBLISH}' \
+                 WHERE id IN ({list}) AND dest_kind = 'job' AND EXISTS (SELECT 1 FROM coord_jobs j \
+                 WHERE j.job_id = coord_outbox.msg_id AND j.state = 'cancelled')"
+            ),
+            params![now],
+        )
+        .await?;
+    }
     Ok(round)
 }
 

@@ -1,6 +1,7 @@
 //! API guards on the memory broker and SQLite: a route naming an unknown stage,
-//! DLQ selections that are empty by accident, NUL characters, and idempotent
-//! DLQ replay.
+//! DLQ selections that are empty by accident, NUL characters, idempotent DLQ
+//! replay; and the outbox's promise that a broker outage delays rows without
+//! counting their attempts (the refused-row case needs RabbitMQ: `real.rs`).
 #![allow(clippy::unwrap_used)] // test helpers: a panic is the failure report
 
 mod common;
@@ -184,5 +185,31 @@ async fn dlq_replay_with_the_same_key_makes_one_pipeline() {
     )
     .await;
     assert_eq!(s, 409, "{b}");
+    h.cleanup().await;
+}
+
+#[tokio::test]
+async fn a_broker_outage_delays_outbox_rows_without_failing_them() {
+    // One attempt allowed: a counted failure would abandon the row and fail the item at once.
+    let h = Harness::new(Backend::Memory, "outage", &["--outbox-max-attempts=1"]).await;
+    h.memory().set_connected(false);
+    h.submit("po", &["a"], json!({})).await;
+    // Let the relay (every 250 ms) fail a few times against the disconnected broker.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let row = h
+        .store()
+        .query_one(
+            "SELECT attempts, failed_at, published_at FROM coord_outbox WHERE msg_id = 'po/a/analyze'",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(row.get::<i64>("attempts").unwrap(), 0);
+    assert_eq!(row.get::<Option<i64>>("failed_at").unwrap(), None);
+    assert_eq!(row.get::<Option<i64>>("published_at").unwrap(), None);
+    assert_eq!(h.report("po").await["items"][0]["state"], "running");
+    h.memory().set_connected(true);
+    let jobs = h.take_jobs("analyze", 1, T).await;
+    assert_eq!(jobs[0].job_id, "po/a/analyze");
     h.cleanup().await;
 }

@@ -231,7 +231,7 @@ async fn rabbitmq_postgres_unpublishable_rows_do_not_stop_other_pipelines() {
     let h = Harness::new(
         Backend::Rabbit,
         "outbox-wedge",
-        &["--outbox-max-attempts=3", "--outbox-retry-backoff=1s"],
+        &["--outbox-max-attempts=3", "--outbox-retry-backoff=2s"],
     )
     .await;
     let count = |sql: &'static str| {
@@ -282,6 +282,20 @@ async fn rabbitmq_postgres_unpublishable_rows_do_not_stop_other_pipelines() {
     h.submit("good", &["a", "b", "c"], json!({})).await;
     let jobs = h.take_jobs("analyze", 3, T).await;
     assert!(jobs.iter().all(|j| j.pipeline_id == "good"));
+    // The queue overview still answers; the stage without a queue says so.
+    let (s, q) = h.get("/v1/queues").await;
+    assert_eq!(s, 200, "{q}");
+    let nowhere = q["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["stage"] == "nowhere")
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        nowhere["depth"].is_null() && nowhere["depth_error"].is_string(),
+        "{q}"
+    );
     let r = h.wait_state("bad", "failed", T).await;
     let items = r["items"].as_array().unwrap();
     assert_eq!(items.len(), 300);
@@ -306,6 +320,26 @@ async fn rabbitmq_postgres_unpublishable_rows_do_not_stop_other_pipelines() {
             .await;
     }
     h.wait_state("good", "completed", T).await;
+    // Cancelling a pipeline drops its unpublished jobs at once: no retries, nothing abandoned.
+    let cancelled = NewPipeline {
+        pipeline_id: "bad2".into(),
+        items: bad.items[..5].to_vec(),
+        ..bad.clone()
+    };
+    fleet_coordinator::submit::store_pipeline(&h.store(), &cancelled)
+        .await
+        .unwrap();
+    let (s, v) = h.post("/v1/pipelines/bad2/cancel", &json!({})).await;
+    assert_eq!((s, v["state"].clone()), (202, json!("cancelled")), "{v}");
+    wait_for("bad2's rows dropped", T, || async {
+        count(
+            "SELECT COUNT(*) AS n FROM coord_outbox WHERE dest_kind = 'job' AND msg_id LIKE 'bad2/%' \
+             AND failed_at IS NOT NULL AND last_error LIKE 'pipeline cancelled%'",
+        )
+        .await
+            == 5
+    })
+    .await;
     // PostgreSQL cannot store NUL in text: the API refuses it up front (it answered 500).
     let (s, v) = h
         .post("/v1/dlq/purge", &json!({"pipeline_id": "p\u{0}"}))

@@ -195,6 +195,7 @@ pub async fn cancel(
         params![id.as_str()],
     )
     .await?;
+    crate::outbox::drop_cancelled_jobs(&mut tx, &id, now).await?;
     enqueue(
         &mut tx,
         &Destination::Control {

@@ -1,12 +1,14 @@
 //! `GET /v1/queues`: depth of every stage's job queue (from the broker) and
-//! its live workers (from heartbeats).
+//! its live workers (from heartbeats). A stage the broker has no queue for
+//! (a job for an unknown stage) reports `depth: null` with the broker's answer
+//! instead of failing the whole list; an unreachable broker is still a 503.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use fleet_core::Source;
+use fleet_core::{BrokerError, Source};
 use fleet_store::params;
 use serde_json::json;
 
@@ -38,8 +40,12 @@ pub async fn list(State(app): State<App>) -> Result<Json<serde_json::Value>, Api
             }),
         )
         .await
-        .map_err(|_| ApiError::unavailable("the broker did not report queue depth within 5s"))?
-        .map_err(ApiError::unavailable)?;
+        .map_err(|_| ApiError::unavailable("the broker did not report queue depth within 5s"))?;
+        let (depth, depth_error) = match depth {
+            Ok(n) => (Some(n), None),
+            Err(BrokerError::Rejected(e)) => (None, Some(e)),
+            Err(e) => return Err(ApiError::unavailable(e)),
+        };
         let alive: i64 = app
             .store
             .query_one(
@@ -48,7 +54,11 @@ pub async fn list(State(app): State<App>) -> Result<Json<serde_json::Value>, Api
             )
             .await?
             .get("n")?;
-        out.push(json!({"stage": stage, "depth": depth, "workers_alive": alive}));
+        let mut q = json!({"stage": stage, "depth": depth, "workers_alive": alive});
+        if let Some(e) = depth_error {
+            q["depth_error"] = e.into();
+        }
+        out.push(q);
     }
     Ok(Json(json!({"queues": out})))
 }

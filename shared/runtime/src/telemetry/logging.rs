@@ -11,10 +11,15 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Installs the global subscriber; `RUST_LOG` filters (default `info`). Safe to call twice.
+/// Default filter. lapin logs every message the broker returns (unroutable) at `warn` with its
+/// whole body; the adapter already turns a return into the publisher's error, which callers
+/// log rate-limited, so those lines only flood the log (issue 8: ~19 MB a minute).
+pub const DEFAULT_FILTER: &str = "info,lapin::returned_messages=error";
+
+/// Installs the global subscriber; `RUST_LOG` filters (default [`DEFAULT_FILTER`]). Safe to call twice.
 pub fn init(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
