@@ -29,7 +29,8 @@ const TEXT: &str = "Message queues decouple producers from consumers. \
     Retries with backoff keep message queues from overload when consumers fail.";
 
 struct World {
-    broker: MemoryBroker,
+    broker: Arc<dyn Broker>,
+    topology: Topology,
     prefix: String,
     shutdown: CancellationToken,
     task: tokio::task::JoinHandle<anyhow::Result<()>>,
@@ -54,9 +55,20 @@ impl World {
         World::start_with(providers, concurrency, true, true).await
     }
 
-    /// `fallback: false` turns the extractive fallback off; `gate` then gates intake as
-    /// `run` does (`false`: the behaviour before the pause gate, for the measurement).
     async fn start_with(
+        providers: Vec<ProviderConfig>,
+        concurrency: u32,
+        fallback: bool,
+        gate: bool,
+    ) -> World {
+        World::start_on("memory://", providers, concurrency, fallback, gate).await
+    }
+
+    /// On the broker at `url` (`memory://`: an in-process one). `fallback: false` turns the
+    /// extractive fallback off; `gate` then gates intake as `run` does (`false`: the
+    /// behaviour before the pause gate, for the measurement).
+    async fn start_on(
+        url: &str,
         providers: Vec<ProviderConfig>,
         concurrency: u32,
         fallback: bool,
@@ -70,14 +82,9 @@ impl World {
             .with_test_writer()
             .try_init();
         let prefix = unique_prefix("summarizer");
-        let broker = MemoryBroker::new();
-        broker
-            .declare(&Topology::new(Names::new(&prefix), &["summarize", "write"]))
-            .await
-            .expect("declare");
         let cfg = RuntimeConfig::parse_from([
             "summarizer".to_owned(),
-            "--broker-url=memory://".into(),
+            format!("--broker-url={url}"),
             format!("--prefix={prefix}"),
             "--admin-addr=127.0.0.1:0".into(),
             format!("--concurrency={concurrency}"),
@@ -91,6 +98,21 @@ impl World {
             "--drain-deadline=3s".into(),
         ])
         .expect("config");
+        let broker: Arc<dyn Broker> = if url == "memory://" {
+            Arc::new(MemoryBroker::new())
+        } else {
+            fleet_runtime::connect::connect(&cfg)
+                .await
+                .unwrap_or_else(|e| panic!("cannot reach the broker at {url}: {e}"))
+        };
+        // The worker's own settings, so a real broker sees one queue config from both.
+        let topology = Topology {
+            max_deliver: cfg.max_deliver,
+            ack_wait: cfg.ack_wait,
+            max_ack_pending: cfg.max_ack_pending,
+            ..Topology::new(Names::new(&prefix), &["summarize", "write"])
+        };
+        broker.declare(&topology).await.expect("declare");
         let providers = providers
             .into_iter()
             .map(|p| OpenAiProvider::new(p).map(Arc::new))
@@ -103,7 +125,7 @@ impl World {
         let summarizer = Arc::new(summarizer);
         let handler = SummarizeHandler::new(summarizer.clone(), 4000, 3);
         let shutdown = CancellationToken::new();
-        let mut worker = Worker::new(cfg, "summarize").with_broker(Arc::new(broker.clone()));
+        let mut worker = Worker::new(cfg, "summarize").with_broker(broker.clone());
         if let Some(gate) = fleet_summarizer::pause_gate(&handler).filter(|_| gate) {
             worker = worker.pause_when(gate);
         }
@@ -124,6 +146,7 @@ impl World {
             .expect("subscribe events");
         World {
             broker,
+            topology,
             prefix,
             shutdown,
             task,
@@ -255,6 +278,9 @@ impl World {
             .expect("worker stops")
             .expect("join")
             .expect("worker ok");
+        drop((self.out, self.events));
+        let _ = self.broker.delete_topology(&self.topology).await;
+        self.broker.close().await;
     }
 }
 
@@ -658,17 +684,22 @@ async fn a_down_provider_without_fallback_pauses_intake_and_burns_no_attempts() 
 
 /// Measurement for the issue (not a check): 20 jobs, the only provider down for 10 s, no
 /// extractive fallback, default breaker (5 failures, here 3 s open): attempts burned with
-/// and without the pause gate. `cargo nextest run -p fleet-summarizer --test providers
-/// --run-ignored only -- measure --nocapture`
+/// and without the pause gate, on memory, RabbitMQ and NATS. `cargo nextest run -p
+/// fleet-summarizer --test providers --run-ignored only -- measure --nocapture`
 #[tokio::test]
-#[ignore = "measurement, ~25 s"]
+#[ignore = "measurement, ~70 s"]
 async fn measure_attempts_burned_while_the_provider_is_down() {
-    for gate in [false, true] {
+    let urls = [
+        "memory://".to_owned(),
+        fleet_test_support::amqp_url(),
+        fleet_test_support::nats_url(),
+    ];
+    for (url, gate) in urls.iter().flat_map(|u| [(u, false), (u, true)]) {
         let s = Stub::start(Reply::Status(503, None)).await;
         let p = provider("only", &s, |p| {
             p.breaker_open_for = Duration::from_secs(3);
         });
-        let mut w = World::start_with(vec![p], 4, false, gate).await;
+        let mut w = World::start_on(url, vec![p], 4, false, gate).await;
         for i in 0..20 {
             w.submit(&format!("m{i}"), TEXT, 20_000).await;
         }
@@ -682,7 +713,8 @@ async fn measure_attempts_burned_while_the_provider_is_down() {
         let dead = w.dead_letters().await;
         let requests = s.requests();
         eprintln!(
-            "MEASURE gate={gate}: 20 jobs, provider down 10 s: retrying events {retrying}, dead-lettered {dead}, provider requests {requests}"
+            "MEASURE {} gate={gate}: 20 jobs, provider down 10 s: retrying events {retrying}, dead-lettered {dead}, provider requests {requests}",
+            url.split("://").next().unwrap_or_default()
         );
         w.stop().await;
     }
