@@ -1,5 +1,6 @@
-//! `GET /v1/queues`: depth of every stage's job queue (from the broker) and
-//! its live workers (from heartbeats).
+//! `GET /v1/queues`: depth of every stage's job queue and the jobs waiting for a delayed retry
+//! (both from the broker: parked retries wait outside the job queue, in retry queues or the
+//! retry stream), and its live workers (from heartbeats).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use crate::error::ApiError;
 use crate::model::now_ms;
 use crate::stall::LOST_AFTER_HEARTBEATS;
 
-/// `GET /v1/queues` → `{queues: [{stage, depth, workers_alive}]}`.
+/// `GET /v1/queues` → `{queues: [{stage, depth, retrying, workers_alive}]}`.
 pub async fn list(State(app): State<App>) -> Result<Json<serde_json::Value>, ApiError> {
     let mut stages: BTreeSet<String> = app.stages().into_iter().collect();
     for r in app
@@ -40,6 +41,12 @@ pub async fn list(State(app): State<App>) -> Result<Json<serde_json::Value>, Api
         .await
         .map_err(|_| ApiError::unavailable("the broker did not report queue depth within 5s"))?
         .map_err(ApiError::unavailable)?;
+        let retrying = tokio::time::timeout(Duration::from_secs(5), app.broker.retrying(&stage))
+            .await
+            .map_err(|_| {
+                ApiError::unavailable("the broker did not report waiting retries within 5s")
+            })?
+            .map_err(ApiError::unavailable)?;
         let alive: i64 = app
             .store
             .query_one(
@@ -48,7 +55,12 @@ pub async fn list(State(app): State<App>) -> Result<Json<serde_json::Value>, Api
             )
             .await?
             .get("n")?;
-        out.push(json!({"stage": stage, "depth": depth, "workers_alive": alive}));
+        out.push(json!({
+            "stage": stage,
+            "depth": depth,
+            "retrying": retrying,
+            "workers_alive": alive,
+        }));
     }
     Ok(Json(json!({"queues": out})))
 }
