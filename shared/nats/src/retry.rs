@@ -25,7 +25,9 @@
 //!    plus the server's delivery count, like RabbitMQ's. `max_deliver` (the backstop) counts
 //!    per copy, while the runtime's `attempt > max_attempts` check counts across copies.
 //!
-//! A zero delay (immediate retry) still uses `Nak` (nothing waits). The ladder is stage-level:
+//! A mover stopped while it holds messages (drain, crash) leaves them to another replica's mover
+//! after [`RETRY_ACK_WAIT`]; with no worker of the stage running, retries wait in the stream and
+//! nothing is lost. A zero delay (immediate retry) still uses `Nak` (nothing waits). The ladder is stage-level:
 //! every service that consumes a stage must use the same one (the movers serve the steps of their
 //! own ladder). Due times compare the server's timestamp with the mover's clock, so clock skew
 //! between them shifts a retry by that much.
