@@ -187,6 +187,10 @@ impl Broker for ProbeBroker {
         self.inner.depth(source).await
     }
 
+    async fn retrying(&self, stage: &str) -> Result<u64, BrokerError> {
+        self.inner.retrying(stage).await
+    }
+
     async fn delete_topology(&self, topology: &Topology) -> Result<(), BrokerError> {
         self.inner.delete_topology(topology).await
     }

@@ -51,6 +51,41 @@ pub struct SweepReport {
     pub finalized: Vec<(String, PipelineState)>,
     /// Stalled jobs by (stage, kind).
     pub stalled: BTreeMap<(String, String), i64>,
+    /// Stages whose whole backlog waits for delayed retries (nothing queued or running), with
+    /// how many jobs wait.
+    pub parked: BTreeMap<String, i64>,
+}
+
+/// Logs stages that became all-parked (warn) or stopped being so (info) since the last sweep.
+fn log_parked_changes(before: &BTreeMap<String, i64>, now: &BTreeMap<String, i64>) {
+    for (stage, n) in now {
+        if !before.contains_key(stage) {
+            tracing::warn!(
+                stage = %stage,
+                retrying = n,
+                "stage {stage}: all {n} unfinished jobs wait for a delayed retry (nothing queued \
+                 or running); every recent attempt failed: check the stage's dependency and \
+                 `fleetctl queues`"
+            );
+        }
+    }
+    for stage in before.keys().filter(|s| !now.contains_key(*s)) {
+        tracing::info!(stage = %stage, "stage {stage}: no longer only waiting for retries");
+    }
+}
+
+/// Stages with jobs waiting for a retry and nothing else in their backlog.
+fn parked_stages(backlog: &BTreeMap<(String, &'static str), i64>) -> BTreeMap<String, i64> {
+    let mut parked = BTreeMap::new();
+    for ((stage, health), n) in backlog {
+        if *health == "retrying" && *n > 0 {
+            let other = |h: &'static str| backlog.get(&(stage.clone(), h)).copied().unwrap_or(0);
+            if other("healthy") == 0 && other("stalled") == 0 {
+                parked.insert(stage.clone(), *n);
+            }
+        }
+    }
+    parked
 }
 
 fn ms(d: Duration) -> i64 {
@@ -245,6 +280,7 @@ pub async fn sweep_once(store: &Store, cfg: &SweepConfig) -> Result<SweepReport,
     for s in &cfg.stages {
         backlog.insert((s.clone(), "healthy"), 0);
         backlog.insert((s.clone(), "stalled"), 0);
+        backlog.insert((s.clone(), "retrying"), 0);
     }
     for r in rows {
         let job_id: String = r.get("job_id")?;
@@ -275,6 +311,9 @@ pub async fn sweep_once(store: &Store, cfg: &SweepConfig) -> Result<SweepReport,
         }
         let health = if verdict.is_some() {
             "stalled"
+        } else if state == JobState::Retrying {
+            // Waiting out a retry delay (broker retry queue / stream): not consumable yet.
+            "retrying"
         } else {
             "healthy"
         };
@@ -286,6 +325,7 @@ pub async fn sweep_once(store: &Store, cfg: &SweepConfig) -> Result<SweepReport,
                 .or_default() += 1;
         }
     }
+    report.parked = parked_stages(&backlog);
     // Finalization.
     let grace = ms(cfg.deadline_grace);
     let candidates = tx.query(FACTS_SQL_ALL, &[]).await?;
@@ -373,6 +413,8 @@ pub async fn run(
     let mut interval = tokio::time::interval(tick);
     interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let bound = (tick * 10).clamp(Duration::from_secs(5), Duration::from_secs(60));
+    // Stages reported as all-parked, so each change is logged once, not every tick.
+    let mut parked: BTreeMap<String, i64> = BTreeMap::new();
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -386,6 +428,10 @@ pub async fn run(
                 }
                 if !r.finalized.is_empty() {
                     relay.notify_one();
+                }
+                if r.ran {
+                    log_parked_changes(&parked, &r.parked);
+                    parked = r.parked;
                 }
             }
             Ok(Err(e)) => {
@@ -405,6 +451,29 @@ pub async fn run(
 mod tests {
     use super::*;
     use crate::report::{ItemReport, PipelineReport};
+
+    #[test]
+    fn a_stage_is_parked_when_its_backlog_only_waits_for_retries() {
+        let mut b: BTreeMap<(String, &'static str), i64> = BTreeMap::new();
+        for (s, h, n) in [
+            ("a", "healthy", 0),
+            ("a", "stalled", 0),
+            ("a", "retrying", 7),
+            ("b", "healthy", 1),
+            ("b", "stalled", 0),
+            ("b", "retrying", 3),
+            ("c", "healthy", 0),
+            ("c", "stalled", 0),
+            ("c", "retrying", 0),
+        ] {
+            b.insert((s.to_owned(), h), n);
+        }
+        let parked = parked_stages(&b);
+        assert_eq!(
+            parked.into_iter().collect::<Vec<_>>(),
+            vec![("a".to_owned(), 7)]
+        );
+    }
 
     #[test]
     fn final_message_lists_only_unsuccessful_items_bounded() {

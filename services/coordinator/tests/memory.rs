@@ -793,3 +793,59 @@ async fn an_open_pipeline_never_sealed_times_out_with_a_reason() {
     assert!(v["error"].as_str().unwrap().contains("timed_out"), "{v}");
     h.cleanup().await;
 }
+
+/// Issue 9: jobs waiting for a delayed retry are not in the queue depth, so `/v1/queues` counts
+/// them per stage (`retrying`).
+#[tokio::test]
+async fn queues_count_jobs_waiting_for_a_retry() {
+    let h = Harness::new(Backend::Memory, "retryq", &[]).await;
+    h.submit("pq", &["a"], json!({"route": [{"stage": "analyze"}]}))
+        .await;
+    let mut sub = h
+        .broker
+        .subscribe(
+            Source::Jobs {
+                stage: "analyze".into(),
+            },
+            SubscribeOptions { prefetch: 1 },
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + T;
+    let job = loop {
+        if let Some(d) = sub
+            .fetch(1, Duration::from_millis(100))
+            .await
+            .unwrap()
+            .pop()
+        {
+            break d;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the first job was never published"
+        );
+    };
+    job.acker.retry(Duration::from_secs(600)).await.unwrap();
+    let (s, q) = h.get("/v1/queues").await;
+    assert_eq!(s, 200, "{q}");
+    let analyze = q["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["stage"] == "analyze")
+        .cloned()
+        .unwrap_or_else(|| panic!("no analyze row: {q}"));
+    assert_eq!(analyze["retrying"], 1, "{q}");
+    assert!(
+        q["queues"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|x| x["stage"] != "analyze")
+            .all(|x| x["retrying"] == 0),
+        "{q}"
+    );
+    drop(sub);
+    h.cleanup().await;
+}

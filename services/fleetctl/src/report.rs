@@ -343,6 +343,7 @@ pub fn render_queues(v: &serde_json::Value) -> String {
             vec![
                 text(&q["stage"]),
                 text(&q["depth"]),
+                text(&q["retrying"]),
                 text(&q["workers_alive"]),
             ]
         })
@@ -350,7 +351,7 @@ pub fn render_queues(v: &serde_json::Value) -> String {
     if rows.is_empty() {
         return "no queues".into();
     }
-    table(&["STAGE", "DEPTH", "WORKERS"], &rows)
+    table(&["STAGE", "DEPTH", "RETRYING", "WORKERS"], &rows)
 }
 
 /// A JSON value as a table cell (`-` for null).
@@ -365,6 +366,16 @@ pub fn text(v: &serde_json::Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queues_show_waiting_retries() {
+        let v = serde_json::json!({"queues": [
+            {"stage": "summarize", "depth": 0, "retrying": 1855, "workers_alive": 2}
+        ]});
+        let out = render_queues(&v);
+        assert!(out.contains("RETRYING"), "{out}");
+        assert!(out.contains("1855"), "{out}");
+    }
 
     #[test]
     fn tables_align() {

@@ -5,7 +5,7 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use fleet_core::broker::default_retry_ladder;
+use fleet_core::broker::{default_retry_ladder, ladder_label};
 use fleet_core::{
     Broker, BrokerError, BrokerKind, OutMessage, Source, SubscribeOptions, Subscription, Topology,
 };
@@ -280,6 +280,21 @@ impl Broker for AmqpBroker {
             // Each control subscriber has its own short-lived queue.
             None => Ok(0),
         }
+    }
+
+    async fn retrying(&self, stage: &str) -> Result<u64, BrokerError> {
+        let conn = self.live_conn()?;
+        let layout = self.layout();
+        let mut n = 0;
+        for step in &layout.ladder {
+            let queue = layout.names.retry_queue(stage, &ladder_label(*step));
+            n += match topology::ready_count(&conn, &queue).await {
+                // A step this stage never declared holds nothing.
+                Err(BrokerError::Rejected(e)) if e.contains("does not exist") => 0,
+                other => other?,
+            };
+        }
+        Ok(n)
     }
 
     async fn delete_topology(&self, topology: &Topology) -> Result<(), BrokerError> {

@@ -411,3 +411,29 @@ fn consumer_timeout_check_names_the_fix() {
         "{err}"
     );
 }
+
+/// Issue 9: a job waiting in a retry queue is not in the jobs queue's depth; `retrying` counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retrying_counts_the_stage_retry_queues() {
+    with_env(|env| async move {
+        env.publish("a").await;
+        env.publish("b").await;
+        let mut sub = env.sub(jobs()).await;
+        for _ in 0..2 {
+            let d = one(&mut sub, SOON).await;
+            d.acker
+                .retry(Duration::from_secs(if d.body[..] == b"a"[..] {
+                    30
+                } else {
+                    600
+                }))
+                .await
+                .expect("retry");
+        }
+        assert_eq!(env.depth(jobs()).await, 0);
+        assert_eq!(env.broker.retrying(STAGE).await.expect("retrying"), 2);
+        assert_eq!(env.broker.retrying("other").await.expect("retrying"), 0);
+        drop(sub);
+    })
+    .await;
+}

@@ -256,6 +256,9 @@ pub trait Broker: Send + Sync + 'static {
     async fn reconnect(&self) -> Result<(), BrokerError>;
     /// Messages waiting (not yet delivered) in a source, for `fleetctl queues` and tests.
     async fn depth(&self, source: &Source) -> Result<u64, BrokerError>;
+    /// Jobs of `stage` waiting for a delayed retry (RabbitMQ: its `retry.<stage>.*` queues; NATS:
+    /// its subjects in the retry stream; memory: its delayed messages), for `fleetctl queues`.
+    async fn retrying(&self, stage: &str) -> Result<u64, BrokerError>;
     /// Remove everything declared under the topology's prefix (test cleanup).
     async fn delete_topology(&self, topology: &Topology) -> Result<(), BrokerError>;
     /// Close the connection.

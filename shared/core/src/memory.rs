@@ -285,6 +285,14 @@ impl Broker for MemoryBroker {
         Ok((s.ready.len() + s.delayed.len()) as u64)
     }
 
+    async fn retrying(&self, stage: &str) -> Result<u64, BrokerError> {
+        let q = self.queue(&self.queue_for_source(&Source::Jobs {
+            stage: stage.to_owned(),
+        }));
+        let s = lock(&q.state);
+        Ok(s.delayed.len() as u64)
+    }
+
     async fn delete_topology(&self, _topology: &Topology) -> Result<(), BrokerError> {
         lock(&self.inner.queues).clear();
         Ok(())

@@ -14,10 +14,12 @@ use async_nats::jetstream::AckKind;
 use async_nats::jetstream::message::Acker as JsAcker;
 use async_trait::async_trait;
 use bytes::Bytes;
+use fleet_core::broker::{ladder_label, ladder_step};
 use fleet_core::{Acker, BrokerError};
 use fleet_protocol::DeadLetterInfo;
 
 use crate::broker::Shared;
+use crate::retry::copy_headers;
 use crate::wire::{bounded, insert_headers};
 
 /// Settles one delivery of a durable pull consumer.
@@ -35,6 +37,10 @@ pub(crate) struct NatsAcker {
     /// The delivery's ack subject, to confirm settlements through the client's shared
     /// request inbox.
     pub(crate) reply: Option<async_nats::Subject>,
+    /// The attempt this delivery is (the retry copy carries it as `fleet-attempt`).
+    pub(crate) attempt: u32,
+    /// `Nats-Msg-Id` of this attempt's retry copy (see [`crate::retry`]).
+    pub(crate) retry_id: String,
 }
 
 impl NatsAcker {
@@ -93,13 +99,32 @@ impl Acker for NatsAcker {
     }
 
     async fn retry(self: Box<Self>, delay: Duration) -> Result<Duration, BrokerError> {
-        let kind = if delay.is_zero() {
-            AckKind::Nak(None)
-        } else {
-            AckKind::Nak(Some(delay))
+        let ladder = self.shared.ladder();
+        let step = ladder_step(&ladder, delay);
+        let parked = match &self.dlq_stage {
+            // A job waits in the retry stream, outside the consumer's pending window (see
+            // `retry`); elsewhere (no ladder step to wait on, no delay, not a job) it is nak'd.
+            Some(stage) if !delay.is_zero() && ladder.contains(&step) => Some(stage),
+            _ => None,
         };
-        self.confirmed(kind, "retry (nak with delay)").await?;
-        Ok(delay)
+        let Some(stage) = parked else {
+            let kind = if delay.is_zero() {
+                AckKind::Nak(None)
+            } else {
+                AckKind::Nak(Some(delay))
+            };
+            self.confirmed(kind, "retry (nak with delay)").await?;
+            return Ok(delay);
+        };
+        let subject = self.shared.names().retry_queue(stage, &ladder_label(step));
+        let headers = copy_headers(self.headers.as_ref(), self.attempt, &self.retry_id);
+        self.shared
+            .publish_raw(subject, headers, self.body.clone())
+            .await?;
+        // Only once the copy is confirmed: remove the original.
+        self.confirmed(AckKind::Ack, "ack after parking the retry")
+            .await?;
+        Ok(step)
     }
 
     async fn dead_letter(self: Box<Self>, info: &DeadLetterInfo) -> Result<(), BrokerError> {

@@ -314,7 +314,11 @@ impl Backstop {
             );
             return Ok(Handled::Skipped);
         }
-        let info = dead_letter_info(&advisory, &self.stage, &stored.payload);
+        let mut info = dead_letter_info(&advisory, &self.stage, &stored.payload);
+        // A retry copy's deliveries come on top of the attempts made before it (see `retry`).
+        info.attempts = info
+            .attempts
+            .saturating_add(crate::retry::attempts_before(Some(&stored.headers)));
         let mut headers = HeaderMap::new();
         for (name, values) in stored.headers.iter() {
             let name_str: &str = name.as_ref();

@@ -10,6 +10,7 @@ use async_nats::jetstream::message::PublishMessage;
 use async_nats::jetstream::{self};
 use async_trait::async_trait;
 use bytes::Bytes;
+use fleet_core::broker::default_retry_ladder;
 use fleet_core::{
     Broker, BrokerError, BrokerKind, OutMessage, Source, SubscribeOptions, Subscription, Topology,
 };
@@ -17,6 +18,7 @@ use fleet_protocol::Names;
 
 use crate::backstop::DeadLetterSubscription;
 use crate::connect::{ConnState, NatsOptions, is_up};
+use crate::retry;
 use crate::subscription::{ControlSubscription, PullSubscription};
 use crate::topology::{self, COORDINATOR, dlq_consumer};
 use crate::wire::{self, bounded};
@@ -28,6 +30,8 @@ pub(crate) struct Shared {
     pub(crate) opts: NatsOptions,
     pub(crate) conn: Arc<ConnState>,
     names: RwLock<Arc<Names>>,
+    /// Retry ladder of the last declared topology (the default before any).
+    ladder: RwLock<Arc<Vec<Duration>>>,
     drift: AtomicU64,
 }
 
@@ -35,6 +39,14 @@ impl Shared {
     /// The names of the last declared topology (`fleet` before any).
     pub(crate) fn names(&self) -> Arc<Names> {
         self.names
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// The retry ladder of the last declared topology (the default before any).
+    pub(crate) fn ladder(&self) -> Arc<Vec<Duration>> {
+        self.ladder
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -122,6 +134,7 @@ impl NatsBroker {
                 opts,
                 conn,
                 names: RwLock::new(Arc::new(Names::default())),
+                ladder: RwLock::new(Arc::new(default_retry_ladder())),
                 drift: AtomicU64::new(0),
             }),
         }
@@ -183,11 +196,14 @@ impl Broker for NatsBroker {
     }
 
     async fn declare(&self, topology: &Topology) -> Result<(), BrokerError> {
-        let consumers = topology::consumer_configs(topology)?;
+        let mut consumers = topology::consumer_configs(topology)?;
+        consumers.extend(retry::retry_consumer_configs(topology)?);
         let shared = &self.shared;
         let limit = shared.outer_limit();
         let mut drift = 0;
-        for stream in topology::stream_configs(&topology.names) {
+        let mut streams = topology::stream_configs(&topology.names);
+        streams.push(retry::retry_stream_config(&topology.names));
+        for stream in streams {
             drift += topology::ensure_stream(&shared.js, limit, &stream)
                 .await
                 .map_err(|e| shared.or_lost("declare", e))?;
@@ -199,6 +215,10 @@ impl Broker for NatsBroker {
         }
         shared.drift.fetch_add(drift, Ordering::Relaxed);
         self.set_names(topology.names.clone());
+        *shared
+            .ladder
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(topology.retry_ladder.clone());
         Ok(())
     }
 
@@ -239,9 +259,12 @@ impl Broker for NatsBroker {
             Source::Jobs { stage } => Some(stage.clone()),
             _ => None,
         };
-        Ok(Box::new(
-            PullSubscription::open(shared, stream, consumer, dlq_stage).await?,
-        ))
+        let mut sub = PullSubscription::open(shared, stream, consumer, dlq_stage).await?;
+        if let Source::Jobs { stage } = &source {
+            // Whoever consumes a stage also brings its due retries back (see `retry`).
+            sub.movers = Some(retry::spawn_movers(&self.shared, stage));
+        }
+        Ok(Box::new(sub))
     }
 
     fn is_connected(&self) -> bool {
@@ -301,9 +324,15 @@ impl Broker for NatsBroker {
         Ok(info.num_pending)
     }
 
+    async fn retrying(&self, stage: &str) -> Result<u64, BrokerError> {
+        retry::waiting(&self.shared, stage).await
+    }
+
     async fn delete_topology(&self, topology: &Topology) -> Result<(), BrokerError> {
         let limit = self.shared.outer_limit();
-        for stream in topology::stream_configs(&topology.names) {
+        let mut streams = topology::stream_configs(&topology.names);
+        streams.push(retry::retry_stream_config(&topology.names));
+        for stream in streams {
             topology::delete_stream(&self.shared.js, limit, &stream.name)
                 .await
                 .map_err(|e| self.shared.or_lost("delete_topology", e))?;

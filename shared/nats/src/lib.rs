@@ -3,7 +3,8 @@
 //! [`connect`] gives a [`NatsBroker`], which implements [`fleet_core::Broker`] with the
 //! semantics of DESIGN §3: file-backed streams (`<P>_JOBS` with WorkQueue retention), one durable
 //! pull consumer per stage with explicit acks, pulls of exactly as many messages as the worker
-//! has free slots, `Nak(delay)` for delayed retries, confirmed `+WPI` (Progress) to extend a
+//! has free slots, delayed retries parked in `<P>_RETRY` outside the jobs consumer's pending
+//! window and moved back when due (see [`retry`]), confirmed `+WPI` (Progress) to extend a
 //! running job's lease, and dead-lettering as a confirmed copy to `<p>.dlq.<stage>` followed by
 //! `Term`. The attempt number is the server's delivery count, never reported lower than one
 //! more than a count this subscription saw before (older servers can count backwards). A consumer found with another
@@ -15,9 +16,9 @@
 //!
 //! * `SubscribeOptions::prefetch` is not used: every `fetch(max, wait)` pulls exactly `max`, so
 //!   the caller's free slots are its prefetch.
-//! * `depth` is the consumer's `num_pending` (not yet delivered). A job waiting out a
-//!   `Nak(delay)` is ack-pending on the server, so it is not in `depth` (the memory broker counts
-//!   delayed retries). For `Source::Control` it is the number of kept cancellations.
+//! * `depth` is the consumer's `num_pending` (not yet delivered). A job waiting for a delayed
+//!   retry is in `<P>_RETRY`, so it is not in `depth` but in `retrying` (the memory broker counts
+//!   delayed retries in both). For `Source::Control` it is the number of kept cancellations.
 //! * A confirmed settlement proves the server received it, not that the delivery still held the
 //!   message: `extend` cannot see a lease that already expired, and an `ack` from an expired
 //!   delivery still removes the redelivered message (the memory broker refuses both).
@@ -33,6 +34,7 @@ mod attempts;
 pub mod backstop;
 mod broker;
 mod connect;
+pub mod retry;
 pub mod subscription;
 pub mod topology;
 mod wire;

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 use crate::acker::{ControlAcker, NatsAcker};
 use crate::attempts::{AttemptMemory, REMEMBERED};
 use crate::broker::Shared;
+use crate::retry::{Movers, attempts_before, retry_msg_id};
 use crate::topology::{consumer_error, consumer_info_error};
 use crate::wire::{bounded, from_header_map};
 
@@ -75,6 +76,8 @@ pub(crate) struct PullSubscription {
     dlq_stage: Option<String>,
     lease: Duration,
     attempts: AttemptMemory,
+    /// The stage's retry movers (jobs subscriptions only); dropped with the subscription.
+    pub(crate) movers: Option<Movers>,
 }
 
 impl PullSubscription {
@@ -115,6 +118,7 @@ impl PullSubscription {
             dlq_stage,
             lease,
             attempts: AttemptMemory::new(REMEMBERED),
+            movers: None,
         })
     }
 
@@ -123,10 +127,28 @@ impl PullSubscription {
             .info()
             .ok()
             .map(|i| (i.stream.to_owned(), i.stream_sequence));
-        let attempt = match &info {
+        let delivered = match &info {
             Some((_, seq)) => self.attempts.attempt(*seq, attempt_of(&msg)),
             None => attempt_of(&msg),
         };
+        // A retry copy (jobs only) carries the attempts made before it (see `retry`).
+        let before = if self.dlq_stage.is_some() {
+            attempts_before(msg.headers.as_ref())
+        } else {
+            0
+        };
+        let attempt = before.saturating_add(delivered);
+        let origin = info
+            .as_ref()
+            .map_or_else(String::new, |(stream, seq)| format!("{stream}-{seq}"));
+        let retry_id = retry_msg_id(
+            msg.headers
+                .as_ref()
+                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+                .map(|v| v.as_str()),
+            &origin,
+            attempt,
+        );
         let dlq_msg_id = info.map(|(stream, seq)| format!("dlq-{stream}-{seq}"));
         let reply = msg.reply.clone();
         let (msg, acker) = msg.split();
@@ -143,13 +165,15 @@ impl PullSubscription {
                 lease: self.lease,
                 dlq_msg_id,
                 reply,
+                attempt,
+                retry_id,
             }),
         }
     }
 }
 
 /// One pull of at most `max` messages, waiting at most about `wait` for the first.
-async fn pull_once(
+pub(crate) async fn pull_once(
     shared: &Shared,
     consumer: &PullConsumer,
     what: &str,
@@ -216,7 +240,7 @@ async fn pull_once(
 }
 
 /// Gives messages back for immediate redelivery, best effort and bounded.
-async fn release_all(shared: &Shared, msgs: Vec<jetstream::Message>) {
+pub(crate) async fn release_all(shared: &Shared, msgs: Vec<jetstream::Message>) {
     for msg in msgs {
         if let Ok(Err(e)) = bounded(shared.outer_limit(), msg.ack_with(AckKind::Nak(None))).await {
             tracing::debug!(error = %e, "nats: could not give back a pulled message");

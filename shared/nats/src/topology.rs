@@ -8,6 +8,7 @@
 //! | `<P>_SUBMIT` | `<p>.submit` | WorkQueue, dedup window 2 min | `coordinator` |
 //! | `<P>_CONTROL` | `<p>.control.>` | limits, 1 message per subject | none (ephemeral ordered per subscriber) |
 //! | `<P>_PIPELINES` | `<p>.pipelines.>` | limits | none |
+//! | `<P>_RETRY` | `<p>.retry.<stage>.<delay>` | WorkQueue, dedup window 2 min | `retry-<stage>-<delay>` per stage and ladder step (see [`crate::retry`]) |
 //! | `<P>_BACKSTOP` | `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<P>_JOBS.>` | WorkQueue | `backstop-<stage>` per stage |
 //!
 //! `<P>_EVENTS` is a WorkQueue: the coordinator's `coordinator` consumer is its only reader, so an
@@ -128,7 +129,8 @@ pub(crate) struct WantedConsumer {
     pub(crate) config: pull::Config,
 }
 
-fn durable(
+/// A durable explicit-ack pull consumer config.
+pub(crate) fn durable(
     name: &str,
     filter: String,
     ack_wait: Duration,

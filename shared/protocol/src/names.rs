@@ -112,6 +112,11 @@ impl Names {
     pub fn backstop_stream(&self) -> String {
         self.stream("BACKSTOP")
     }
+    /// NATS stream holding jobs that wait for a delayed retry (subjects `<p>.retry.<stage>.<delay>`,
+    /// the names of the RabbitMQ retry queues).
+    pub fn retry_stream(&self) -> String {
+        self.stream("RETRY")
+    }
 }
 
 #[cfg(test)]
