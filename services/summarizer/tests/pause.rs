@@ -47,6 +47,17 @@ async fn a_down_provider_without_fallback_pauses_intake_and_burns_no_attempts() 
         "{}",
         w.metrics().await
     );
+    // Heartbeats tell the coordinator why this worker takes nothing.
+    let until = Instant::now() + Duration::from_secs(5);
+    let paused_beat = |w: &World| {
+        w.seen_heartbeats
+            .iter()
+            .any(|h| h.paused.as_deref().is_some_and(|p| p.contains("llm:only")))
+    };
+    while !paused_beat(&w) && Instant::now() < until {
+        w.pump_events().await;
+    }
+    assert!(paused_beat(&w), "{:?}", w.seen_heartbeats);
     // Down for a while: several timer-driven probes fail, nothing is retried.
     let down_until = Instant::now() + Duration::from_secs(3);
     while Instant::now() < down_until {

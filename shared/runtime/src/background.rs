@@ -9,6 +9,7 @@ use fleet_protocol::{Heartbeat, control};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::breaker::BreakerState;
 use crate::shared::Shared;
 
 /// Sends a heartbeat every interval until `stop`, including the jobs in flight.
@@ -23,6 +24,12 @@ pub fn heartbeats(sh: Arc<Shared>, slots: u32, stop: CancellationToken) -> JoinH
                     at: Utc::now(),
                     slots,
                     in_flight: sh.inflight.snapshot(),
+                    // The coordinator can tell a paused worker from a stuck one.
+                    paused: sh
+                        .pause
+                        .as_ref()
+                        .filter(|g| g.state() != BreakerState::Closed)
+                        .map(|g| g.reason()),
                 }),
                 () = stop.cancelled() => break,
             }

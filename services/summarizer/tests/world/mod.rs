@@ -37,6 +37,7 @@ pub struct World {
     pub out: Box<dyn Subscription>,
     pub events: Box<dyn Subscription>,
     pub seen_events: Vec<fleet_protocol::Event>,
+    pub seen_heartbeats: Vec<fleet_protocol::Heartbeat>,
     pub admin: Arc<std::sync::Mutex<Option<std::net::SocketAddr>>>,
 }
 
@@ -154,6 +155,7 @@ impl World {
             out,
             events,
             seen_events: Vec::new(),
+            seen_heartbeats: Vec::new(),
             admin,
         }
     }
@@ -209,7 +211,7 @@ impl World {
         panic!("no write job within {within:?}");
     }
 
-    /// Drains the events queue into `seen_events`.
+    /// Drains the events queue into `seen_events` and `seen_heartbeats`.
     pub async fn pump_events(&mut self) {
         loop {
             let got = self
@@ -223,6 +225,7 @@ impl World {
             for d in got {
                 if let Ok(b) = serde_json::from_slice::<EventBatch>(&d.body) {
                     self.seen_events.extend(b.events);
+                    self.seen_heartbeats.extend(b.heartbeat);
                 }
                 d.acker.ack().await.expect("ack event");
             }
