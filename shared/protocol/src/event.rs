@@ -107,6 +107,9 @@ pub struct Heartbeat {
     pub slots: u32,
     /// Jobs running now.
     pub in_flight: Vec<InFlightJob>,
+    /// Why intake is paused (a dependency it needs is unusable), while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub paused: Option<String>,
 }
 
 /// What a worker publishes on the events subject: events, and maybe a heartbeat.

@@ -9,6 +9,7 @@ use fleet_core::{BrokerKind, Source, SubscribeOptions};
 use fleet_protocol::{Heartbeat, control};
 use tokio_util::sync::CancellationToken;
 
+use crate::breaker::BreakerState;
 use crate::resubscribe::{Limits, Resubscriber};
 use crate::shared::Shared;
 use crate::supervise::Supervisor;
@@ -26,6 +27,12 @@ pub fn heartbeats(sup: &mut Supervisor, sh: Arc<Shared>, slots: u32, stop: Cance
                     at: Utc::now(),
                     slots,
                     in_flight: sh.inflight.snapshot(),
+                    // The coordinator can tell a paused worker from a stuck one.
+                    paused: sh
+                        .pause
+                        .as_ref()
+                        .filter(|g| g.state() != BreakerState::Closed)
+                        .map(|g| g.reason()),
                 }),
                 () = stop.cancelled() => return Ok(()),
             }

@@ -395,6 +395,7 @@ pub fn heartbeat(worker: &str, stage: &str, in_flight: &[(&str, &str)]) -> Heart
         stage: stage.into(),
         at: Utc::now(),
         slots: 4,
+        paused: None,
         in_flight: in_flight
             .iter()
             .map(|(job, pid)| InFlightJob {
