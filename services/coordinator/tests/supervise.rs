@@ -78,6 +78,31 @@ async fn every_task_that_dies_stops_the_coordinator_naming_it() {
     }
 }
 
+/// Consumers that cannot get their subscription back make the coordinator unready at once
+/// and, past the limit, stop it with an error naming one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_that_cannot_resubscribe_stop_the_coordinator() {
+    let mut h = Harness::new(Backend::Memory, "supervise-outage", &["--max-outage=2s"]).await;
+    let (running, _stop) = h.coordinators.remove(0);
+    let health = running.health.clone();
+    wait_for("ready", BOUND, || async { health.is_ready() }).await;
+    h.memory().set_connected(false);
+    let err = tokio::time::timeout(BOUND, running.wait())
+        .await
+        .expect("gives up within the bound")
+        .expect_err("an error naming a consumer");
+    let text = format!("{err:#}");
+    assert!(
+        ["events", "submit", "dlq-archive:"]
+            .iter()
+            .any(|t| text.contains(&format!("task {t}")))
+            && text.contains("FLEET_MAX_OUTAGE"),
+        "{text}"
+    );
+    assert!(!health.is_ready() && !health.is_healthy());
+    h.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_stop_is_no_failure() {
     let h = Harness::new(Backend::Memory, "supervise-clean", &[]).await;
