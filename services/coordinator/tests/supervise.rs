@@ -78,6 +78,31 @@ async fn every_task_that_dies_stops_the_coordinator_naming_it() {
     }
 }
 
+/// Consumers that cannot get their subscription back make the coordinator unready at once
+/// and, past the limit, stop it with an error naming one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_that_cannot_resubscribe_stop_the_coordinator() {
+    let mut h = Harness::new(Backend::Memory, "supervise-outage", &["--max-outage=2s"]).await;
+    let (running, _stop) = h.coordinators.remove(0);
+    let health = running.health.clone();
+    wait_for("ready", BOUND, || async { health.is_ready() }).await;
+    h.memory().set_connected(false);
+    let err = tokio::time::timeout(BOUND, running.wait())
+        .await
+        .expect("gives up within the bound")
+        .expect_err("an error naming a consumer");
+    let text = format!("{err:#}");
+    assert!(
+        ["events", "submit", "dlq-archive:"]
+            .iter()
+            .any(|t| text.contains(&format!("task {t}")))
+            && text.contains("FLEET_MAX_OUTAGE"),
+        "{text}"
+    );
+    assert!(!health.is_ready() && !health.is_healthy());
+    h.cleanup().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_clean_stop_is_no_failure() {
     let h = Harness::new(Backend::Memory, "supervise-clean", &[]).await;
@@ -184,4 +209,85 @@ async fn rabbitmq_a_deleted_events_queue_is_redeclared_and_consumed_again() {
     let r = h.coordinators[0].0.health.clone();
     assert!(r.failure().is_none(), "no task ended");
     h.cleanup().await;
+}
+
+/// RabbitMQ, the binary: a clean stop after some traffic exits 0 and logs no ERROR (issue 8,
+/// "logs tell the truth": dropped subscriptions used to race the connection close, and lapin
+/// logged `ERROR Connection error … invalid channel state: Closing`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_the_binary_stops_cleanly_without_error_logs() {
+    let prefix = fleet_test_support::unique_prefix("supervise-stop");
+    let dir = std::env::temp_dir().join(&prefix);
+    std::fs::create_dir_all(&dir).unwrap();
+    let api = free_addr();
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_fleet-coordinator"))
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("FLEET_BROKER_URL", fleet_test_support::amqp_url())
+        .env("FLEET_PREFIX", &prefix)
+        .env("FLEET_SQLITE_PATH", dir.join("c.sqlite"))
+        .env("FLEET_LISTEN", api.to_string())
+        .env("FLEET_ADMIN_ADDR", "127.0.0.1:0")
+        .env("FLEET_TICK", "200ms")
+        .env("FLEET_LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let read = tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s).await;
+        s
+    });
+    let body = common::submission(Some("p"), &["a", "b"]).to_string();
+    wait_for("the pipeline accepted", BOUND, || async {
+        matches!(
+            fleet_test_support::http::request(api, "POST", "/v1/pipelines", Some(&body), &[]).await,
+            Ok((201 | 200, _))
+        )
+    })
+    .await;
+    // A few sweeper ticks, re-broadcasts and relay rounds on the broker.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let pid = child.id().unwrap().to_string();
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    let status = tokio::time::timeout(BOUND, child.wait())
+        .await
+        .expect("stops within the bound")
+        .unwrap();
+    let log = read.await.unwrap();
+    // Clean up the broker objects it declared.
+    let mut config = fleet_coordinator::Config::parse_args([
+        "fleet-coordinator".to_owned(),
+        format!("--broker-url={}", fleet_test_support::amqp_url()),
+        format!("--prefix={prefix}"),
+    ])
+    .unwrap();
+    config.database_url = None;
+    let broker = fleet_runtime::connect::connect(&config.runtime)
+        .await
+        .unwrap();
+    let _ = broker
+        .delete_topology(&fleet_coordinator::topology(&config))
+        .await;
+    broker.close().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(status.success(), "exit status {status}; log:\n{log}");
+    assert!(log.contains("\"level\":\"INFO\""), "JSON logs:\n{log}");
+    assert!(
+        !log.contains("\"level\":\"ERROR\""),
+        "a clean stop logs no ERROR:\n{log}"
+    );
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
 }

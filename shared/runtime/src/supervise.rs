@@ -194,10 +194,21 @@ impl Supervisor {
         F: Future<Output = anyhow::Result<T>>,
     {
         lock(&self.state.running).insert(name.to_owned());
-        let out = match self.injection(name) {
-            Some(how) => inject(how, fut).await,
-            None => fut.await,
+        let run = async {
+            match self.injection(name) {
+                Some(how) => inject(how, fut).await,
+                None => fut.await,
+            }
         };
+        let out = AssertUnwindSafe(run)
+            .catch_unwind()
+            .await
+            .unwrap_or_else(|p| {
+                Err(anyhow::anyhow!(
+                    "it panicked: {}",
+                    panic_message(p.as_ref())
+                ))
+            });
         let outcome = match &out {
             Ok(_) => Ok(Ok(())),
             Err(e) => Ok(Err(anyhow::anyhow!("{e:#}"))),
@@ -379,6 +390,22 @@ mod tests {
         let r: anyhow::Result<u8> = s.run("inline", std::future::pending()).await;
         assert!(r.is_err());
         assert_eq!(s.failure().map(|f| f.task).as_deref(), Some("inline"));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_task_run_in_place_that_panics_is_a_failure() {
+        let (s, _sd, health) = sup(None);
+        let r: anyhow::Result<()> = s
+            .run("consumer", async {
+                if true {
+                    panic!("inline boom");
+                }
+                Ok(())
+            })
+            .await;
+        assert!(format!("{:#}", r.unwrap_err()).contains("inline boom"));
+        assert_eq!(s.failure().map(|f| f.task).as_deref(), Some("consumer"));
+        assert!(!health.is_ready());
     }
 
     #[tokio::test(start_paused = true)]
