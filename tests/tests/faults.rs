@@ -492,6 +492,59 @@ async fn stuck_then_overdue_then_timed_out(backend: Backend) {
     w.cleanup().await;
 }
 
+/// 8. An item exactly at the advertised limit (`GET /v1/limits`) goes through
+///    analyze → summarize → write (the limit is what every stage can carry within
+///    FLEET_MAX_MESSAGE_BYTES), and one byte more is refused at submission with a 413
+///    that names the limit.
+async fn item_exactly_at_the_limit(backend: Backend) {
+    let mut w = World::new(backend, "limit").await;
+    w.start_coordinator(&[]).await;
+    w.start_analyzer().await;
+    w.start_summarizer(&[]).await;
+    w.start_writer().await;
+    let (s, limits) = w.call("GET", "/v1/limits", None).await;
+    assert_eq!(s, 200, "{limits}");
+    let limit = limits["max_item_bytes"].as_u64().unwrap() as usize;
+    let message = limits["max_message_bytes"].as_u64().unwrap() as usize;
+    assert!(limit > message / 2 && limit < message, "{limits}");
+    // Prose with paragraphs and quotes (escapes count toward the limit), padded to the byte.
+    let escaped = |s: &str| serde_json::to_string(s).unwrap().len() - 2;
+    let para = format!("{} \"Quoted\" words.\n\n", text("at-limit"));
+    let mut big = String::with_capacity(limit);
+    let mut size = 0;
+    while size + escaped(&para) <= limit {
+        big.push_str(&para);
+        size += escaped(&para);
+    }
+    big.push_str(&"x".repeat(limit - size));
+    assert_eq!(escaped(&big), limit);
+
+    let (s, v) = w
+        .call(
+            "POST",
+            "/v1/pipelines",
+            Some(&submission(
+                "over",
+                &[("big", format!("{big}y"))],
+                json!({}),
+            )),
+        )
+        .await;
+    assert_eq!(s, 413, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains(&limit.to_string()),
+        "{v}"
+    );
+
+    let pid = "atlimit";
+    w.submit(&submission(pid, &[("big", big)], json!({}))).await;
+    w.wait_state(pid, "completed", T).await;
+    w.assert_final(pid, "completed").await;
+    w.assert_rows(pid, &["big"]).await;
+    w.wait_queues_empty(T).await;
+    w.cleanup().await;
+}
+
 macro_rules! on_both_brokers {
     ($($case:ident),* $(,)?) => {
         mod rabbitmq {
@@ -523,4 +576,5 @@ on_both_brokers!(
     cancelled_before_workers_start,
     coordinator_killed_mid_pipeline,
     stuck_then_overdue_then_timed_out,
+    item_exactly_at_the_limit,
 );

@@ -9,6 +9,10 @@ use crate::text::sentence_spans;
 pub const DEFAULT_CHUNK_CHARS: usize = 4000;
 
 /// One chunk: byte offsets into the item text and the text itself.
+///
+/// Only the offsets go on the wire: a copy of every chunk would double the
+/// payload, so an item near the message limit could not reach the next stage.
+/// Readers slice `payload.text[start..end]`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Chunk {
     /// Position in the item, from 0.
@@ -17,7 +21,8 @@ pub struct Chunk {
     pub start: usize,
     /// Byte offset one past the last byte.
     pub end: usize,
-    /// `text[start..end]`.
+    /// `text[start..end]` (not serialized: see above).
+    #[serde(skip_serializing, default)]
     pub text: String,
 }
 

@@ -17,12 +17,15 @@
 //! {"text": "...", "metadata": {...},
 //!  "analysis": {"bytes": 1234, "words": 200, "sentences": 12, "reading_time_s": 53,
 //!               "language": "en", "keywords": ["message queue", "..."],
-//!               "chunks": [{"index": 0, "start": 0, "end": 1234, "text": "..."}],
+//!               "chunks": [{"index": 0, "start": 0, "end": 1234}],
 //!               "analyzers": {"word_count": {"ok": true, "exit_code": 0, "output": 200,
 //!                             "reason": null, "stderr_tail": "", "error": null,
 //!                             "duration_ms": 3}},
 //!               "failed_analyzers": []}}
 //! ```
+//!
+//! Chunks are byte offsets into `text` (no copies), so the output is the input
+//! plus a bounded analysis: the coordinator's item limit relies on that.
 //!
 //! An optional command analyzer that fails is listed in `failed_analyzers`
 //! (the result is partial); a required one fails the job: retryable, or

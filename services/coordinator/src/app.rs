@@ -47,7 +47,7 @@ impl App {
                 default_timeout_ms: u64::try_from(config.stage_timeout.as_millis())
                     .unwrap_or(u64::MAX),
                 default_max_attempts: config.stage_max_attempts,
-                max_item_bytes: config.max_item_bytes,
+                max_item_bytes: config.item_limit(),
             }),
             store,
             broker,

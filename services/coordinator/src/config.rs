@@ -22,8 +22,6 @@ pub const DEFAULT_SCALE_UP_ALLOWANCE: &str = "2m";
 pub const DEFAULT_DEADLINE_GRACE: &str = "5s";
 /// Default request body limit: room for a few thousand small items.
 pub const DEFAULT_MAX_BODY_BYTES: usize = 10 * 1024 * 1024;
-/// Default item limit: one item must fit a job message (the workers' 1 MiB maximum).
-pub const DEFAULT_MAX_ITEM_BYTES: usize = 1024 * 1024;
 /// Default route; a `?` suffix marks an optional stage (`analyze,summarize?,write`).
 pub const DEFAULT_ROUTE: &str = "analyze,summarize,write";
 /// Default per-attempt timeout of a stage when the submission names none.
@@ -39,6 +37,8 @@ pub const DEFAULT_OUTBOX_RETRY_BACKOFF: &str = "1s";
 /// its seal for this long is finalized `timed_out` (its client went away); long
 /// enough for a slow uploader between two batches.
 pub const DEFAULT_OPEN_PIPELINE_TIMEOUT: &str = "10m";
+/// The analyzer's default chunk size (fleet-analyzer's `DEFAULT_CHUNK_CHARS`).
+pub const DEFAULT_CHUNK_CHARS: usize = 4000;
 /// How long a cancellation is re-broadcast on RabbitMQ (which keeps no messages for late subscribers).
 pub const DEFAULT_CANCEL_REBROADCAST: &str = "1h";
 
@@ -91,9 +91,15 @@ pub struct Config {
     #[arg(long, env = "FLEET_MAX_BODY_BYTES", default_value_t = DEFAULT_MAX_BODY_BYTES)]
     pub max_body_bytes: usize,
 
-    /// Largest accepted item (text plus metadata).
-    #[arg(long, env = "FLEET_MAX_ITEM_BYTES", default_value_t = DEFAULT_MAX_ITEM_BYTES)]
-    pub max_item_bytes: usize,
+    /// Largest accepted item (JSON-encoded text plus metadata); default and maximum:
+    /// what every stage can carry within FLEET_MAX_MESSAGE_BYTES (see `item_limit`).
+    #[arg(long, env = "FLEET_MAX_ITEM_BYTES")]
+    pub max_item_bytes: Option<usize>,
+
+    /// The analyzer's chunk size in characters (the same variable the workers read):
+    /// it bounds how much the analysis adds to an item, hence the item limit.
+    #[arg(long, env = "FLEET_CHUNK_CHARS", default_value_t = DEFAULT_CHUNK_CHARS)]
+    pub chunk_chars: usize,
 
     /// An open pipeline with no append and no seal for this long is finalized `timed_out`.
     #[arg(long, env = "FLEET_OPEN_PIPELINE_TIMEOUT", default_value = DEFAULT_OPEN_PIPELINE_TIMEOUT, value_parser = humantime::parse_duration)]
@@ -173,6 +179,17 @@ impl Config {
         parse_route(&self.route)
     }
 
+    /// The largest item every stage can carry within FLEET_MAX_MESSAGE_BYTES.
+    pub fn carried_item_bytes(&self) -> usize {
+        crate::item_limit::derived_max_item_bytes(self.runtime.max_message_bytes, self.chunk_chars)
+    }
+
+    /// The item limit in force: FLEET_MAX_ITEM_BYTES when set, else what every stage can carry.
+    pub fn item_limit(&self) -> usize {
+        self.max_item_bytes
+            .unwrap_or_else(|| self.carried_item_bytes())
+    }
+
     /// The stall window configured for `stage`, if any.
     pub fn stall_window_for(&self, stage: &str) -> Option<Duration> {
         self.stall_window
@@ -211,8 +228,22 @@ impl Config {
         if self.outbox_retry_backoff.is_zero() {
             errs.push("FLEET_OUTBOX_RETRY_BACKOFF must be positive".into());
         }
-        if self.max_item_bytes > self.max_body_bytes {
-            errs.push("FLEET_MAX_ITEM_BYTES must not exceed FLEET_MAX_BODY_BYTES".into());
+        let carried = self.carried_item_bytes();
+        if self.max_item_bytes.is_some_and(|n| n > carried) {
+            errs.push(format!(
+                "FLEET_MAX_ITEM_BYTES ({}) exceeds what every stage can carry within FLEET_MAX_MESSAGE_BYTES ({}): {carried} bytes; lower it or raise FLEET_MAX_MESSAGE_BYTES on the coordinator and every worker",
+                self.max_item_bytes.unwrap_or_default(),
+                self.runtime.max_message_bytes
+            ));
+        }
+        if self.item_limit() == 0 {
+            errs.push(format!(
+                "FLEET_MAX_MESSAGE_BYTES ({}) leaves no room for an item; raise it",
+                self.runtime.max_message_bytes
+            ));
+        }
+        if self.item_limit() > self.max_body_bytes {
+            errs.push("the item limit must not exceed FLEET_MAX_BODY_BYTES".into());
         }
         if let Some(t) = &self.api_token
             && t.trim().is_empty()

@@ -22,6 +22,7 @@ pub mod events;
 pub mod finalize;
 pub mod ingest;
 pub mod item;
+pub mod item_limit;
 pub mod lograte;
 pub mod metrics;
 pub mod model;

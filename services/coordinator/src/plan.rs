@@ -306,20 +306,15 @@ pub fn plan_items(
                 "give every item a unique item_id",
             ));
         }
-        let size = it.text.len()
-            + if it.metadata.is_null() {
-                0
-            } else {
-                it.metadata.to_string().len()
-            };
+        let size = crate::item_limit::item_size(&it.text, &it.metadata);
         if size > max_item_bytes {
             return Err(ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,
                 format!(
-                    "item `{}` is {size} bytes; the limit is {} bytes",
-                    it.item_id, max_item_bytes
+                    "item `{}` is {size} bytes (JSON-encoded text plus metadata); the limit is {max_item_bytes} bytes, what every stage can carry",
+                    it.item_id
                 ),
-                "split the item into smaller items, or raise FLEET_MAX_ITEM_BYTES (and the workers' FLEET_MAX_MESSAGE_BYTES)",
+                "split the item into smaller items (GET /v1/limits gives the limit); an operator raises it with FLEET_MAX_MESSAGE_BYTES on the coordinator and every worker",
             ));
         }
         items.push(NewItem {

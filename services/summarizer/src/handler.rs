@@ -39,13 +39,23 @@ impl SummarizeHandler {
     }
 }
 
-/// The chunk texts of `payload.analysis.chunks`, if any.
-fn analysis_chunks(payload: &Value) -> Option<Vec<String>> {
+/// The chunk texts of `payload.analysis.chunks`, if any: `text[start..end]` by
+/// the byte offsets the analyzer sends (a chunk's own `text`, from older
+/// analyzers, is used when present).
+fn analysis_chunks(payload: &Value, text: &str) -> Option<Vec<String>> {
+    let offset = |c: &Value, k: &str| {
+        c.get(k)
+            .and_then(Value::as_u64)
+            .and_then(|n| usize::try_from(n).ok())
+    };
     let chunks: Vec<String> = payload
         .pointer("/analysis/chunks")?
         .as_array()?
         .iter()
-        .filter_map(|c| c.get("text").and_then(Value::as_str))
+        .filter_map(|c| match c.get("text").and_then(Value::as_str) {
+            Some(t) => Some(t),
+            None => text.get(offset(c, "start")?..offset(c, "end")?),
+        })
         .filter(|t| !t.trim().is_empty())
         .map(str::to_owned)
         .collect();
@@ -60,7 +70,7 @@ impl Handler for SummarizeHandler {
             .get("text")
             .and_then(Value::as_str)
             .ok_or_else(|| JobError::permanent("payload.text is missing or not a string"))?;
-        let chunks = match analysis_chunks(&job.payload) {
+        let chunks = match analysis_chunks(&job.payload, text) {
             Some(c) => c,
             None => chunk_text(text, self.chunk_chars)
                 .into_iter()
@@ -84,5 +94,28 @@ impl Handler for SummarizeHandler {
                 .map_err(|e| JobError::Retryable(format!("serializing the summary: {e}")))?,
         );
         Ok(Output::new(Value::Object(payload)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::analysis_chunks;
+    use serde_json::json;
+
+    #[test]
+    fn chunks_are_sliced_by_offsets_or_taken_as_sent() {
+        let text = "héllo world. second part";
+        let by_offsets = json!({"analysis": {"chunks": [
+            {"index": 0, "start": 0, "end": 13},
+            {"index": 1, "start": 14, "end": 25},
+            {"index": 2, "start": 3, "end": 99}
+        ]}});
+        assert_eq!(
+            analysis_chunks(&by_offsets, text).unwrap(),
+            ["héllo world.", "second part"]
+        );
+        let with_text = json!({"analysis": {"chunks": [{"index": 0, "start": 0, "end": 1, "text": "as sent"}]}});
+        assert_eq!(analysis_chunks(&with_text, text).unwrap(), ["as sent"]);
+        assert!(analysis_chunks(&json!({}), text).is_none());
     }
 }
