@@ -92,7 +92,7 @@ pub async fn store_pipeline(store: &Store, p: &NewPipeline) -> Result<Submitted,
             Value::from(route),
             Value::from(now),
         ]);
-        let job = p.first_job(it);
+        let job = p.first_job(it, now);
         jobs.push(vec![
             Value::from(job.job_id.as_str()),
             Value::from(p.pipeline_id.as_str()),

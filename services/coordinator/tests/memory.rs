@@ -360,6 +360,15 @@ async fn cancel_finalizes_and_broadcasts() {
     assert!(!msgs.is_empty(), "no control message");
     let body: serde_json::Value = serde_json::from_slice(&msgs[0].body).unwrap();
     assert_eq!(body["pipeline_id"], "px");
+    // Scoped to this life of the id: the jobs carry the same creation time.
+    let cancel = fleet_protocol::control::parse_cancellation(&msgs[0].body).unwrap();
+    let jobs = h.take_jobs("analyze", 2, T).await;
+    assert!(cancel.pipeline_created_at.is_some(), "{body}");
+    assert!(jobs.iter().all(|j| cancel.applies_to_job(j)), "{body}");
+    let mut later = jobs[0].clone();
+    later.pipeline_created_at =
+        Some(later.pipeline_created_at.unwrap() + chrono::Duration::seconds(1));
+    assert!(!cancel.applies_to_job(&later));
     let r = h.report("px").await;
     assert_eq!(r["stages"]["analyze"]["cancelled"], 2);
     assert_eq!(h.final_messages("px").await, 1);
