@@ -117,17 +117,35 @@ macro_rules! v1 {
     };
 }
 
-const PG: &[Migration] = &[Migration {
-    version: 1,
-    name: "coordinator tables",
-    sql: v1!("BIGSERIAL PRIMARY KEY"),
-}];
+/// Degradation notes: a job's note from its `succeeded` event (JSON), an item's in words.
+const V2_DEGRADED: &str = "ALTER TABLE coord_jobs ADD COLUMN degraded TEXT;
+    ALTER TABLE coord_items ADD COLUMN degraded TEXT";
 
-const SQLITE: &[Migration] = &[Migration {
-    version: 1,
-    name: "coordinator tables",
-    sql: v1!("INTEGER PRIMARY KEY AUTOINCREMENT"),
-}];
+const PG: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "coordinator tables",
+        sql: v1!("BIGSERIAL PRIMARY KEY"),
+    },
+    Migration {
+        version: 2,
+        name: "degradation notes",
+        sql: V2_DEGRADED,
+    },
+];
+
+const SQLITE: &[Migration] = &[
+    Migration {
+        version: 1,
+        name: "coordinator tables",
+        sql: v1!("INTEGER PRIMARY KEY AUTOINCREMENT"),
+    },
+    Migration {
+        version: 2,
+        name: "degradation notes",
+        sql: V2_DEGRADED,
+    },
+];
 
 /// The migrations for `kind`.
 pub fn migrations(kind: StoreKind) -> &'static [Migration] {

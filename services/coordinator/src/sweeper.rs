@@ -14,7 +14,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, for_update, log_event};
-use crate::finalize::{PipelineFacts, Verdict, decide};
+use crate::finalize::{PipelineFacts, REASON_NOTES, Verdict, decide, with_degradation};
 use crate::metrics as m;
 use crate::model::{JobState, Millis, PipelineState, StallKind, now_ms};
 use crate::outbox::{KEEP_PUBLISHED_MS, enqueue};
@@ -116,6 +116,9 @@ pub async fn finalize_one(
     let Some(Verdict { state, reason }) = decide(&facts, now, grace_ms) else {
         return Ok(None);
     };
+    let (degraded, notes) =
+        crate::report::degraded_items(&mut Db::Tx(tx), pipeline_id, REASON_NOTES + 1).await?;
+    let reason = with_degradation(&reason, degraded, &notes);
     let changed = tx
         .execute(
             "UPDATE coord_pipelines SET state = $2, finalized_at = $3, reason = $4 \
@@ -186,10 +189,11 @@ pub async fn finalize_one(
 /// Items listed at most in a finalization message (it must fit the broker's message limit).
 pub const FINAL_MESSAGE_ITEMS: usize = 1000;
 
-/// The finalization message: the report with only the items that did not succeed
-/// (at most [`FINAL_MESSAGE_ITEMS`]); `items_truncated` says when some were left out.
+/// The finalization message: the report with only the items that did not succeed or succeeded
+/// degraded (at most [`FINAL_MESSAGE_ITEMS`]); `items_truncated` says when some were left out.
 pub fn final_message(mut r: crate::report::PipelineReport) -> serde_json::Value {
-    r.items.retain(|i| i.state != "succeeded");
+    r.items
+        .retain(|i| i.state != "succeeded" || i.degraded.is_some());
     let truncated = r.items.len() > FINAL_MESSAGE_ITEMS;
     r.items.truncate(FINAL_MESSAGE_ITEMS);
     let mut v = serde_json::to_value(r).unwrap_or_default();
@@ -411,6 +415,7 @@ mod tests {
             outcome: None,
             failed_stage: None,
             reason: None,
+            degraded: None,
         };
         let mut items: Vec<ItemReport> = (0..5).map(|i| item(i, "succeeded")).collect();
         items.extend((0..FINAL_MESSAGE_ITEMS + 1).map(|i| item(i, "failed")));
@@ -424,6 +429,7 @@ mod tests {
             replay_of: None,
             items_total: 1006,
             items_terminal: 1006,
+            items_degraded: 0,
             stages: BTreeMap::new(),
             stalled: Vec::new(),
             items,

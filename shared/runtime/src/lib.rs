@@ -38,6 +38,6 @@ pub use breaker::{Breaker, BreakerConfig, BreakerPolicy, BreakerState};
 pub use config::RuntimeConfig;
 pub use context::JobContext;
 pub use fleet_core::JobError;
-pub use fleet_protocol::JobEnvelope;
+pub use fleet_protocol::{Degradation, DegradationKind, JobEnvelope};
 pub use handler::{BatchHandler, Handler, Output};
 pub use worker::Worker;

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use chrono::Utc;
 use fleet_core::Broker;
 use fleet_protocol::control::{self, Cancellation};
-use fleet_protocol::{Event, EventKind, JobEnvelope, Names};
+use fleet_protocol::{Degradation, Event, EventKind, JobEnvelope, Names};
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::Breaker;
@@ -117,6 +117,18 @@ impl Shared {
 
     /// An event about `job` for `attempt`.
     pub fn event(&self, job: &JobEnvelope, attempt: u32, seq: u32, kind: EventKind) -> Event {
+        self.event_degraded(job, attempt, seq, kind, None)
+    }
+
+    /// An event about `job` for `attempt`, with a degradation note (on `succeeded`).
+    pub fn event_degraded(
+        &self,
+        job: &JobEnvelope,
+        attempt: u32,
+        seq: u32,
+        kind: EventKind,
+        degraded: Option<Degradation>,
+    ) -> Event {
         Event {
             job_id: job.job_id.clone(),
             pipeline_id: job.pipeline_id.clone(),
@@ -126,6 +138,7 @@ impl Shared {
             worker_id: self.worker_id.clone(),
             at: Utc::now(),
             kind,
+            degraded,
         }
     }
 }
