@@ -5,8 +5,11 @@
 //! Locking (PostgreSQL): an event takes its pipeline row `FOR SHARE` (so the
 //! sweeper's finalizing `UPDATE` waits for it, and a result after finalization
 //! is seen as `late`), then its item row `FOR UPDATE` (so two replicas never
-//! derive an item from stale jobs). Events of a batch are applied sorted by
-//! item, so concurrent batches take item locks in the same order.
+//! derive an item from stale jobs). All events of a transaction (every batch of
+//! a fetch) are applied sorted by pipeline, then item, so every transaction takes
+//! pipeline locks in ascending id and item locks in one order, as the sweeper
+//! does (see `sweeper`): no lock cycle, no deadlock. Heartbeats come after all
+//! events, by worker id.
 
 use std::collections::{BTreeMap, HashMap};
 
@@ -123,27 +126,51 @@ impl JobUpdate {
     }
 }
 
-/// Applies a whole batch inside `tx`: events sorted by item then `(attempt, seq)`, then the heartbeat.
+/// Applies a whole batch inside `tx` (see [`apply_batches`]).
 pub async fn apply_batch(
     tx: &mut Tx,
     batch: &EventBatch,
     ctx: &IngestCtx,
     now: Millis,
 ) -> Result<Vec<Applied>, StoreError> {
-    let mut updates: Vec<JobUpdate> = batch.events.iter().map(JobUpdate::from_event).collect();
-    updates.sort_by(|a, b| {
-        (&a.pipeline_id, &a.job_id, a.attempt, a.seq).cmp(&(
+    apply_batches(tx, &[batch], ctx, now).await
+}
+
+/// Applies several batches inside one `tx`: all their events sorted by pipeline, item, job and
+/// `(attempt, seq)` (the lock order), then their heartbeats by worker id.
+pub async fn apply_batches(
+    tx: &mut Tx,
+    batches: &[&EventBatch],
+    ctx: &IngestCtx,
+    now: Millis,
+) -> Result<Vec<Applied>, StoreError> {
+    let mut updates: Vec<(Option<String>, JobUpdate)> = batches
+        .iter()
+        .flat_map(|b| b.events.iter())
+        .map(|e| {
+            let u = JobUpdate::from_event(e);
+            (item_of(&u.job_id, &u.pipeline_id, &u.stage), u)
+        })
+        .collect();
+    updates.sort_by(|(ia, a), (ib, b)| {
+        (&a.pipeline_id, ia, &a.job_id, a.attempt, a.seq).cmp(&(
             &b.pipeline_id,
+            ib,
             &b.job_id,
             b.attempt,
             b.seq,
         ))
     });
     let mut out = Vec::with_capacity(updates.len());
-    for u in &updates {
+    for (_, u) in &updates {
         out.push(apply_update(tx, u, ctx, now).await?);
     }
-    if let Some(hb) = &batch.heartbeat {
+    let mut beats: Vec<&Heartbeat> = batches
+        .iter()
+        .filter_map(|b| b.heartbeat.as_ref())
+        .collect();
+    beats.sort_by(|a, b| (&a.worker_id, a.at).cmp(&(&b.worker_id, b.at)));
+    for hb in beats {
         apply_heartbeat(tx, hb, ctx, now).await?;
     }
     Ok(out)
