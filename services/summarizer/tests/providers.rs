@@ -168,6 +168,22 @@ impl World {
         panic!("no write job within {within:?}");
     }
 
+    /// The `succeeded` event of `job_id` (bounded wait).
+    async fn succeeded(&mut self, job_id: &str) -> fleet_protocol::Event {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.pump_events().await;
+            let found = self
+                .seen_events
+                .iter()
+                .find(|e| e.job_id == job_id && e.kind == EventKind::Succeeded);
+            if let Some(e) = found {
+                return e.clone();
+            }
+            assert!(Instant::now() < until, "no succeeded event for {job_id}");
+        }
+    }
+
     /// Drains the events queue into `seen_events`.
     async fn pump_events(&mut self) {
         loop {
@@ -237,6 +253,7 @@ async fn answers_json_and_sse_and_keeps_the_payload() {
     assert_eq!(first.stage, "write");
     assert_eq!(summary(&first)["provider"], "stub");
     assert_eq!(summary(&first)["fallback"], false);
+    assert_eq!(w.succeeded(&job.job_id).await.degraded, None);
     assert_eq!(summary(&first)["text"], "A streamed summary of the item.");
     assert_eq!(first.payload["metadata"]["k"], 1);
     assert_eq!(first.payload["analysis"]["language"], "en");
@@ -321,6 +338,13 @@ async fn a_hang_is_cut_before_the_job_deadline_and_falls_back() {
     assert_eq!(summary(&out)["provider"], "extractive");
     assert_eq!(summary(&out)["fallback"], true);
     assert_eq!(w.provider(0).in_flight(), 0);
+    // The success is marked degraded, so the coordinator counts the item.
+    let done = w
+        .succeeded(&format!("{}/d1/summarize", out.pipeline_id))
+        .await;
+    let note = done.degraded.expect("a fallback summary is degraded");
+    assert_eq!(note.kind, fleet_protocol::DegradationKind::SummaryFallback);
+    assert_eq!(note.detail, "extractive");
     w.stop().await;
 }
 
