@@ -444,6 +444,55 @@ async fn expired_and_cancelled_acked(b: Backend) {
     env.cleanup().await;
 }
 
+/// A pipeline id used again later (e.g. by a coordinator on a fresh database) is not hit by the
+/// kept cancellation of its earlier life: cancellations are scoped to the pipeline's creation
+/// time. A job of the earlier life is still cancelled.
+async fn reused_pipeline_id_not_cancelled(b: Backend) {
+    let env = Env::new(b, "reuse").await;
+    let script = Script::new();
+    let pid = format!("{}-reused", env.prefix);
+    let old = chrono::DateTime::from_timestamp_millis(1_700_000_000_000).unwrap();
+    let new = old + chrono::Duration::days(1);
+    let job = |item: &str, born, payload| {
+        let mut j = JobEnvelope::new(&pid, item, fleet_tests::env::STAGE, payload);
+        j.pipeline_created_at = Some(born);
+        j.max_attempts = 3;
+        j.timeout_ms = 120_000;
+        j
+    };
+    let cancel = fleet_core::OutMessage::new(
+        fleet_core::Destination::Control {
+            pipeline_id: pid.clone(),
+        },
+        fleet_protocol::control::cancellation(&pid, Some(old)),
+    );
+    env.control.publish(cancel.clone()).await.unwrap();
+    let w = env.start(ScriptedHandler(script.clone()), &[]).await;
+    let control = env.control.clone();
+    let rebroadcast = tokio::spawn(async move {
+        loop {
+            let _ = control.publish(cancel.clone()).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    });
+    let fresh = job("fresh", new, json!({"mode": "ok"}));
+    let stale = job("stale", old, json!({"mode": "sleep", "ms": 60000}));
+    env.publish(&fresh).await;
+    env.publish(&stale).await;
+    let end = env.terminal(&fresh.job_id, T).await;
+    assert!(is_succeeded(&end), "the new life of the id runs: {end:?}");
+    assert_eq!(script.attempts(&fresh.job_id).len(), 1);
+    assert_eq!(
+        env.terminal(&stale.job_id, T).await.kind,
+        EventKind::Cancelled,
+        "the cancelled life of the id is still cancelled"
+    );
+    rebroadcast.abort();
+    env.wait_empty(T).await;
+    w.stop().await.unwrap();
+    env.cleanup().await;
+}
+
 async fn breaker_pause_holds(b: Backend) {
     let env = Env::new(b, "pause").await;
     let script = Script::new();
@@ -666,6 +715,7 @@ conformance!(
     killed_worker_redelivered,
     poison_kills_every_worker,
     expired_and_cancelled_acked,
+    reused_pipeline_id_not_cancelled,
     breaker_pause_holds,
     batch_acks_after_commit,
     drain_loses_nothing,

@@ -5,7 +5,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use fleet_runtime::{Handler, JobContext, JobEnvelope, JobError, Output};
+use fleet_runtime::{
+    Degradation, DegradationKind, Handler, JobContext, JobEnvelope, JobError, Output,
+};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use serde_json::{Map, Value, json};
@@ -104,6 +106,15 @@ impl Handler for AnalyzeHandler {
             _ => Map::new(),
         };
         payload.insert("analysis".into(), analysis);
-        Ok(Output::new(Value::Object(payload)))
+        let out = Output::new(Value::Object(payload));
+        // The item goes on, but the coordinator counts it as degraded and names the analyzers.
+        Ok(if failed.is_empty() {
+            out
+        } else {
+            out.degraded(Degradation::new(
+                DegradationKind::AnalyzersFailed,
+                &failed.join(", "),
+            ))
+        })
     }
 }

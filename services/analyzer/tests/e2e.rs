@@ -9,7 +9,9 @@ use std::time::Duration;
 use clap::Parser;
 use fleet_analyzer::Config;
 use fleet_core::{Destination, OutMessage, Source, SubscribeOptions, Topology};
-use fleet_protocol::{JobEnvelope, Names, RouteStep, decode_job};
+use fleet_protocol::{
+    Degradation, DegradationKind, EventBatch, EventKind, JobEnvelope, Names, RouteStep, decode_job,
+};
 use fleet_test_support::{amqp_url, nats_url, unique_prefix, wait_for};
 use tokio_util::sync::CancellationToken;
 
@@ -153,6 +155,38 @@ async fn end_to_end(url: &str, tag: &str) {
         assert_eq!(a["analyzers"]["broken"]["stderr_tail"], "bad\n");
         assert_eq!(a["failed_analyzers"], serde_json::json!(["broken"]));
     }
+
+    // Every analyze job's `succeeded` event says the item is degraded and names the analyzer.
+    let mut events = control
+        .subscribe(Source::Events, SubscribeOptions { prefetch: 64 })
+        .await
+        .expect("subscribe events");
+    let mut degraded: HashMap<String, Option<Degradation>> = HashMap::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while degraded.len() < ITEMS && tokio::time::Instant::now() < deadline {
+        for d in events
+            .fetch(64, Duration::from_millis(500))
+            .await
+            .expect("fetch events")
+        {
+            let batch: EventBatch = serde_json::from_slice(&d.body).expect("an event batch");
+            for e in batch.events {
+                if e.kind == EventKind::Succeeded {
+                    degraded.insert(e.job_id, e.degraded);
+                }
+            }
+            d.acker.ack().await.expect("ack");
+        }
+    }
+    assert_eq!(degraded.len(), ITEMS, "a succeeded event per job");
+    for (job, note) in &degraded {
+        let note = note
+            .clone()
+            .unwrap_or_else(|| panic!("{job} is not marked degraded"));
+        assert_eq!(note.kind, DegradationKind::AnalyzersFailed, "{job}");
+        assert_eq!(note.detail, "broken", "{job}");
+    }
+    drop(events);
 
     wait_for(
         "the analyze queue to be empty",

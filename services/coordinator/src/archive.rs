@@ -140,6 +140,7 @@ async fn archive(app: &App, stage: &str, d: &Delivery) -> Result<bool, StoreErro
             target: JobState::DeadLettered,
             dl_reason: Some(a.info.reason.as_str().to_owned()),
             error: Some(a.info.last_error.clone()),
+            degraded: None,
         };
         apply_update(&mut tx, &update, &app.ingest, now).await?;
     }

@@ -11,7 +11,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
 use crate::consumer::{consume, settle};
-use crate::ingest::{Applied, apply_batch};
+use crate::ingest::{Applied, apply_batches};
 use crate::metrics as m;
 use crate::model::now_ms;
 
@@ -23,14 +23,12 @@ const MAX_DELIVERIES: u32 = 10;
 async fn apply_all(app: &App, batches: &[&EventBatch]) -> Result<(), StoreError> {
     let mut tx = app.store.begin().await?;
     let now = now_ms();
-    let mut late = 0u64;
-    for b in batches {
-        for a in apply_batch(&mut tx, b, &app.ingest, now).await? {
-            if a == Applied::Late {
-                late += 1;
-            }
-        }
-    }
+    // One sorted pass over every batch: the lock order holds across batches too.
+    let late = apply_batches(&mut tx, batches, &app.ingest, now)
+        .await?
+        .into_iter()
+        .filter(|a| *a == Applied::Late)
+        .count() as u64;
     tx.commit().await?;
     metrics::counter!(m::LATE_EVENTS).increment(late);
     Ok(())

@@ -92,6 +92,43 @@ pub fn decide(f: &PipelineFacts, now: Millis, grace_ms: i64) -> Option<Verdict> 
     }
 }
 
+/// Distinct degradation notes named in a final reason (the report lists every item's).
+pub const REASON_NOTES: usize = 3;
+
+/// A verdict's reason with its degraded items named:
+/// `all 3 items succeeded, 3 items degraded: analyzers sleeper, exit1 failed`. `notes` are the
+/// distinct item notes with their item counts, most frequent first (one more than
+/// [`REASON_NOTES`] means "and more"); counts are shown when the notes differ.
+pub fn with_degradation(reason: &str, degraded: i64, notes: &[(String, i64)]) -> String {
+    if degraded <= 0 {
+        return reason.to_owned();
+    }
+    let counted = notes.len() > 1;
+    let mut shown: Vec<String> = notes
+        .iter()
+        .take(REASON_NOTES)
+        .map(|(note, n)| {
+            if counted {
+                format!("{note} ({n})")
+            } else {
+                note.clone()
+            }
+        })
+        .collect();
+    if notes.len() > REASON_NOTES {
+        shown.push("…".into());
+    }
+    let items = if degraded == 1 { "item" } else { "items" };
+    if shown.is_empty() {
+        format!("{reason}, {degraded} {items} degraded")
+    } else {
+        format!(
+            "{reason}, {degraded} {items} degraded: {}",
+            shown.join("; ")
+        )
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +159,21 @@ mod tests {
         assert_eq!(s(expired), PipelineState::TimedOut);
         let v = decide(&facts(3, 3, 1), 0, 0).unwrap();
         assert_eq!(v.reason, "1 of 3 items succeeded, 2 failed");
+    }
+
+    #[test]
+    fn degraded_items_are_named_in_the_reason() {
+        let notes = vec![("analyzers sleeper, exit1 failed".to_owned(), 3)];
+        assert_eq!(
+            with_degradation("all 3 items succeeded", 3, &notes),
+            "all 3 items succeeded, 3 items degraded: analyzers sleeper, exit1 failed"
+        );
+        assert_eq!(with_degradation("x", 0, &notes), "x");
+        let many: Vec<(String, i64)> = (0..5).map(|i| (format!("n{i}"), 5 - i)).collect();
+        assert_eq!(
+            with_degradation("r", 15, &many[..4]),
+            "r, 15 items degraded: n0 (5); n1 (4); n2 (3); …"
+        );
     }
 
     #[test]

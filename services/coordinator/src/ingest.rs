@@ -5,12 +5,15 @@
 //! Locking (PostgreSQL): an event takes its pipeline row `FOR SHARE` (so the
 //! sweeper's finalizing `UPDATE` waits for it, and a result after finalization
 //! is seen as `late`), then its item row `FOR UPDATE` (so two replicas never
-//! derive an item from stale jobs). Events of a batch are applied sorted by
-//! item, so concurrent batches take item locks in the same order.
+//! derive an item from stale jobs). All events of a transaction (every batch of
+//! a fetch) are applied sorted by pipeline, then item, so every transaction takes
+//! pipeline locks in ascending id and item locks in one order, as the sweeper
+//! does (see `sweeper`): no lock cycle, no deadlock. Heartbeats come after all
+//! events, by worker id.
 
 use std::collections::{BTreeMap, HashMap};
 
-use fleet_protocol::{Event, EventBatch, EventKind, Heartbeat, RouteStep};
+use fleet_protocol::{Degradation, Event, EventBatch, EventKind, Heartbeat, RouteStep};
 use fleet_store::{StoreError, Tx, Value, params};
 
 use crate::db::{for_share, for_update, insert_rows, log_event};
@@ -53,6 +56,8 @@ pub struct JobUpdate {
     pub dl_reason: Option<String>,
     /// Error text.
     pub error: Option<String>,
+    /// The degradation note of a `succeeded` event (JSON of a bounded [`Degradation`]).
+    pub degraded: Option<String>,
     /// What goes to the event log.
     pub log: serde_json::Value,
 }
@@ -87,6 +92,13 @@ impl JobUpdate {
             EventKind::Retrying { error, .. } => (None, Some(error.clone())),
             _ => (None, None),
         };
+        let degraded = match e.kind {
+            EventKind::Succeeded => e
+                .degraded
+                .clone()
+                .and_then(|d| serde_json::to_string(&d.bounded()).ok()),
+            _ => None,
+        };
         let mut log = serde_json::to_value(e).unwrap_or_default();
         if let serde_json::Value::Object(m) = &mut log {
             m.insert(
@@ -108,32 +120,57 @@ impl JobUpdate {
             target: target_state(&e.kind),
             dl_reason,
             error,
+            degraded,
             log,
         }
     }
 }
 
-/// Applies a whole batch inside `tx`: events sorted by item then `(attempt, seq)`, then the heartbeat.
+/// Applies a whole batch inside `tx` (see [`apply_batches`]).
 pub async fn apply_batch(
     tx: &mut Tx,
     batch: &EventBatch,
     ctx: &IngestCtx,
     now: Millis,
 ) -> Result<Vec<Applied>, StoreError> {
-    let mut updates: Vec<JobUpdate> = batch.events.iter().map(JobUpdate::from_event).collect();
-    updates.sort_by(|a, b| {
-        (&a.pipeline_id, &a.job_id, a.attempt, a.seq).cmp(&(
+    apply_batches(tx, &[batch], ctx, now).await
+}
+
+/// Applies several batches inside one `tx`: all their events sorted by pipeline, item, job and
+/// `(attempt, seq)` (the lock order), then their heartbeats by worker id.
+pub async fn apply_batches(
+    tx: &mut Tx,
+    batches: &[&EventBatch],
+    ctx: &IngestCtx,
+    now: Millis,
+) -> Result<Vec<Applied>, StoreError> {
+    let mut updates: Vec<(Option<String>, JobUpdate)> = batches
+        .iter()
+        .flat_map(|b| b.events.iter())
+        .map(|e| {
+            let u = JobUpdate::from_event(e);
+            (item_of(&u.job_id, &u.pipeline_id, &u.stage), u)
+        })
+        .collect();
+    updates.sort_by(|(ia, a), (ib, b)| {
+        (&a.pipeline_id, ia, &a.job_id, a.attempt, a.seq).cmp(&(
             &b.pipeline_id,
+            ib,
             &b.job_id,
             b.attempt,
             b.seq,
         ))
     });
     let mut out = Vec::with_capacity(updates.len());
-    for u in &updates {
+    for (_, u) in &updates {
         out.push(apply_update(tx, u, ctx, now).await?);
     }
-    if let Some(hb) = &batch.heartbeat {
+    let mut beats: Vec<&Heartbeat> = batches
+        .iter()
+        .filter_map(|b| b.heartbeat.as_ref())
+        .collect();
+    beats.sort_by(|a, b| (&a.worker_id, a.at).cmp(&(&b.worker_id, b.at)));
+    for hb in beats {
         apply_heartbeat(tx, hb, ctx, now).await?;
     }
     Ok(out)
@@ -231,11 +268,12 @@ pub async fn apply_update(
                     ),
                     Value::from(u.dl_reason.clone()),
                     Value::from(u.error.clone()),
+                    Value::from(u.degraded.clone()),
                 ];
                 insert_rows(
                     tx,
                     "coord_jobs (job_id, pipeline_id, item_id, stage, required, state, attempt, seq, worker_id, \
-                     queued_at, last_event_at, last_progress_at, timeout_ms, max_attempts, dl_reason, error)",
+                     queued_at, last_event_at, last_progress_at, timeout_ms, max_attempts, dl_reason, error, degraded)",
                     "",
                     &[row],
                 )
@@ -246,7 +284,8 @@ pub async fn apply_update(
                      worker_id = COALESCE($5, worker_id), last_event_at = $6, \
                      last_progress_at = COALESCE($7, last_progress_at), \
                      dl_reason = COALESCE($8, dl_reason), error = COALESCE($9, error), \
-                     superseded = (superseded OR $10), stall_kind = NULL, stall_since = NULL \
+                     superseded = (superseded OR $10), stall_kind = NULL, stall_since = NULL, \
+                     degraded = COALESCE($11, degraded) \
                      WHERE job_id = $1",
                     params![
                         u.job_id.as_str(),
@@ -258,7 +297,8 @@ pub async fn apply_update(
                         progress_at,
                         u.dl_reason.clone(),
                         u.error.clone(),
-                        matches!(decision, Decision::Supersede(_))
+                        matches!(decision, Decision::Supersede(_)),
+                        u.degraded.clone()
                     ],
                 )
                 .await?;
@@ -317,7 +357,7 @@ pub async fn sync_item(
 ) -> Result<(), StoreError> {
     let rows = tx
         .query(
-            "SELECT stage, state, dl_reason, error FROM coord_jobs WHERE pipeline_id = $1 AND item_id = $2",
+            "SELECT stage, state, dl_reason, error, degraded FROM coord_jobs WHERE pipeline_id = $1 AND item_id = $2",
             params![pipeline_id, item_id],
         )
         .await?;
@@ -336,6 +376,10 @@ pub async fn sync_item(
             JobFact {
                 state: JobState::parse(&state).unwrap_or(JobState::Queued),
                 reason,
+                degraded: r
+                    .get::<Option<String>>("degraded")?
+                    .and_then(|d| serde_json::from_str::<Degradation>(&d).ok())
+                    .map(|d| d.to_string()),
             },
         );
     }
@@ -386,8 +430,8 @@ pub async fn sync_item(
         .await?;
     }
     tx.execute(
-        "UPDATE coord_items SET state = $3, outcome = $4, failed_stage = $5, reason = $6, updated_at = $7 \
-         WHERE pipeline_id = $1 AND item_id = $2",
+        "UPDATE coord_items SET state = $3, outcome = $4, failed_stage = $5, reason = $6, updated_at = $7, \
+         degraded = $8 WHERE pipeline_id = $1 AND item_id = $2",
         params![
             pipeline_id,
             item_id,
@@ -395,7 +439,8 @@ pub async fn sync_item(
             view.outcome,
             view.failed_stage.clone(),
             view.reason.clone(),
-            now
+            now,
+            view.degraded.clone()
         ],
     )
     .await?;

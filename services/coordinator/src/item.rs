@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 
-use fleet_protocol::RouteStep;
+use fleet_protocol::{Degradation, DegradationKind, RouteStep};
 
 use crate::model::{ItemState, JobState};
 
@@ -16,6 +16,8 @@ pub struct JobFact {
     pub state: JobState,
     /// Dead-letter reason or last error, when it failed.
     pub reason: Option<String>,
+    /// The note of a degraded success, in words (e.g. `analyzers sleeper failed`).
+    pub degraded: Option<String>,
 }
 
 /// The derived item and the job rows to create or change to match it.
@@ -33,6 +35,9 @@ pub struct ItemView {
     pub queue_stage: Option<(String, bool)>,
     /// Stages after a terminal failure whose jobs must be `skipped`.
     pub skip_stages: Vec<(String, bool)>,
+    /// When the item succeeded with less than the full result: why, in words (its stages'
+    /// degradation notes and skipped optional stages, in route order, ` + `-separated).
+    pub degraded: Option<String>,
 }
 
 /// True when the job ended because its message could never be published (outbox).
@@ -44,6 +49,7 @@ fn unpublished(fact: Option<&JobFact>) -> bool {
 /// Derives the item from `route` (all its stages, in order) and its jobs by stage.
 pub fn derive(route: &[RouteStep], jobs: &HashMap<String, JobFact>) -> ItemView {
     let mut skipped_optional = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     for (i, step) in route.iter().enumerate() {
         let rest = || {
             route[i + 1..]
@@ -59,13 +65,18 @@ pub fn derive(route: &[RouteStep], jobs: &HashMap<String, JobFact>) -> ItemView 
             reason: Some(why),
             queue_stage: None,
             skip_stages: rest(),
+            degraded: None,
         };
         match fact.map(|f| f.state) {
-            Some(JobState::Succeeded) => {}
+            Some(JobState::Succeeded) => {
+                notes.extend(fact.and_then(|f| f.degraded.clone()));
+            }
             // A job that was never published cannot pass its item on: nothing would
             // publish the next stage's job either.
             Some(JobState::DeadLettered) if !step.required && !unpublished(fact) => {
                 skipped_optional.push(step.stage.clone());
+                notes
+                    .push(Degradation::new(DegradationKind::StageSkipped, &step.stage).to_string());
             }
             Some(JobState::DeadLettered) => {
                 let why = fact.and_then(|f| f.reason.clone()).unwrap_or_default();
@@ -104,6 +115,7 @@ pub fn derive(route: &[RouteStep], jobs: &HashMap<String, JobFact>) -> ItemView 
                     reason: None,
                     queue_stage: Some((step.stage.clone(), step.required)),
                     skip_stages: Vec::new(),
+                    degraded: None,
                 };
             }
             Some(JobState::Queued | JobState::Running | JobState::Retrying) => {
@@ -114,6 +126,7 @@ pub fn derive(route: &[RouteStep], jobs: &HashMap<String, JobFact>) -> ItemView 
                     reason: None,
                     queue_stage: None,
                     skip_stages: Vec::new(),
+                    degraded: None,
                 };
             }
         }
@@ -136,6 +149,7 @@ pub fn derive(route: &[RouteStep], jobs: &HashMap<String, JobFact>) -> ItemView 
         reason,
         queue_stage: None,
         skip_stages: Vec::new(),
+        degraded: (!notes.is_empty()).then(|| notes.join(" + ")),
     }
 }
 
@@ -169,6 +183,7 @@ mod tests {
                     JobFact {
                         state: *st,
                         reason: Some("attempts_exhausted: boom".into()),
+                        degraded: None,
                     },
                 )
             })
@@ -224,12 +239,14 @@ mod tests {
             JobFact {
                 state: JobState::Succeeded,
                 reason: None,
+                degraded: None,
             },
         );
         let v = derive(&route(), &j);
         assert_eq!(v.state, ItemState::Succeeded);
         assert_eq!(v.outcome, Some("completed_with_skips"));
         assert!(v.reason.unwrap().contains("summarize"));
+        assert_eq!(v.degraded.as_deref(), Some("skipped summarize"));
     }
 
     #[test]
@@ -242,6 +259,7 @@ mod tests {
             JobFact {
                 state: JobState::DeadLettered,
                 reason: Some("publish_failed: no queue is bound".into()),
+                degraded: None,
             },
         );
         let v = derive(&route, &j);
@@ -284,5 +302,26 @@ mod tests {
         );
         assert_eq!(v.state, ItemState::Running);
         assert_eq!(v.queue_stage, Some(("summarize".into(), false)));
+    }
+
+    #[test]
+    fn degraded_stages_make_a_degraded_item() {
+        let mut j = jobs(&[
+            ("analyze", JobState::Succeeded),
+            ("summarize", JobState::Succeeded),
+            ("write", JobState::Succeeded),
+        ]);
+        assert_eq!(derive(&route(), &j).degraded, None);
+        j.get_mut("analyze").unwrap().degraded = Some("analyzers sleeper, exit1 failed".into());
+        j.get_mut("summarize").unwrap().degraded = Some("summary by fallback extractive".into());
+        let v = derive(&route(), &j);
+        assert_eq!(v.state, ItemState::Succeeded);
+        assert_eq!(
+            v.degraded.as_deref(),
+            Some("analyzers sleeper, exit1 failed + summary by fallback extractive")
+        );
+        // Not degraded while running: the note comes with the end.
+        j.get_mut("write").unwrap().state = JobState::Running;
+        assert_eq!(derive(&route(), &j).degraded, None);
     }
 }

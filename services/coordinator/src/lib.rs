@@ -297,16 +297,18 @@ async fn rebroadcast_cancellations(app: App, shutdown: CancellationToken) -> any
         let rows = app
             .store
             .query(
-                "SELECT pipeline_id FROM coord_pipelines WHERE cancel_requested_at IS NOT NULL AND cancel_requested_at >= $1",
+                "SELECT pipeline_id, created_at FROM coord_pipelines WHERE cancel_requested_at IS NOT NULL AND cancel_requested_at >= $1",
                 params![model::now_ms() - window],
             )
             .await;
         let Ok(rows) = rows else { continue };
         for r in rows {
-            let Ok(id) = r.get::<String>("pipeline_id") else {
+            let (Ok(id), Ok(created)) =
+                (r.get::<String>("pipeline_id"), r.get::<i64>("created_at"))
+            else {
                 continue;
             };
-            let body = control::cancellation(&id);
+            let body = control::cancellation(&id, Some(model::to_time(created)));
             let msg = OutMessage::new(Destination::Control { pipeline_id: id }, body);
             if let Err(e) = publish_control(&app, msg).await {
                 tracing::debug!(error = %e, "re-broadcasting a cancellation failed; next tick retries");

@@ -46,8 +46,9 @@ pub struct NewPipeline {
 }
 
 impl NewPipeline {
-    /// The first-stage job of `item`, with `route` = the stages after it.
-    pub fn first_job(&self, item: &NewItem) -> JobEnvelope {
+    /// The first-stage job of `item`, with `route` = the stages after it, in the pipeline
+    /// created (stored) at `created_at`: the time scopes cancellations to this pipeline's life.
+    pub fn first_job(&self, item: &NewItem, created_at: Millis) -> JobEnvelope {
         let (first, rest) = item
             .route
             .split_first()
@@ -71,6 +72,7 @@ impl NewPipeline {
             .collect();
         job.route = rest.to_vec();
         job.deadline_at = self.deadline_at.map(crate::model::to_time);
+        job.pipeline_created_at = Some(crate::model::to_time(created_at));
         job
     }
 }
@@ -383,8 +385,9 @@ mod tests {
         );
         let p = plan(&s, None, &limits()).unwrap();
         assert_eq!(p.pipeline_id, "p1");
-        let job = p.first_job(&p.items[0]);
+        let job = p.first_job(&p.items[0], 1_000);
         assert_eq!(job.job_id, "p1/a/analyze");
+        assert_eq!(job.pipeline_created_at.unwrap().timestamp_millis(), 1_000);
         assert_eq!(job.route.len(), 2);
         assert!(!job.route[0].required);
         assert_eq!((job.timeout_ms, job.max_attempts), (5000, 3));

@@ -37,6 +37,10 @@ pub struct ItemReport {
     pub failed_stage: Option<String>,
     /// Why, for people.
     pub reason: Option<String>,
+    /// When it succeeded with less than the full result: why, in words (e.g. `analyzers
+    /// sleeper, exit1 failed + summary by fallback extractive + skipped summarize`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 /// The full report of one pipeline.
@@ -60,6 +64,9 @@ pub struct PipelineReport {
     pub items_total: i64,
     /// Items in a terminal state.
     pub items_terminal: i64,
+    /// Items that succeeded degraded (analyzers failed, summary by fallback, optional stage
+    /// skipped).
+    pub items_degraded: i64,
     /// Job counts by stage and job state.
     pub stages: BTreeMap<String, BTreeMap<String, i64>>,
     /// Stalled jobs.
@@ -108,6 +115,33 @@ pub async fn item_counts(db: &mut Db<'_>, pipeline_id: &str) -> Result<(i64, i64
     }
 }
 
+/// Items of `pipeline_id` that succeeded degraded: how many, and up to `max_notes` distinct
+/// notes with their item counts, most frequent first.
+pub async fn degraded_items(
+    db: &mut Db<'_>,
+    pipeline_id: &str,
+    max_notes: usize,
+) -> Result<(i64, Vec<(String, i64)>), StoreError> {
+    let rows = db
+        .query(
+            "SELECT degraded, COUNT(*) AS n FROM coord_items \
+             WHERE pipeline_id = $1 AND state = 'succeeded' AND degraded IS NOT NULL \
+             GROUP BY degraded ORDER BY COUNT(*) DESC, degraded",
+            params![pipeline_id],
+        )
+        .await?;
+    let mut total = 0;
+    let mut notes = Vec::new();
+    for r in rows {
+        let n: i64 = r.get("n")?;
+        total += n;
+        if notes.len() < max_notes {
+            notes.push((r.get("degraded")?, n));
+        }
+    }
+    Ok((total, notes))
+}
+
 /// Builds the report of `pipeline_id`, or `None` if there is no such pipeline.
 pub async fn build(
     db: &mut Db<'_>,
@@ -126,6 +160,7 @@ pub async fn build(
     };
     let (items_total, items_terminal) = item_counts(db, pipeline_id).await?;
     let stages = stage_counts(db, pipeline_id).await?;
+    let (items_degraded, _) = degraded_items(db, pipeline_id, 0).await?;
     let stalled = db
         .query(
             "SELECT job_id, stage, stall_kind, stall_since, worker_id FROM coord_jobs \
@@ -146,7 +181,7 @@ pub async fn build(
         .collect::<Result<Vec<_>, StoreError>>()?;
     let items = if with_items {
         db.query(
-            "SELECT item_id, state, outcome, failed_stage, reason FROM coord_items \
+            "SELECT item_id, state, outcome, failed_stage, reason, degraded FROM coord_items \
              WHERE pipeline_id = $1 ORDER BY item_id",
             params![pipeline_id],
         )
@@ -159,6 +194,7 @@ pub async fn build(
                 outcome: r.get("outcome")?,
                 failed_stage: r.get("failed_stage")?,
                 reason: r.get("reason")?,
+                degraded: r.get("degraded")?,
             })
         })
         .collect::<Result<Vec<_>, StoreError>>()?
@@ -175,6 +211,7 @@ pub async fn build(
         replay_of: p.get("replay_of")?,
         items_total,
         items_terminal,
+        items_degraded,
         stages,
         stalled,
         items,

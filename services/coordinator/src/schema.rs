@@ -138,6 +138,10 @@ const V3_OPEN_PIPELINES: &str = "ALTER TABLE coord_pipelines ADD COLUMN sealed_a
     UPDATE coord_pipelines SET sealed_at = created_at;
     ALTER TABLE coord_items ADD COLUMN item_hash TEXT";
 
+/// v4: degradation notes: a job's note from its `succeeded` event (JSON), an item's in words.
+const V4_DEGRADED: &str = "ALTER TABLE coord_jobs ADD COLUMN degraded TEXT;
+    ALTER TABLE coord_items ADD COLUMN degraded TEXT";
+
 const PG: &[Migration] = &[
     Migration {
         version: 1,
@@ -153,6 +157,11 @@ const PG: &[Migration] = &[
         version: 3,
         name: "open pipelines",
         sql: V3_OPEN_PIPELINES,
+    },
+    Migration {
+        version: 4,
+        name: "degradation notes",
+        sql: V4_DEGRADED,
     },
 ];
 
@@ -171,6 +180,11 @@ const SQLITE: &[Migration] = &[
         version: 3,
         name: "open pipelines",
         sql: V3_OPEN_PIPELINES,
+    },
+    Migration {
+        version: 4,
+        name: "degradation notes",
+        sql: V4_DEGRADED,
     },
 ];
 

@@ -156,7 +156,7 @@ pub async fn insert_items(
             Value::from(now),
             Value::from(item_hash(it)),
         ]);
-        let job = p.first_job(it);
+        let job = p.first_job(it, now);
         jobs.push(vec![
             Value::from(job.job_id.as_str()),
             Value::from(p.pipeline_id.as_str()),

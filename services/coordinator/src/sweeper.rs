@@ -3,6 +3,11 @@
 //! lock outlives the transaction), names stalled jobs, finalizes pipelines
 //! with a conditional `UPDATE … WHERE state = 'running'` plus an outbox row
 //! in the same transaction (exactly once), and refreshes the gauges.
+//!
+//! Lock order (shared by every writer, so PostgreSQL never finds a deadlock): pipeline rows
+//! first, in ascending id, then that pipeline's items and jobs; worker rows after pipelines,
+//! in ascending id, then their job lists. Stall changes are classified from one read and
+//! written under their pipeline's lock.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -14,7 +19,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, for_update, log_event};
-use crate::finalize::{PipelineFacts, Verdict, decide};
+use crate::finalize::{PipelineFacts, REASON_NOTES, Verdict, decide, with_degradation};
 use crate::metrics as m;
 use crate::model::{JobState, Millis, PipelineState, StallKind, now_ms};
 use crate::outbox::{KEEP_PUBLISHED_MS, enqueue};
@@ -92,6 +97,32 @@ fn ms(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A stall change the sweep writes under its pipeline's lock.
+#[derive(Debug)]
+struct StallUpdate {
+    job_id: String,
+    /// The job state it was classified in.
+    seen_state: String,
+    kind: Option<String>,
+    since: Option<Millis>,
+}
+
+/// What one sweep does to one pipeline.
+#[derive(Debug, Default)]
+struct PipelineWork {
+    stalls: Vec<StallUpdate>,
+    finalize: bool,
+}
+
+/// Locks a running pipeline's row (PostgreSQL `FOR UPDATE`); false when it is not running.
+async fn lock_running(tx: &mut Tx, pipeline_id: &str) -> Result<bool, StoreError> {
+    let lock = format!(
+        "SELECT state FROM coord_pipelines WHERE pipeline_id = $1 AND state = 'running'{}",
+        for_update(tx)
+    );
+    Ok(tx.query_opt(&lock, params![pipeline_id]).await?.is_some())
+}
+
 /// Reads the facts of one running pipeline inside `tx`.
 async fn facts_of(tx: &mut Tx, pipeline_id: &str) -> Result<Option<PipelineFacts>, StoreError> {
     let rows = tx.query(FACTS_SQL_ONE, params![pipeline_id]).await?;
@@ -131,7 +162,8 @@ fn facts_from(r: &fleet_store::Row) -> Result<PipelineFacts, StoreError> {
     })
 }
 
-/// Finalizes `pipeline_id` inside `tx` if the rules say so: locks its row, re-reads
+/// Finalizes `pipeline_id` inside `tx` if the rules say so: locks its row (callers that lock
+/// several pipelines in one transaction do so in ascending id order), re-reads
 /// the facts, updates conditionally and, only when the row changed, writes the
 /// finalization message to the outbox. Returns the final state when it finalized.
 pub async fn finalize_one(
@@ -140,11 +172,7 @@ pub async fn finalize_one(
     now: Millis,
     grace_ms: i64,
 ) -> Result<Option<PipelineState>, StoreError> {
-    let lock = format!(
-        "SELECT state FROM coord_pipelines WHERE pipeline_id = $1 AND state = 'running'{}",
-        for_update(tx)
-    );
-    if tx.query_opt(&lock, params![pipeline_id]).await?.is_none() {
+    if !lock_running(tx, pipeline_id).await? {
         return Ok(None);
     }
     let Some(facts) = facts_of(tx, pipeline_id).await? else {
@@ -153,6 +181,9 @@ pub async fn finalize_one(
     let Some(Verdict { state, reason }) = decide(&facts, now, grace_ms) else {
         return Ok(None);
     };
+    let (degraded, notes) =
+        crate::report::degraded_items(&mut Db::Tx(tx), pipeline_id, REASON_NOTES + 1).await?;
+    let reason = with_degradation(&reason, degraded, &notes);
     let changed = tx
         .execute(
             "UPDATE coord_pipelines SET state = $2, finalized_at = $3, reason = $4 \
@@ -223,10 +254,11 @@ pub async fn finalize_one(
 /// Items listed at most in a finalization message (it must fit the broker's message limit).
 pub const FINAL_MESSAGE_ITEMS: usize = 1000;
 
-/// The finalization message: the report with only the items that did not succeed
-/// (at most [`FINAL_MESSAGE_ITEMS`]); `items_truncated` says when some were left out.
+/// The finalization message: the report with only the items that did not succeed or succeeded
+/// degraded (at most [`FINAL_MESSAGE_ITEMS`]); `items_truncated` says when some were left out.
 pub fn final_message(mut r: crate::report::PipelineReport) -> serde_json::Value {
-    r.items.retain(|i| i.state != "succeeded");
+    r.items
+        .retain(|i| i.state != "succeeded" || i.degraded.is_some());
     let truncated = r.items.len() > FINAL_MESSAGE_ITEMS;
     r.items.truncate(FINAL_MESSAGE_ITEMS);
     let mut v = serde_json::to_value(r).unwrap_or_default();
@@ -263,10 +295,10 @@ pub async fn sweep_once(store: &Store, cfg: &SweepConfig) -> Result<SweepReport,
     {
         alive.insert(r.get("stage")?, r.get("n")?);
     }
-    // Stalls.
+    // Stalls: classified from one read, written below under the pipeline's lock.
     let rows = tx
         .query(
-            "SELECT j.job_id, j.stage, j.state, j.queued_at, j.last_event_at, j.timeout_ms, \
+            "SELECT j.job_id, j.pipeline_id, j.stage, j.state, j.queued_at, j.last_event_at, j.timeout_ms, \
              j.stall_kind, j.stall_since, w.last_heartbeat_at AS hb_at, wj.last_progress_at AS hb_progress_at, \
              p.deadline_at \
              FROM coord_jobs j JOIN coord_pipelines p ON p.pipeline_id = j.pipeline_id \
@@ -282,10 +314,13 @@ pub async fn sweep_once(store: &Store, cfg: &SweepConfig) -> Result<SweepReport,
         backlog.insert((s.clone(), "stalled"), 0);
         backlog.insert((s.clone(), "retrying"), 0);
     }
+    // What each pipeline needs, by pipeline id: the lock order (see `lock_order` below).
+    let mut work: BTreeMap<String, PipelineWork> = BTreeMap::new();
     for r in rows {
         let job_id: String = r.get("job_id")?;
         let stage: String = r.get("stage")?;
-        let state = JobState::parse(&r.get::<String>("state")?).unwrap_or(JobState::Queued);
+        let state_text: String = r.get("state")?;
+        let state = JobState::parse(&state_text).unwrap_or(JobState::Queued);
         let timeout: i64 = r.get("timeout_ms")?;
         let facts = JobFacts {
             state,
@@ -303,11 +338,15 @@ pub async fn sweep_once(store: &Store, cfg: &SweepConfig) -> Result<SweepReport,
         let new_kind = verdict.map(|(k, _)| k.as_str().to_owned());
         let new_since = verdict.map(|(_, s)| s);
         if old_kind != new_kind || old_since != new_since {
-            tx.execute(
-                "UPDATE coord_jobs SET stall_kind = $2, stall_since = $3 WHERE job_id = $1",
-                params![job_id.as_str(), new_kind.clone(), new_since],
-            )
-            .await?;
+            work.entry(r.get("pipeline_id")?)
+                .or_default()
+                .stalls
+                .push(StallUpdate {
+                    job_id,
+                    seen_state: state_text,
+                    kind: new_kind,
+                    since: new_since,
+                });
         }
         let health = if verdict.is_some() {
             "stalled"
@@ -326,16 +365,34 @@ pub async fn sweep_once(store: &Store, cfg: &SweepConfig) -> Result<SweepReport,
         }
     }
     report.parked = parked_stages(&backlog);
-    // Finalization.
+    // Finalization candidates.
     let grace = ms(cfg.deadline_grace);
-    let candidates = tx.query(FACTS_SQL_ALL, &[]).await?;
-    for r in candidates {
-        let id: String = r.get("pipeline_id")?;
-        if decide(&facts_from(&r)?, now, grace).is_none() {
+    for r in tx.query(FACTS_SQL_ALL, &[]).await? {
+        if decide(&facts_from(&r)?, now, grace).is_some() {
+            work.entry(r.get("pipeline_id")?).or_default().finalize = true;
+        }
+    }
+    // Lock order: every writer locks a pipeline row before its items and jobs, and pipelines in
+    // ascending id (event ingestion sorts its updates the same way), so no two transactions can
+    // wait on each other in a cycle (PostgreSQL deadlock 40P01). A pipeline whose row is no
+    // longer running is left alone.
+    for (id, w) in &mut work {
+        if !lock_running(&mut tx, id).await? {
             continue;
         }
-        if let Some(state) = finalize_one(&mut tx, &id, now, grace).await? {
-            report.finalized.push((id, state));
+        w.stalls.sort_by(|a, b| a.job_id.cmp(&b.job_id));
+        for u in &w.stalls {
+            // Only if the job is still as classified: an event since the read wins.
+            tx.execute(
+                "UPDATE coord_jobs SET stall_kind = $2, stall_since = $3 WHERE job_id = $1 AND state = $4",
+                params![u.job_id.as_str(), u.kind.clone(), u.since, u.seen_state.as_str()],
+            )
+            .await?;
+        }
+        if w.finalize
+            && let Some(state) = finalize_one(&mut tx, id, now, grace).await?
+        {
+            report.finalized.push((id.clone(), state));
         }
     }
     // Gauges.
@@ -359,17 +416,25 @@ pub async fn sweep_once(store: &Store, cfg: &SweepConfig) -> Result<SweepReport,
         params![now - KEEP_PUBLISHED_MS],
     )
     .await?;
-    tx.execute(
-        "DELETE FROM coord_worker_jobs WHERE worker_id IN \
-         (SELECT worker_id FROM coord_workers WHERE last_heartbeat_at < $1)",
-        params![now - FORGET_WORKER_MS],
-    )
-    .await?;
-    tx.execute(
-        "DELETE FROM coord_workers WHERE last_heartbeat_at < $1",
-        params![now - FORGET_WORKER_MS],
-    )
-    .await?;
+    // Worker rows before their jobs, in id order: the order heartbeat ingestion locks them in.
+    let forget = format!(
+        "SELECT worker_id FROM coord_workers WHERE last_heartbeat_at < $1 ORDER BY worker_id{}",
+        for_update(&tx)
+    );
+    let gone = tx.query(&forget, params![now - FORGET_WORKER_MS]).await?;
+    if !gone.is_empty() {
+        tx.execute(
+            "DELETE FROM coord_worker_jobs WHERE worker_id IN \
+             (SELECT worker_id FROM coord_workers WHERE last_heartbeat_at < $1)",
+            params![now - FORGET_WORKER_MS],
+        )
+        .await?;
+        tx.execute(
+            "DELETE FROM coord_workers WHERE last_heartbeat_at < $1",
+            params![now - FORGET_WORKER_MS],
+        )
+        .await?;
+    }
     tx.commit().await?;
 
     #[allow(clippy::cast_precision_loss)]
@@ -483,6 +548,7 @@ mod tests {
             outcome: None,
             failed_stage: None,
             reason: None,
+            degraded: None,
         };
         let mut items: Vec<ItemReport> = (0..5).map(|i| item(i, "succeeded")).collect();
         items.extend((0..FINAL_MESSAGE_ITEMS + 1).map(|i| item(i, "failed")));
@@ -496,6 +562,7 @@ mod tests {
             replay_of: None,
             items_total: 1006,
             items_terminal: 1006,
+            items_degraded: 0,
             stages: BTreeMap::new(),
             stalled: Vec::new(),
             items,

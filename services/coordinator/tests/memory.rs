@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use common::{Backend, Harness, event, heartbeat, submission};
 use fleet_core::{Destination, OutMessage, Source, SubscribeOptions};
-use fleet_protocol::{DeadLetterInfo, DeadLetterReason, EventKind, Names};
+use fleet_protocol::{
+    DeadLetterInfo, DeadLetterReason, Degradation, DegradationKind, EventKind, Names,
+};
 use fleet_test_support::wait_for;
 use serde_json::json;
 
@@ -242,6 +244,51 @@ async fn optional_stage_failure_passes_the_item_on() {
     h.cleanup().await;
 }
 
+/// Items whose analyzers partly failed (and one whose optional summarize stage was skipped)
+/// succeed, but the report counts them as degraded and the final reason names why.
+#[tokio::test]
+async fn degraded_items_are_counted_and_named_in_the_final_reason() {
+    let h = Harness::new(Backend::Memory, "degraded", &[]).await;
+    let route = json!({"route": [{"stage": "analyze"}, {"stage": "summarize", "required": false}, {"stage": "write"}]});
+    h.submit("pd", &["a", "b", "c"], route).await;
+    let mut events = Vec::new();
+    for it in ["a", "b", "c"] {
+        let job = fleet_protocol::job_id("pd", it, "analyze");
+        let mut e = event(&job, "pd", "analyze", 1, 1, EventKind::Succeeded);
+        e.degraded = Some(Degradation::new(
+            DegradationKind::AnalyzersFailed,
+            "sleeper, exit1",
+        ));
+        events.push(e);
+    }
+    h.send("analyze", events, None).await;
+    h.finish("pd", &["a", "b"], "summarize", EventKind::Succeeded)
+        .await;
+    h.finish(
+        "pd",
+        &["c"],
+        "summarize",
+        dead(DeadLetterReason::AttemptsExhausted),
+    )
+    .await;
+    h.finish("pd", &["a", "b", "c"], "write", EventKind::Succeeded)
+        .await;
+    let r = h.wait_state("pd", "completed", T).await;
+    assert_eq!(r["items_degraded"], 3, "{r}");
+    assert_eq!(
+        r["reason"],
+        "all 3 items succeeded, 3 items degraded: analyzers sleeper, exit1 failed (2); \
+         analyzers sleeper, exit1 failed + skipped summarize (1)",
+        "{r}"
+    );
+    assert_eq!(r["items"][0]["degraded"], "analyzers sleeper, exit1 failed");
+    assert_eq!(
+        r["items"][2]["degraded"],
+        "analyzers sleeper, exit1 failed + skipped summarize"
+    );
+    h.cleanup().await;
+}
+
 #[tokio::test]
 async fn reordered_and_duplicate_events_and_superseding_success() {
     let h = Harness::new(Backend::Memory, "order", &[]).await;
@@ -360,6 +407,15 @@ async fn cancel_finalizes_and_broadcasts() {
     assert!(!msgs.is_empty(), "no control message");
     let body: serde_json::Value = serde_json::from_slice(&msgs[0].body).unwrap();
     assert_eq!(body["pipeline_id"], "px");
+    // Scoped to this life of the id: the jobs carry the same creation time.
+    let cancel = fleet_protocol::control::parse_cancellation(&msgs[0].body).unwrap();
+    let jobs = h.take_jobs("analyze", 2, T).await;
+    assert!(cancel.pipeline_created_at.is_some(), "{body}");
+    assert!(jobs.iter().all(|j| cancel.applies_to_job(j)), "{body}");
+    let mut later = jobs[0].clone();
+    later.pipeline_created_at =
+        Some(later.pipeline_created_at.unwrap() + chrono::Duration::seconds(1));
+    assert!(!cancel.applies_to_job(&later));
     let r = h.report("px").await;
     assert_eq!(r["stages"]["analyze"]["cancelled"], 2);
     assert_eq!(h.final_messages("px").await, 1);

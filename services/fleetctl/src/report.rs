@@ -65,6 +65,9 @@ pub struct ItemReport {
     /// Why.
     #[serde(default)]
     pub reason: Option<String>,
+    /// Why it succeeded degraded (analyzers failed, summary by fallback, stage skipped).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
 }
 
 /// `GET /v1/pipelines/{id}` and the SSE `final` event.
@@ -95,6 +98,9 @@ pub struct Report {
     /// Items finished.
     #[serde(default)]
     pub items_terminal: i64,
+    /// Items that succeeded degraded.
+    #[serde(default)]
+    pub items_degraded: i64,
     /// Job counts by stage and job state.
     #[serde(default)]
     pub stages: BTreeMap<String, BTreeMap<String, i64>>,
@@ -206,9 +212,14 @@ pub fn render(r: &Report, all_items: bool) -> String {
             let _ = writeln!(out, "state      {}", r.state);
         }
     }
+    let degraded = if r.items_degraded > 0 {
+        format!(", {} degraded", r.items_degraded)
+    } else {
+        String::new()
+    };
     let _ = writeln!(
         out,
-        "items      {}/{} finished",
+        "items      {}/{} finished{degraded}",
         r.items_terminal, r.items_total
     );
     if let Some(c) = &r.created_at {
@@ -264,32 +275,35 @@ pub fn render(r: &Report, all_items: bool) -> String {
         } else {
             r.items
                 .iter()
-                .filter(|i| i.state != "succeeded")
+                .filter(|i| i.state != "succeeded" || i.degraded.is_some())
                 .take(MAX_ITEMS)
                 .collect()
         };
+        let any_degraded = shown.iter().any(|i| i.degraded.is_some());
         let _ = writeln!(out, "\nitems: {}", summary.join(", "));
         if !shown.is_empty() {
             let rows: Vec<Vec<String>> = shown
                 .iter()
                 .map(|i| {
-                    vec![
+                    let mut row = vec![
                         i.item_id.clone(),
                         i.state.clone(),
                         i.outcome.clone().unwrap_or_default(),
                         i.failed_stage.clone().unwrap_or_default(),
-                        truncate(i.reason.as_deref().unwrap_or_default(), 100),
-                    ]
+                    ];
+                    if any_degraded {
+                        row.push(truncate(i.degraded.as_deref().unwrap_or_default(), 100));
+                    }
+                    row.push(truncate(i.reason.as_deref().unwrap_or_default(), 100));
+                    row
                 })
                 .collect();
-            let _ = writeln!(
-                out,
-                "{}",
-                table(
-                    &["ITEM", "STATE", "OUTCOME", "FAILED_STAGE", "REASON"],
-                    &rows
-                )
-            );
+            let mut headers = vec!["ITEM", "STATE", "OUTCOME", "FAILED_STAGE"];
+            if any_degraded {
+                headers.push("DEGRADED");
+            }
+            headers.push("REASON");
+            let _ = writeln!(out, "{}", table(&headers, &rows));
         }
         if shown.len() < r.items.len() {
             let _ = writeln!(
@@ -404,5 +418,31 @@ mod tests {
         );
         assert!(s.contains("DEAD_LETTERED"));
         assert!(s.contains("1 failed, 1 succeeded"), "{s}");
+    }
+
+    #[test]
+    fn degraded_items_are_counted_and_named() {
+        let r: Report = serde_json::from_value(serde_json::json!({
+            "pipeline_id": "p", "state": "completed",
+            "reason": "all 2 items succeeded, 1 item degraded: analyzers sleeper, exit1 failed",
+            "items_total": 2, "items_terminal": 2, "items_degraded": 1,
+            "items": [{"item_id": "a", "state": "succeeded"},
+                      {"item_id": "b", "state": "succeeded", "degraded": "analyzers sleeper, exit1 failed"}]
+        }))
+        .unwrap();
+        let s = render(&r, false);
+        assert!(s.contains("items      2/2 finished, 1 degraded"), "{s}");
+        assert!(s.contains("DEGRADED"), "{s}");
+        assert!(s.contains("b     succeeded"), "{s}");
+        assert!(
+            s.matches("analyzers sleeper, exit1 failed").count() == 2,
+            "{s}"
+        );
+        // No column when nothing is degraded (older coordinators send no field).
+        let plain: Report = serde_json::from_value(serde_json::json!({
+            "pipeline_id": "p", "state": "completed", "items": [{"item_id": "a", "state": "succeeded"}]
+        }))
+        .unwrap();
+        assert!(!render(&plain, false).contains("DEGRADED"));
     }
 }

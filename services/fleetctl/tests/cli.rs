@@ -163,6 +163,91 @@ async fn submit_twice_with_the_same_id_is_one_pipeline() {
     c.stop().await;
 }
 
+/// Items whose command analyzers partly failed: `fleetctl status` counts them as degraded and
+/// the state's reason names the failed analyzers.
+#[tokio::test]
+async fn status_names_degraded_items() {
+    use fleet_core::{Destination, OutMessage};
+    use fleet_protocol::{Degradation, DegradationKind, Event, EventBatch, EventKind};
+    let c = Coordinator::start(&[]).await;
+    let url = c.url();
+    let dir = text_files(
+        "degraded",
+        &[("a.txt", "a"), ("b.txt", "b"), ("c.txt", "c")],
+    );
+    let d = dir.display().to_string();
+    let id = format!("deg-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    let r = fleetctl(&[
+        "--url",
+        &url,
+        "submit",
+        "--pipeline-id",
+        &id,
+        "--route",
+        "analyze",
+        &d,
+    ])
+    .await;
+    assert_eq!(r.code, 0, "{}", r.all());
+    let base = dir.file_name().unwrap().to_string_lossy().into_owned();
+    // The analyzer's side: each item succeeds with two command analyzers failed.
+    let events = ["a.txt", "b.txt", "c.txt"]
+        .iter()
+        .map(|f| Event {
+            job_id: fleet_protocol::job_id(&id, &format!("{base}/{f}"), "analyze"),
+            pipeline_id: id.clone(),
+            stage: "analyze".into(),
+            attempt: 1,
+            seq: 1,
+            worker_id: "w".into(),
+            at: chrono::Utc::now(),
+            kind: EventKind::Succeeded,
+            degraded: Some(Degradation::new(
+                DegradationKind::AnalyzersFailed,
+                "sleeper, exit1",
+            )),
+        })
+        .collect();
+    let batch = EventBatch {
+        v: 1,
+        worker_id: "w".into(),
+        stage: "analyze".into(),
+        events,
+        heartbeat: None,
+    };
+    c.broker
+        .publish(OutMessage::new(
+            Destination::Events {
+                stage: "analyze".into(),
+            },
+            serde_json::to_vec(&batch).unwrap(),
+        ))
+        .await
+        .unwrap();
+    let mut last = String::new();
+    for _ in 0..100 {
+        let r = fleetctl(&["--url", &url, "status", &id]).await;
+        last = r.all();
+        if r.stdout.contains("state      completed") {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(
+        last.contains(
+            "state      completed (all 3 items succeeded, 3 items degraded: analyzers sleeper, exit1 failed)"
+        ),
+        "{last}"
+    );
+    assert!(
+        last.contains("items      3/3 finished, 3 degraded"),
+        "{last}"
+    );
+    assert!(last.contains("DEGRADED"), "{last}");
+    let _ = std::fs::remove_dir_all(dir);
+    c.stop().await;
+}
+
 #[tokio::test]
 async fn status_list_cancel_watch_queues_and_dlq() {
     let c = Coordinator::start(&[]).await;

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fleet_analyzer::chunk::chunk_text;
-use fleet_runtime::{Handler, JobContext, JobEnvelope, JobError, Output};
+use fleet_runtime::{
+    Degradation, DegradationKind, Handler, JobContext, JobEnvelope, JobError, Output,
+};
 use serde_json::{Map, Value};
 
 use crate::summarize::{Item, Summarizer};
@@ -93,7 +95,16 @@ impl Handler for SummarizeHandler {
             serde_json::to_value(&summary)
                 .map_err(|e| JobError::Retryable(format!("serializing the summary: {e}")))?,
         );
-        Ok(Output::new(Value::Object(payload)))
+        let out = Output::new(Value::Object(payload));
+        // A fallback summary is a success, but the coordinator counts the item as degraded.
+        Ok(if summary.fallback {
+            out.degraded(Degradation::new(
+                DegradationKind::SummaryFallback,
+                &summary.provider,
+            ))
+        } else {
+            out
+        })
     }
 }
 

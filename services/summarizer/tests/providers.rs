@@ -31,6 +31,7 @@ async fn answers_json_and_sse_and_keeps_the_payload() {
     assert_eq!(first.stage, "write");
     assert_eq!(summary(&first)["provider"], "stub");
     assert_eq!(summary(&first)["fallback"], false);
+    assert_eq!(w.succeeded(&job.job_id).await.degraded, None);
     assert_eq!(summary(&first)["text"], "A streamed summary of the item.");
     assert_eq!(first.payload["metadata"]["k"], 1);
     assert_eq!(first.payload["analysis"]["language"], "en");
@@ -115,6 +116,13 @@ async fn a_hang_is_cut_before_the_job_deadline_and_falls_back() {
     assert_eq!(summary(&out)["provider"], "extractive");
     assert_eq!(summary(&out)["fallback"], true);
     assert_eq!(w.provider(0).in_flight(), 0);
+    // The success is marked degraded, so the coordinator counts the item.
+    let done = w
+        .succeeded(&format!("{}/d1/summarize", out.pipeline_id))
+        .await;
+    let note = done.degraded.expect("a fallback summary is degraded");
+    assert_eq!(note.kind, fleet_protocol::DegradationKind::SummaryFallback);
+    assert_eq!(note.detail, "extractive");
     w.stop().await;
 }
 

@@ -52,7 +52,8 @@ struct Queue {
 struct Inner {
     names: Mutex<Names>,
     queues: Mutex<HashMap<String, Arc<Queue>>>,
-    kept_cancels: Mutex<Vec<String>>,
+    /// The last control message per pipeline id, replayed to each new subscriber (like NATS).
+    kept_cancels: Mutex<Vec<(String, Bytes)>>,
     control_subs: Mutex<Vec<Arc<Queue>>>,
     ack_wait: Mutex<Duration>,
     max_deliver: Mutex<u32>,
@@ -229,9 +230,9 @@ impl Broker for MemoryBroker {
                     return Ok(());
                 };
                 let mut kept = lock(&self.inner.kept_cancels);
-                if !kept.contains(pipeline_id) {
-                    kept.push(pipeline_id.clone());
-                }
+                // One message per subject, the last one wins (NATS `max_messages_per_subject: 1`).
+                kept.retain(|(pid, _)| pid != pipeline_id);
+                kept.push((pipeline_id.clone(), msg.body.clone()));
                 drop(kept);
                 let subs = lock(&self.inner.control_subs).clone();
                 for q in subs {
@@ -252,8 +253,8 @@ impl Broker for MemoryBroker {
             // Each control subscriber gets its own queue, pre-filled with the kept cancellations.
             let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
             let q = self.queue(&format!("control-sub-{id}"));
-            for pid in lock(&self.inner.kept_cancels).clone() {
-                self.push(&q, Bytes::from(pid), Vec::new());
+            for (_, body) in lock(&self.inner.kept_cancels).clone() {
+                self.push(&q, body, Vec::new());
             }
             lock(&self.inner.control_subs).push(q.clone());
             q

@@ -6,7 +6,7 @@
 //! | `<P>_DLQ` | `<p>.dlq.>` | limits | `dlq-<stage>` per stage (filter `<p>.dlq.<stage>`) |
 //! | `<P>_EVENTS` | `<p>.events.>` | WorkQueue | `coordinator` |
 //! | `<P>_SUBMIT` | `<p>.submit` | WorkQueue, dedup window 2 min | `coordinator` |
-//! | `<P>_CONTROL` | `<p>.control.>` | limits, 1 message per subject | none (ephemeral ordered per subscriber) |
+//! | `<P>_CONTROL` | `<p>.control.>` | limits, 1 message per subject, `max_age` [`control::RETENTION`] | none (ephemeral ordered per subscriber) |
 //! | `<P>_PIPELINES` | `<p>.pipelines.>` | limits | none |
 //! | `<P>_RETRY` | `<p>.retry.<stage>.<delay>` | WorkQueue, dedup window 2 min | `retry-<stage>-<delay>` per stage and ladder step (see [`crate::retry`]) |
 //! | `<P>_BACKSTOP` | `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<P>_JOBS.>` | WorkQueue | `backstop-<stage>` per stage |
@@ -35,7 +35,7 @@ use async_nats::jetstream::stream::{
 };
 use async_nats::jetstream::{self, ErrorCode};
 use fleet_core::{BrokerError, Topology};
-use fleet_protocol::Names;
+use fleet_protocol::{Names, control};
 
 use crate::wire::{bounded, check_token};
 
@@ -100,8 +100,11 @@ pub(crate) fn stream_configs(names: &Names) -> Vec<stream::Config> {
             vec![names.submit()],
             RetentionPolicy::WorkQueue,
         ),
+        // A cancellation is kept for a bounded time, not forever: it only matters while jobs of its
+        // pipeline may still be queued (and it is scoped to the pipeline's creation time anyway).
         stream::Config {
             max_messages_per_subject: 1,
+            max_age: control::RETENTION,
             ..base(
                 names.control_stream(),
                 vec![format!("{p}.control.>")],
@@ -241,6 +244,12 @@ pub(crate) fn stream_drift(want: &stream::Config, have: &stream::Config) -> Vec<
             have.storage, want.storage
         ));
     }
+    if want.max_age != have.max_age {
+        d.push(format!(
+            "max_age {:?} (want {:?})",
+            have.max_age, want.max_age
+        ));
+    }
     if want.max_messages_per_subject > 0
         && want.max_messages_per_subject != have.max_messages_per_subject
     {
@@ -346,6 +355,13 @@ pub(crate) async fn ensure_stream(
         },
     };
     let drift = stream_drift(want, &have);
+    if drift.len() == 1 && drift[0].starts_with("max_age") {
+        // An age limit can be changed in place (a stream declared before fleet set one).
+        if let Ok(Ok(_)) = bounded(limit, js.update_stream(want.clone())).await {
+            tracing::info!(stream = %want.name, "set the stream's max_age to {:?}", want.max_age);
+            return Ok(0);
+        }
+    }
     if !drift.is_empty() {
         tracing::warn!(
             stream = %want.name,
@@ -496,6 +512,12 @@ mod tests {
         assert_eq!(jobs.duplicate_window, DUPLICATE_WINDOW);
         assert_eq!(streams[4].name, "AB_CONTROL");
         assert_eq!(streams[4].max_messages_per_subject, 1);
+        assert_eq!(streams[4].max_age, control::RETENTION);
+        assert!(streams[..4].iter().all(|s| s.max_age.is_zero()));
+        let mut old = streams[4].clone();
+        old.max_age = Duration::ZERO;
+        let d = stream_drift(&streams[4], &old);
+        assert!(d.len() == 1 && d[0].starts_with("max_age"), "{d:?}");
         let consumers = consumer_configs(&t).expect("valid stages");
         let s1 = &consumers[0];
         assert_eq!(s1.stream, "AB_JOBS");

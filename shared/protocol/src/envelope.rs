@@ -66,6 +66,11 @@ pub struct JobEnvelope {
     pub stage_limits: BTreeMap<String, StageLimits>,
     /// When the job was created.
     pub created_at: DateTime<Utc>,
+    /// When the pipeline was created: with `pipeline_id` it names one life of the pipeline, so a
+    /// cancellation of an earlier pipeline with the same id does not hit this job (absent in
+    /// envelopes of older coordinators; then the id alone matches).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline_created_at: Option<DateTime<Utc>>,
     /// Stage input: free-form JSON.
     #[serde(default)]
     pub payload: serde_json::Value,
@@ -92,6 +97,7 @@ impl JobEnvelope {
             deadline_at: None,
             stage_limits: BTreeMap::new(),
             created_at: Utc::now(),
+            pipeline_created_at: None,
             payload,
         }
     }
@@ -136,6 +142,7 @@ impl JobEnvelope {
         job.max_attempts = limits.map_or(self.max_attempts, |l| l.max_attempts);
         job.timeout_ms = limits.map_or(self.timeout_ms, |l| l.timeout_ms);
         job.deadline_at = self.deadline_at;
+        job.pipeline_created_at = self.pipeline_created_at;
         job.stage_limits.clone_from(&self.stage_limits);
         Some(job)
     }
@@ -254,8 +261,10 @@ mod tests {
                 required: true,
             },
         ];
+        job.pipeline_created_at = DateTime::from_timestamp_millis(1_000);
         let next = job.next_job(serde_json::json!(1)).unwrap();
         assert_eq!(next.job_id, "p/i/summarize");
+        assert_eq!(next.pipeline_created_at, job.pipeline_created_at);
         assert_eq!(next.route.len(), 1);
         assert!(
             next.next_job(serde_json::Value::Null)

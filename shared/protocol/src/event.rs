@@ -77,6 +77,96 @@ pub struct Event {
     /// What happened.
     #[serde(flatten)]
     pub kind: EventKind,
+    /// On `succeeded` only: the attempt succeeded with less than the full result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<Degradation>,
+}
+
+/// Longest [`Degradation::detail`], in bytes.
+pub const MAX_DEGRADATION_DETAIL: usize = 200;
+
+/// How a succeeded job fell short of the full result (a closed set).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DegradationKind {
+    /// Optional command analyzers failed; the analysis is partial.
+    AnalyzersFailed,
+    /// A fallback provider produced the summary.
+    SummaryFallback,
+    /// An optional stage failed and was skipped.
+    StageSkipped,
+    /// A kind this build does not know (sent by a newer worker).
+    #[serde(other)]
+    Other,
+}
+
+impl DegradationKind {
+    /// The wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DegradationKind::AnalyzersFailed => "analyzers_failed",
+            DegradationKind::SummaryFallback => "summary_fallback",
+            DegradationKind::StageSkipped => "stage_skipped",
+            DegradationKind::Other => "other",
+        }
+    }
+}
+
+/// A note that a job succeeded degraded: what kind, and a short detail (e.g. which analyzers).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+pub struct Degradation {
+    /// What fell short.
+    pub kind: DegradationKind,
+    /// Short detail, at most [`MAX_DEGRADATION_DETAIL`] bytes (e.g. `sleeper, exit1`).
+    #[serde(default)]
+    pub detail: String,
+}
+
+impl Degradation {
+    /// A note of `kind`; `detail` is cut to [`MAX_DEGRADATION_DETAIL`] bytes on a char boundary.
+    pub fn new(kind: DegradationKind, detail: &str) -> Degradation {
+        Degradation {
+            kind,
+            detail: bounded(detail, MAX_DEGRADATION_DETAIL),
+        }
+    }
+
+    /// The same note with its detail bounded (for notes decoded from the wire).
+    pub fn bounded(mut self) -> Degradation {
+        self.detail = bounded(&self.detail, MAX_DEGRADATION_DETAIL);
+        self
+    }
+}
+
+impl std::fmt::Display for Degradation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let what = match self.kind {
+            DegradationKind::AnalyzersFailed => "analyzers",
+            DegradationKind::SummaryFallback => "summary by fallback",
+            DegradationKind::StageSkipped => "skipped",
+            DegradationKind::Other => "degraded",
+        };
+        let tail = match self.kind {
+            DegradationKind::AnalyzersFailed => " failed",
+            _ => "",
+        };
+        if self.detail.is_empty() {
+            write!(f, "{what}{tail}")
+        } else {
+            write!(f, "{what} {}{tail}", self.detail)
+        }
+    }
+}
+
+fn bounded(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_owned();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
 }
 
 /// A job in flight on a worker, as reported by its heartbeat.
@@ -148,13 +238,33 @@ mod tests {
                 delay_ms: 1000,
                 error: "boom".into(),
             },
+            degraded: None,
         };
         let v = serde_json::to_value(&e).unwrap();
         assert_eq!(v["type"], "retrying");
         assert_eq!(v["delay_ms"], 1000);
+        assert!(v.get("degraded").is_none(), "absent when not degraded");
         let back: Event = serde_json::from_value(v).unwrap();
         assert_eq!(back, e);
         assert!(!back.kind.is_terminal());
         assert!(EventKind::Expired.is_terminal());
+    }
+
+    #[test]
+    fn degraded_success_wire_shape() {
+        let body = r#"{"job_id":"p/i/analyze","pipeline_id":"p","stage":"analyze","attempt":1,
+            "seq":1,"worker_id":"w","at":"2026-01-01T00:00:00Z","type":"succeeded",
+            "degraded":{"kind":"analyzers_failed","detail":"sleeper, exit1"}}"#;
+        let e: Event = serde_json::from_str(body).unwrap();
+        assert_eq!(e.kind, EventKind::Succeeded);
+        let d = e.degraded.unwrap();
+        assert_eq!(d.kind, DegradationKind::AnalyzersFailed);
+        assert_eq!(d.to_string(), "analyzers sleeper, exit1 failed");
+        // A kind from a newer worker still decodes.
+        let d: Degradation = serde_json::from_str(r#"{"kind":"gpu_melted"}"#).unwrap();
+        assert_eq!(d.kind, DegradationKind::Other);
+        let long = "é".repeat(MAX_DEGRADATION_DETAIL);
+        let d = Degradation::new(DegradationKind::SummaryFallback, &long);
+        assert!(d.detail.len() <= MAX_DEGRADATION_DETAIL && long.starts_with(&d.detail));
     }
 }

@@ -15,7 +15,9 @@ pub mod submission;
 
 pub use deadletter::{DeadLetterInfo, DeadLetterReason, ErrorKind};
 pub use envelope::{DecodeError, JobEnvelope, RouteStep, StageLimits, decode_job};
-pub use event::{Event, EventBatch, EventKind, Heartbeat, InFlightJob};
+pub use event::{
+    Degradation, DegradationKind, Event, EventBatch, EventKind, Heartbeat, InFlightJob,
+};
 pub use names::Names;
 pub use submission::{
     ItemBatch, Seal, StageOptions, Submission, SubmissionError, SubmitItem, decode_item_batch,

@@ -106,7 +106,7 @@ pub async fn admit(sh: &Shared, d: Delivery) -> Option<Admitted> {
         settle::terminal(sh, &job, d.acker, d.attempt, 0, EventKind::Expired).await;
         return None;
     }
-    if sh.cancels.contains(&job.pipeline_id) {
+    if sh.cancels.cancels(&job) {
         settle::finished(sh, "cancelled", None);
         settle::terminal(sh, &job, d.acker, d.attempt, 0, EventKind::Cancelled).await;
         return None;

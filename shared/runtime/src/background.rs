@@ -100,10 +100,10 @@ pub fn cancellations(
                 resub.working();
                 seen += deliveries.len() as u64;
                 for d in deliveries {
-                    if let Some(pid) = control::cancelled_pipeline(&d.body) {
-                        sh.cancels.insert(&pid);
-                        let n = sh.inflight.cancel_pipeline(&pid);
-                        tracing::info!(pipeline_id = %pid, running = n, "pipeline cancelled");
+                    if let Some(c) = control::parse_cancellation(&d.body) {
+                        let n = sh.inflight.cancel_pipeline(&c);
+                        tracing::info!(pipeline_id = %c.pipeline_id, created_at = ?c.pipeline_created_at, running = n, "pipeline cancelled");
+                        sh.cancels.insert(c);
                     } else if control::is_sync_marker(&d.body) && !synced.is_cancelled() {
                         tracing::debug!("cancellations in sync with the coordinator");
                         synced.cancel();

@@ -213,6 +213,7 @@ mod tests {
             worker_id: "w".into(),
             at: Utc::now(),
             kind,
+            degraded: None,
         }
     }
 

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use fleet_core::JobError;
-use fleet_protocol::JobEnvelope;
+use fleet_protocol::{Degradation, JobEnvelope};
 
 use crate::context::JobContext;
 
@@ -12,12 +12,24 @@ use crate::context::JobContext;
 pub struct Output {
     /// Payload of the next job on the item's route (ignored at the end of the route).
     pub payload: serde_json::Value,
+    /// Set when the attempt succeeded with less than the full result; it goes out in the
+    /// `succeeded` event, and the coordinator counts the item as degraded.
+    pub degraded: Option<Degradation>,
 }
 
 impl Output {
     /// An output carrying `payload` to the next stage.
     pub fn new(payload: serde_json::Value) -> Output {
-        Output { payload }
+        Output {
+            payload,
+            degraded: None,
+        }
+    }
+
+    /// The same output, noted as degraded.
+    pub fn degraded(mut self, note: Degradation) -> Output {
+        self.degraded = Some(note);
+        self
     }
 }
 

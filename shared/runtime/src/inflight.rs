@@ -6,13 +6,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::{DateTime, Utc};
-use fleet_protocol::InFlightJob;
+use fleet_protocol::control::Cancellation;
+use fleet_protocol::{InFlightJob, JobEnvelope};
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::names;
 
 struct Entry {
     job: InFlightJob,
+    /// When the job's pipeline was created (scopes cancellations to one life of the id).
+    pipeline_created_at: Option<DateTime<Utc>>,
     cancel: CancellationToken,
 }
 
@@ -61,8 +64,7 @@ impl InFlight {
     /// Registers a running attempt; `cancel` fires if its pipeline is cancelled.
     pub fn insert(
         self: &Arc<Self>,
-        job_id: &str,
-        pipeline_id: &str,
+        job: &JobEnvelope,
         attempt: u32,
         cancel: CancellationToken,
     ) -> InFlightGuard {
@@ -72,12 +74,13 @@ impl InFlight {
             key,
             Entry {
                 job: InFlightJob {
-                    job_id: job_id.to_owned(),
-                    pipeline_id: pipeline_id.to_owned(),
+                    job_id: job.job_id.clone(),
+                    pipeline_id: job.pipeline_id.clone(),
                     attempt,
                     started_at: now,
                     last_progress_at: now,
                 },
+                pipeline_created_at: job.pipeline_created_at,
                 cancel,
             },
         );
@@ -116,12 +119,12 @@ impl InFlight {
         self.len() == 0
     }
 
-    /// Cancels every running job of `pipeline_id`.
-    pub fn cancel_pipeline(&self, pipeline_id: &str) -> usize {
+    /// Cancels every running job of the pipeline life `c` is about.
+    pub fn cancel_pipeline(&self, c: &Cancellation) -> usize {
         let jobs = self.lock();
         let hits: Vec<_> = jobs
             .values()
-            .filter(|e| e.job.pipeline_id == pipeline_id)
+            .filter(|e| c.applies_to(&e.job.pipeline_id, e.pipeline_created_at))
             .collect();
         for e in &hits {
             e.cancel.cancel();

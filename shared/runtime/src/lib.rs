@@ -41,7 +41,7 @@ pub use breaker::{Breaker, BreakerConfig, BreakerPolicy, BreakerState};
 pub use config::RuntimeConfig;
 pub use context::JobContext;
 pub use fleet_core::JobError;
-pub use fleet_protocol::JobEnvelope;
+pub use fleet_protocol::{Degradation, DegradationKind, JobEnvelope};
 pub use handler::{BatchHandler, Handler, Output};
 pub use pause::IntakeGate;
 pub use supervise::{Supervisor, TaskFailure};

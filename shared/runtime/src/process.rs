@@ -149,12 +149,10 @@ pub async fn run_one(
         sh.budget.record_first_attempt();
     }
     let pipeline_cancel = CancellationToken::new();
-    let registered = Arc::new(sh.inflight.insert(
-        &adm.job.job_id,
-        &adm.job.pipeline_id,
-        adm.attempt,
-        pipeline_cancel.clone(),
-    ));
+    let registered = Arc::new(
+        sh.inflight
+            .insert(&adm.job, adm.attempt, pipeline_cancel.clone()),
+    );
     let seq = Arc::new(AtomicU32::new(1));
     sh.sink
         .emit(sh.event(&adm.job, adm.attempt, 0, EventKind::Started));

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use chrono::Utc;
 use fleet_core::{Acker, Destination, JobError, OutMessage};
-use fleet_protocol::{DeadLetterInfo, DeadLetterReason, ErrorKind, EventKind, JobEnvelope};
+use fleet_protocol::{DeadLetterInfo, DeadLetterReason, ErrorKind, Event, EventKind, JobEnvelope};
 use tokio::time::Instant;
 
 use crate::admit::Admitted;
@@ -47,7 +47,7 @@ pub async fn settle(
     } = adm;
     // Failures that may be retried: (how it failed, what to report, minimum delay).
     let failure: (ErrorKind, String, Option<Duration>) = match result {
-        Guarded::Done(Ok(out)) => match job.next_job(out.payload) {
+        Guarded::Done(Ok(Output { payload, degraded })) => match job.next_job(payload) {
             Some(next) if let Err(e) = publish_next(sh, &next).await => (
                 ErrorKind::HandlerError,
                 format!("publishing the next stage's job failed: {e}"),
@@ -55,7 +55,8 @@ pub async fn settle(
             ),
             _ => {
                 finished(sh, "succeeded", Some(started));
-                return terminal(sh, &job, acker, attempt, seq, EventKind::Succeeded).await;
+                let event = sh.event_degraded(&job, attempt, seq, EventKind::Succeeded, degraded);
+                return terminal_event(sh, &job, acker, event).await;
             }
         },
         Guarded::Done(Err(JobError::Permanent(text))) => {
@@ -140,7 +141,11 @@ pub async fn terminal(
     seq: u32,
     kind: EventKind,
 ) {
-    let event = sh.event(job, attempt, seq, kind);
+    terminal_event(sh, job, acker, sh.event(job, attempt, seq, kind)).await;
+}
+
+/// Confirms the terminal `event` of `job`, then acks (see [`terminal`]).
+pub async fn terminal_event(sh: &Shared, job: &JobEnvelope, acker: Box<dyn Acker>, event: Event) {
     if let Err(e) = sh
         .sink
         .emit_confirmed(event, sh.cfg.confirm_timeout * 2)

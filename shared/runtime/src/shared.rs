@@ -1,11 +1,13 @@
 //! State shared by every delivery task of one worker.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use fleet_core::Broker;
-use fleet_protocol::{Event, EventKind, JobEnvelope, Names};
+use fleet_protocol::control::{self, Cancellation};
+use fleet_protocol::{Degradation, Event, EventKind, JobEnvelope, Names};
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::RetryBudget;
@@ -15,33 +17,51 @@ use crate::events::EventSink;
 use crate::inflight::InFlight;
 use crate::pause::IntakeGate;
 
-/// Cancelled pipelines known to this worker.
+/// Cancelled pipelines known to this worker, each scoped to one life of its id (its creation
+/// time), so a cancellation of an earlier pipeline never hits a later one that reuses the id.
 #[derive(Default)]
 pub struct Cancellations {
-    ids: Mutex<HashSet<String>>,
+    seen: Mutex<HashMap<Cancellation, Instant>>,
 }
 
-/// Most cancelled pipeline ids remembered (older ones are forgotten first).
+/// Most cancellations remembered (the least recently seen are forgotten first).
 const MAX_CANCELLATIONS: usize = 100_000;
+/// A cancellation neither replayed nor re-broadcast for this long is forgotten: the NATS control
+/// stream keeps a cancellation for as long ([`control::RETENTION`]), and on RabbitMQ the
+/// coordinator re-broadcasts active ones every tick.
+const FORGET_AFTER: Duration = control::RETENTION;
 
 impl Cancellations {
-    /// Records a cancelled pipeline.
-    pub fn insert(&self, pipeline_id: &str) {
-        let mut ids = self
-            .ids
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if ids.len() >= MAX_CANCELLATIONS {
-            ids.clear();
-        }
-        ids.insert(pipeline_id.to_owned());
-    }
-    /// True when the pipeline was cancelled.
-    pub fn contains(&self, pipeline_id: &str) -> bool {
-        self.ids
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Cancellation, Instant>> {
+        self.seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .contains(pipeline_id)
+    }
+
+    /// Records a cancellation (again: a re-broadcast refreshes it).
+    pub fn insert(&self, c: Cancellation) {
+        let now = Instant::now();
+        let mut seen = self.lock();
+        if seen.len() >= MAX_CANCELLATIONS && !seen.contains_key(&c) {
+            seen.retain(|_, at| now.duration_since(*at) < FORGET_AFTER);
+            if seen.len() >= MAX_CANCELLATIONS
+                && let Some(oldest) = seen
+                    .iter()
+                    .min_by_key(|(_, at)| **at)
+                    .map(|(k, _)| k.clone())
+            {
+                seen.remove(&oldest);
+            }
+        }
+        seen.insert(c, now);
+    }
+
+    /// True when `job`'s pipeline (this life of its id) was cancelled.
+    pub fn cancels(&self, job: &JobEnvelope) -> bool {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .any(|(c, at)| now.duration_since(*at) < FORGET_AFTER && c.applies_to_job(job))
     }
 }
 
@@ -97,6 +117,18 @@ impl Shared {
 
     /// An event about `job` for `attempt`.
     pub fn event(&self, job: &JobEnvelope, attempt: u32, seq: u32, kind: EventKind) -> Event {
+        self.event_degraded(job, attempt, seq, kind, None)
+    }
+
+    /// An event about `job` for `attempt`, with a degradation note (on `succeeded`).
+    pub fn event_degraded(
+        &self,
+        job: &JobEnvelope,
+        attempt: u32,
+        seq: u32,
+        kind: EventKind,
+        degraded: Option<Degradation>,
+    ) -> Event {
         Event {
             job_id: job.job_id.clone(),
             pipeline_id: job.pipeline_id.clone(),
@@ -106,6 +138,7 @@ impl Shared {
             worker_id: self.worker_id.clone(),
             at: Utc::now(),
             kind,
+            degraded,
         }
     }
 }

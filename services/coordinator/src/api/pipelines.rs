@@ -7,7 +7,7 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use fleet_core::Destination;
-use fleet_protocol::Submission;
+use fleet_protocol::{Submission, control};
 use fleet_store::{Value, params};
 use serde::Deserialize;
 use serde_json::json;
@@ -15,7 +15,7 @@ use serde_json::json;
 use crate::app::App;
 use crate::db::{Db, for_update, log_event};
 use crate::error::ApiError;
-use crate::model::{PipelineState, now_ms};
+use crate::model::{PipelineState, now_ms, to_time};
 use crate::outbox::enqueue;
 use crate::plan::plan;
 use crate::report::{build, rfc3339};
@@ -165,13 +165,14 @@ pub async fn cancel(
     let now = now_ms();
     let mut tx = app.store.begin().await?;
     let sql = format!(
-        "SELECT state FROM coord_pipelines WHERE pipeline_id = $1{}",
+        "SELECT state, created_at FROM coord_pipelines WHERE pipeline_id = $1{}",
         for_update(&tx)
     );
     let Some(row) = tx.query_opt(&sql, params![id.as_str()]).await? else {
         return Err(ApiError::not_found("pipeline", &id));
     };
     let state: String = row.get("state")?;
+    let created_at: i64 = row.get("created_at")?;
     if state == PipelineState::Cancelled.as_str() {
         return Ok((
             StatusCode::ACCEPTED,
@@ -201,8 +202,8 @@ pub async fn cancel(
         &Destination::Control {
             pipeline_id: id.clone(),
         },
-        Some(&format!("{id}/cancel")),
-        &json!({"pipeline_id": id}).to_string(),
+        Some(&format!("{id}/{created_at}/cancel")),
+        &String::from_utf8_lossy(&control::cancellation(&id, Some(to_time(created_at)))),
         now,
     )
     .await?;

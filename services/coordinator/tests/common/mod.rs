@@ -386,6 +386,7 @@ pub fn event(
         worker_id: "test-worker".into(),
         at: Utc::now(),
         kind,
+        degraded: None,
     }
 }
 

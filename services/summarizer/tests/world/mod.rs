@@ -9,7 +9,7 @@ use super::stub::Stub;
 use fleet_core::{
     Broker, Destination, MemoryBroker, OutMessage, Source, SubscribeOptions, Subscription, Topology,
 };
-use fleet_protocol::{EventBatch, JobEnvelope, Names, RouteStep, decode_job};
+use fleet_protocol::{EventBatch, EventKind, JobEnvelope, Names, RouteStep, decode_job};
 use fleet_runtime::{RuntimeConfig, Worker};
 use fleet_summarizer::config::ProviderConfig;
 use fleet_summarizer::extractive::ExtractiveOptions;
@@ -209,6 +209,22 @@ impl World {
             }
         }
         panic!("no write job within {within:?}");
+    }
+
+    /// The `succeeded` event of `job_id` (bounded wait).
+    pub async fn succeeded(&mut self, job_id: &str) -> fleet_protocol::Event {
+        let until = Instant::now() + Duration::from_secs(10);
+        loop {
+            self.pump_events().await;
+            let found = self
+                .seen_events
+                .iter()
+                .find(|e| e.job_id == job_id && e.kind == EventKind::Succeeded);
+            if let Some(e) = found {
+                return e.clone();
+            }
+            assert!(Instant::now() < until, "no succeeded event for {job_id}");
+        }
     }
 
     /// Drains the events queue into `seen_events` and `seen_heartbeats`.
