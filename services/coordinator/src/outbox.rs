@@ -259,6 +259,7 @@ async fn abandon(
         target: JobState::DeadLettered,
         dl_reason: Some(PUBLISH_FAILED.to_owned()),
         error: Some(error.to_owned()),
+        degraded: None,
     };
     apply_update(tx, &update, ctx, now).await.map(drop)
 }

@@ -144,6 +144,7 @@ async fn create_round(store: &Store, round: usize) -> Vec<String> {
             stages: BTreeMap::new(),
             deadline_at: None,
             replay_of: None,
+            open: false,
         };
         store_pipeline(store, &plan(&sub, None, &limits).unwrap())
             .await

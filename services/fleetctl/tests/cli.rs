@@ -452,6 +452,7 @@ async fn finish_all(broker: &std::sync::Arc<dyn fleet_core::Broker>, pid: &str, 
                         worker_id: "test-worker".into(),
                         at: chrono::Utc::now(),
                         kind,
+                        degraded: None,
                     });
                 }
             }

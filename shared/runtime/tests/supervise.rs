@@ -156,6 +156,9 @@ impl Broker for ControlGone {
     async fn depth(&self, source: &Source) -> Result<u64, BrokerError> {
         self.inner.depth(source).await
     }
+    async fn retrying(&self, stage: &str) -> Result<u64, BrokerError> {
+        self.inner.retrying(stage).await
+    }
     async fn delete_topology(&self, t: &Topology) -> Result<(), BrokerError> {
         self.inner.delete_topology(t).await
     }
