@@ -24,6 +24,7 @@ pub mod item;
 pub mod metrics;
 pub mod model;
 pub mod outbox;
+pub mod park;
 pub mod plan;
 pub mod report;
 pub mod schema;
@@ -38,7 +39,7 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use anyhow::Context;
-use fleet_core::broker::default_retry_ladder;
+use fleet_core::broker::retry_ladder;
 use fleet_core::{Broker, BrokerKind, Destination, OutMessage, Topology};
 use fleet_protocol::{Names, control};
 use fleet_runtime::telemetry::{AdminServer, Health};
@@ -118,7 +119,7 @@ pub fn topology(config: &Config) -> Topology {
         ack_wait: config.runtime.ack_wait,
         max_deliver: config.runtime.max_deliver,
         max_ack_pending: config.runtime.max_ack_pending,
-        retry_ladder: default_retry_ladder(),
+        retry_ladder: retry_ladder(config.runtime.retry_max),
     }
 }
 
@@ -228,6 +229,7 @@ pub async fn start(
         tasks.spawn(rebroadcast_cancellations(app.clone(), shutdown.clone()));
     }
     tasks.spawn(readiness(app.clone(), health, shutdown.clone()));
+    tasks.spawn(park::run_gauge(app.clone(), shutdown.clone()));
     Ok(Running {
         api_addr,
         admin_addr: admin.addr,

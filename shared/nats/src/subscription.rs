@@ -38,6 +38,14 @@ fn attempt_of(msg: &jetstream::Message) -> u32 {
     u32::try_from(delivered).unwrap_or(u32::MAX)
 }
 
+/// The `fleet-attempt` header of a copy (attempts made before it was published); 0 if absent.
+fn attempts_made(headers: Option<&async_nats::HeaderMap>) -> u32 {
+    headers
+        .and_then(|h| h.get(fleet_protocol::deadletter::headers::ATTEMPT))
+        .and_then(|v| v.as_str().trim().parse().ok())
+        .unwrap_or(0)
+}
+
 /// Maps an error item of a pull to a broker error.
 fn pull_item_error(shared: &Shared, what: &str, e: &dyn std::fmt::Display) -> BrokerError {
     let text = e.to_string();
@@ -123,12 +131,18 @@ impl PullSubscription {
             .info()
             .ok()
             .map(|i| (i.stream.to_owned(), i.stream_sequence));
-        let attempt = match &info {
+        let delivered = match &info {
             Some((_, seq)) => self.attempts.attempt(*seq, attempt_of(&msg)),
             None => attempt_of(&msg),
         };
-        let dlq_msg_id = info.map(|(stream, seq)| format!("dlq-{stream}-{seq}"));
+        // A copy put back by an uncounted release carries the attempts made before it; its own
+        // (monotonic) delivery count goes on from there.
+        let attempt = attempts_made(msg.headers.as_ref()).saturating_add(delivered);
+        let dlq_msg_id = info
+            .as_ref()
+            .map(|(stream, seq)| format!("dlq-{stream}-{seq}"));
         let reply = msg.reply.clone();
+        let subject = msg.subject.to_string();
         let (msg, acker) = msg.split();
         Delivery {
             body: msg.payload.clone(),
@@ -143,6 +157,9 @@ impl PullSubscription {
                 lease: self.lease,
                 dlq_msg_id,
                 reply,
+                subject,
+                attempt,
+                origin: info,
             }),
         }
     }

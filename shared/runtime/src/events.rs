@@ -309,6 +309,12 @@ mod tests {
         async fn depth(&self, source: &fleet_core::Source) -> Result<u64, BrokerError> {
             self.inner.depth(source).await
         }
+        async fn parked(&self) -> Result<u64, BrokerError> {
+            self.inner.parked().await
+        }
+        async fn replay_parked(&self, max: usize) -> Result<u64, BrokerError> {
+            self.inner.replay_parked(max).await
+        }
         async fn delete_topology(&self, t: &Topology) -> Result<(), BrokerError> {
             self.inner.delete_topology(t).await
         }

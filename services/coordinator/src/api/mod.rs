@@ -1,6 +1,7 @@
 //! The HTTP API (axum): routes, bearer-token auth, body limits, JSON errors.
 
 mod dlq;
+mod parked;
 mod pipelines;
 mod queues;
 mod sse;
@@ -34,6 +35,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/dlq/purge", post(dlq::purge))
         .route("/v1/dlq/{id}", get(dlq::show))
         .route("/v1/queues", get(queues::list))
+        .route("/v1/parked/replay", post(parked::replay))
         .route_layer(axum::middleware::from_fn_with_state(app.clone(), auth));
     Router::new()
         .route("/v1/openapi.yaml", get(openapi))

@@ -1,5 +1,5 @@
 //! `GET /v1/queues`: depth of every stage's job queue (from the broker) and
-//! its live workers (from heartbeats).
+//! its live workers (from heartbeats), and the parked control messages.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -15,7 +15,7 @@ use crate::error::ApiError;
 use crate::model::now_ms;
 use crate::stall::LOST_AFTER_HEARTBEATS;
 
-/// `GET /v1/queues` → `{queues: [{stage, depth, workers_alive}]}`.
+/// `GET /v1/queues` → `{queues: [{stage, depth, workers_alive}], parked}`.
 pub async fn list(State(app): State<App>) -> Result<Json<serde_json::Value>, ApiError> {
     let mut stages: BTreeSet<String> = app.stages().into_iter().collect();
     for r in app
@@ -50,5 +50,8 @@ pub async fn list(State(app): State<App>) -> Result<Json<serde_json::Value>, Api
             .get("n")?;
         out.push(json!({"stage": stage, "depth": depth, "workers_alive": alive}));
     }
-    Ok(Json(json!({"queues": out})))
+    let parked = crate::park::refresh_gauge(&app)
+        .await
+        .ok_or_else(|| ApiError::unavailable("the broker did not report the parked depth"))?;
+    Ok(Json(json!({"queues": out, "parked": parked})))
 }
