@@ -191,6 +191,14 @@ impl Broker for ProbeBroker {
         self.inner.retrying(stage).await
     }
 
+    async fn parked(&self) -> Result<u64, BrokerError> {
+        self.inner.parked().await
+    }
+
+    async fn replay_parked(&self, max: usize) -> Result<u64, BrokerError> {
+        self.inner.replay_parked(max).await
+    }
+
     async fn delete_topology(&self, topology: &Topology) -> Result<(), BrokerError> {
         self.inner.delete_topology(topology).await
     }
@@ -261,6 +269,14 @@ impl Acker for ProbeAcker {
 
     async fn release(self: Box<Self>) -> Result<(), BrokerError> {
         self.inner.release().await
+    }
+
+    async fn release_uncounted(self: Box<Self>) -> Result<(), BrokerError> {
+        self.inner.release_uncounted().await
+    }
+
+    async fn park(self: Box<Self>, info: &fleet_core::ParkInfo) -> Result<(), BrokerError> {
+        self.inner.park(info).await
     }
 
     async fn extend(&self) -> Result<(), BrokerError> {

@@ -640,7 +640,98 @@ async fn drain_loses_nothing(b: Backend) {
     }
     env.wait_empty(T).await;
     env.dead_letters(0, Duration::from_millis(500)).await;
+    // Issue 9: a job returned at the drain deadline never had its full chance, so its next
+    // delivery is the same attempt (RabbitMQ used to say 3, NATS 2).
+    for j in &jobs {
+        let attempts = script.attempts(&j.job_id);
+        assert!(
+            attempts.iter().all(|a| *a == 1),
+            "{}: a drain must cost no attempt, ran as {attempts:?}",
+            j.job_id
+        );
+        assert_eq!(env.terminal(&j.job_id, T).await.attempt, 1);
+    }
+    let released = jobs
+        .iter()
+        .filter(|j| script.attempts(&j.job_id).len() == 2)
+        .count();
+    assert_eq!(
+        released, 2,
+        "the two running jobs were released and ran again"
+    );
     w2.stop().await.unwrap();
+    env.cleanup().await;
+}
+
+/// Issue 8: a control message that keeps failing is redelivered after a backoff (never an
+/// immediate requeue that spins), then parked with where it came from, and can be replayed.
+async fn control_retry_backs_off_then_parks(b: Backend) {
+    use fleet_core::{Destination, OutMessage, ParkInfo, Source, SubscribeOptions};
+    use fleet_protocol::deadletter::headers as h;
+    const PARK_AT: u32 = 3;
+    let env = Env::new(b, "park").await;
+    let broker = env.connect().await;
+    let mut msg = OutMessage::new(Destination::Submit, "a submission that cannot be stored");
+    msg.headers = vec![("kept".into(), "yes".into())];
+    broker.publish(msg).await.unwrap();
+    let mut sub = broker
+        .subscribe(Source::Submit, SubscribeOptions { prefetch: 4 })
+        .await
+        .unwrap();
+    let t0 = tokio::time::Instant::now();
+    let mut seen = Vec::new();
+    while seen.len() < PARK_AT as usize && t0.elapsed() < T {
+        for d in sub.fetch(4, Duration::from_millis(200)).await.unwrap() {
+            seen.push((t0.elapsed(), d.attempt));
+            if d.attempt >= PARK_AT {
+                let info = ParkInfo {
+                    reason: "attempts_exhausted".into(),
+                    error: "database down".into(),
+                    attempts: d.attempt,
+                };
+                d.acker.park(&info).await.unwrap();
+            } else {
+                d.acker.retry(Duration::from_secs(1)).await.unwrap();
+            }
+        }
+    }
+    let attempts: Vec<u32> = seen.iter().map(|(_, a)| *a).collect();
+    assert_eq!(attempts, [1, 2, 3], "one delivery per attempt: {seen:?}");
+    for pair in seen.windows(2) {
+        let gap = pair[1].0 - pair[0].0;
+        assert!(
+            gap >= Duration::from_millis(900),
+            "redelivered after {gap:?}: {seen:?}"
+        );
+    }
+    // Nothing spins meanwhile: no further delivery once parked.
+    assert!(
+        sub.fetch(4, Duration::from_millis(1500))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    wait_for("the message to be parked", T, || async {
+        broker.parked().await.unwrap() == 1
+    })
+    .await;
+    assert_eq!(broker.depth(&Source::Submit).await.unwrap(), 0);
+    assert_eq!(broker.replay_parked(100).await.unwrap(), 1);
+    assert_eq!(broker.parked().await.unwrap(), 0);
+    let mut back = Vec::new();
+    let t1 = tokio::time::Instant::now();
+    while back.is_empty() && t1.elapsed() < T {
+        back = sub.fetch(4, Duration::from_millis(500)).await.unwrap();
+    }
+    assert_eq!(back.len(), 1, "the replayed message is back in its queue");
+    let d = back.pop().unwrap();
+    assert_eq!(d.attempt, 1, "a replay starts afresh");
+    assert_eq!(d.header("kept"), Some("yes"));
+    assert_eq!(d.header(h::PARKED_FROM), None);
+    assert_eq!(&d.body[..], b"a submission that cannot be stored");
+    d.acker.ack().await.unwrap();
+    drop(sub);
+    broker.close().await;
     env.cleanup().await;
 }
 
@@ -719,5 +810,6 @@ conformance!(
     breaker_pause_holds,
     batch_acks_after_commit,
     drain_loses_nothing,
+    control_retry_backs_off_then_parks,
     reconnect_after_cut,
 );

@@ -171,11 +171,9 @@ pub async fn run(
                 match archive(&a, &stage, &d).await {
                     Ok(_) => settle("ack dead letter", d.acker.ack()).await,
                     Err(e) => {
-                        tracing::warn!(error = %e, stage, "archiving a dead letter failed; it will be redelivered");
-                        settle("release dead letter", async {
-                            d.acker.retry(std::time::Duration::from_secs(2)).await.map(drop)
-                        })
-                        .await;
+                        tracing::warn!(error = %e, stage, attempt = d.attempt, "archiving a dead letter failed; retrying after a backoff");
+                        let max = a.config.control_max_attempts;
+                        crate::park::retry_or_park(d, "dlq", &e.to_string(), max).await;
                     }
                 }
             }

@@ -39,6 +39,10 @@ pub const DEFAULT_OUTBOX_RETRY_BACKOFF: &str = "1s";
 pub const DEFAULT_OPEN_PIPELINE_TIMEOUT: &str = "10m";
 /// The analyzer's default chunk size (fleet-analyzer's `DEFAULT_CHUNK_CHARS`).
 pub const DEFAULT_CHUNK_CHARS: usize = 4000;
+/// Default deliveries of a control message (event batch, submission, dead letter) before the
+/// coordinator parks it: with backoff 1s, 2s, 4s… capped at 30s (RabbitMQ: 1s, 5s, 30s steps),
+/// about 8 minutes of database outage are ridden out before anything is parked.
+pub const DEFAULT_CONTROL_MAX_ATTEMPTS: u32 = 20;
 /// How long a cancellation is re-broadcast on RabbitMQ (which keeps no messages for late subscribers).
 pub const DEFAULT_CANCEL_REBROADCAST: &str = "1h";
 
@@ -116,6 +120,12 @@ pub struct Config {
     /// Default attempts of every stage.
     #[arg(long, env = "FLEET_STAGE_MAX_ATTEMPTS", default_value_t = DEFAULT_STAGE_MAX_ATTEMPTS)]
     pub stage_max_attempts: u32,
+
+    /// Deliveries of an event batch, submission or dead letter that keeps failing before it is
+    /// parked (2..=40; below the brokers' control delivery limit of 50).
+    #[arg(long, env = "FLEET_CONTROL_MAX_ATTEMPTS", default_value_t = DEFAULT_CONTROL_MAX_ATTEMPTS,
+          value_parser = clap::value_parser!(u32).range(2..=40))]
+    pub control_max_attempts: u32,
 
     /// How long a cancellation is re-broadcast every tick on RabbitMQ.
     #[arg(long, env = "FLEET_CANCEL_REBROADCAST", default_value = DEFAULT_CANCEL_REBROADCAST, value_parser = humantime::parse_duration)]

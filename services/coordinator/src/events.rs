@@ -14,11 +14,12 @@ use crate::consumer::{consume, settle};
 use crate::ingest::{Applied, apply_batches};
 use crate::metrics as m;
 use crate::model::now_ms;
+use crate::park::{park, retry_or_park};
 
 /// Deliveries fetched (and committed together) at once.
 const FETCH: usize = 64;
-/// A batch that keeps failing in the database is given up after this many deliveries.
-const MAX_DELIVERIES: u32 = 10;
+/// Source label of parked and retried event batches.
+const SOURCE: &str = "events";
 
 async fn apply_all(app: &App, batches: &[&EventBatch]) -> Result<(), StoreError> {
     let mut tx = app.store.begin().await?;
@@ -41,14 +42,18 @@ pub async fn handle(app: &App, deliveries: Vec<Delivery>) {
         match serde_json::from_slice::<EventBatch>(&d.body) {
             Ok(b) if b.v == fleet_protocol::PROTOCOL_VERSION => good.push((d, b)),
             Ok(b) => {
-                tracing::warn!(v = b.v, "event batch of an unsupported version; dropped");
+                // Perhaps from a newer worker: keep it for a coordinator that understands it.
                 metrics::counter!(m::EVENT_BATCHES, "result" => "invalid").increment(1);
-                settle("ack invalid batch", d.acker.ack()).await;
+                let error = format!(
+                    "event batch version {} (this coordinator reads version {})",
+                    b.v,
+                    fleet_protocol::PROTOCOL_VERSION
+                );
+                park(d, SOURCE, "unsupported_version", &error).await;
             }
             Err(e) => {
-                tracing::warn!(error = %e, "undecodable event batch; dropped");
                 metrics::counter!(m::EVENT_BATCHES, "result" => "invalid").increment(1);
-                settle("ack invalid batch", d.acker.ack()).await;
+                park(d, SOURCE, "decode_error", &e.to_string()).await;
             }
         }
     }
@@ -71,21 +76,13 @@ pub async fn handle(app: &App, deliveries: Vec<Delivery>) {
                 metrics::counter!(m::EVENT_BATCHES, "result" => "ok").increment(1);
                 settle("ack event batch", d.acker.ack()).await;
             }
-            Err(e) if !e.is_transient() && d.attempt >= MAX_DELIVERIES => {
-                tracing::error!(error = %e, worker_id = %b.worker_id, body = %String::from_utf8_lossy(&d.body),
-                    "event batch fails in the database on every delivery; giving up on it");
-                metrics::counter!(m::EVENT_BATCHES, "result" => "failed").increment(1);
-                settle("ack failed batch", d.acker.ack()).await;
-            }
             Err(e) => {
-                tracing::warn!(error = %e, "applying an event batch failed; it will be redelivered");
-                settle("retry event batch", async {
-                    d.acker
-                        .retry(std::time::Duration::from_secs(1))
-                        .await
-                        .map(drop)
-                })
-                .await;
+                tracing::warn!(error = %e, worker_id = %b.worker_id, attempt = d.attempt,
+                    "applying an event batch failed; retrying after a backoff");
+                if d.attempt >= app.config.control_max_attempts {
+                    metrics::counter!(m::EVENT_BATCHES, "result" => "failed").increment(1);
+                }
+                retry_or_park(d, SOURCE, &e.to_string(), app.config.control_max_attempts).await;
             }
         }
     }

@@ -27,6 +27,7 @@ pub mod lograte;
 pub mod metrics;
 pub mod model;
 pub mod outbox;
+pub mod park;
 pub mod plan;
 pub mod report;
 pub mod schema;
@@ -41,7 +42,7 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 
 use anyhow::Context;
-use fleet_core::broker::default_retry_ladder;
+use fleet_core::broker::retry_ladder;
 use fleet_core::{Broker, BrokerKind, Destination, OutMessage, Topology};
 use fleet_protocol::{Names, control};
 use fleet_runtime::Supervisor;
@@ -120,7 +121,7 @@ pub fn topology(config: &Config) -> Topology {
         ack_wait: config.runtime.ack_wait,
         max_deliver: config.runtime.max_deliver,
         max_ack_pending: config.runtime.max_ack_pending,
-        retry_ladder: default_retry_ladder(),
+        retry_ladder: retry_ladder(config.runtime.retry_max),
     }
 }
 
@@ -258,6 +259,11 @@ pub async fn start(
         "readiness",
         readiness(app.clone(), health.clone(), shutdown.clone()),
     );
+    let (gauge_app, gauge_stop) = (app.clone(), shutdown.clone());
+    tasks.spawn("parked-gauge", async move {
+        park::run_gauge(gauge_app, gauge_stop).await;
+        Ok(())
+    });
     Ok(Running {
         api_addr,
         admin_addr: admin.addr,

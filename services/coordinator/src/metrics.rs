@@ -27,6 +27,12 @@ pub const DEAD_LETTERS: &str = "fleet_dead_letters_total";
 pub const EVENT_BATCHES: &str = "fleet_coordinator_event_batches_total";
 /// Counter `{result}`: submissions from the submit queue (`created`, `existing`, `rejected`).
 pub const QUEUE_SUBMISSIONS: &str = "fleet_coordinator_queue_submissions_total";
+/// Gauge: control messages waiting in the parked queue/stream (replay them once fixed).
+pub const PARKED_MESSAGES: &str = "fleet_parked_messages";
+/// Counter `{source,reason}`: control messages this coordinator parked.
+pub const PARKED: &str = "fleet_coordinator_parked_total";
+/// Counter `{source}`: control messages retried after a backoff.
+pub const CONTROL_RETRIES: &str = "fleet_coordinator_control_retries_total";
 /// Counter: late results (after finalization).
 pub const LATE_EVENTS: &str = "fleet_late_events_total";
 /// Counter `{kind}`: outbox publish attempts that failed, by destination kind.
@@ -61,6 +67,18 @@ pub fn describe() {
     describe_counter!(
         QUEUE_SUBMISSIONS,
         "Submissions read from the submit queue, by result."
+    );
+    describe_gauge!(
+        PARKED_MESSAGES,
+        "Control messages (event batches, submissions, dead letters) parked for replay."
+    );
+    describe_counter!(
+        PARKED,
+        "Control messages parked by this coordinator, by source and reason."
+    );
+    describe_counter!(
+        CONTROL_RETRIES,
+        "Control messages retried after a backoff, by source (events, submit, dlq)."
     );
     describe_counter!(
         OUTBOX_PUBLISH_FAILURES,

@@ -5,10 +5,8 @@
 //! derived from the body's hash.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use chrono::Utc;
-
 use fleet_core::{Delivery, Source};
 use fleet_protocol::{DeadLetterInfo, DeadLetterReason, Submission};
 use fleet_runtime::telemetry::Health;
@@ -18,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use crate::app::App;
 use crate::consumer::{consume, settle};
 use crate::metrics as m;
+use crate::park::retry_or_park;
 use crate::plan::plan;
 use crate::submit::{Submitted, store_pipeline};
 
@@ -108,10 +107,7 @@ async fn handle_one(app: &App, d: Delivery) {
                 error,
                 "storing a queued submission failed; it will be redelivered"
             );
-            settle("retry submission", async {
-                d.acker.retry(Duration::from_secs(2)).await.map(drop)
-            })
-            .await;
+            retry_or_park(d, "submit", &error, app.config.control_max_attempts).await;
         }
         Err((reason, error, false)) => {
             tracing::warn!(

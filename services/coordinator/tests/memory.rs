@@ -636,6 +636,40 @@ async fn auth_limits_errors_queues_and_openapi() {
     h.cleanup().await;
 }
 
+/// Issue 8: event batches of an unknown version or undecodable are parked (kept for a
+/// coordinator that understands them), never acked and dropped.
+#[tokio::test]
+async fn unknown_version_batches_are_parked_not_dropped() {
+    let h = Harness::new(Backend::Memory, "parkv", &[]).await;
+    let batch = json!({"v": 2, "worker_id": "w-new", "stage": "analyze", "events": []});
+    for body in [serde_json::to_vec(&batch).unwrap(), b"not json".to_vec()] {
+        h.broker
+            .publish(OutMessage::new(
+                Destination::Events {
+                    stage: "analyze".into(),
+                },
+                body,
+            ))
+            .await
+            .unwrap();
+    }
+    wait_for("both batches parked", T, || async {
+        let (_, q) = h.get("/v1/queues").await;
+        q["parked"] == 2
+    })
+    .await;
+    assert_eq!(h.broker.depth(&Source::Events).await.unwrap(), 0);
+    // Replay sends them back; this coordinator still cannot read them, so they park again.
+    let (s, v) = h.post("/v1/parked/replay", &json!({"max": 1})).await;
+    assert_eq!((s, &v["replayed"]), (200, &json!(1)), "{v}");
+    wait_for("the replayed batch parked again", T, || async {
+        let (_, q) = h.get("/v1/queues").await;
+        q["parked"] == 2
+    })
+    .await;
+    h.cleanup().await;
+}
+
 #[tokio::test]
 async fn list_is_paginated() {
     let h = Harness::new(Backend::Memory, "page", &[]).await;

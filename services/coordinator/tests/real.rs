@@ -120,6 +120,90 @@ async fn submit_queue_twice(backend: Backend) {
     h.cleanup().await;
 }
 
+/// The value of an unlabelled metric (or the sum over its label sets) in a Prometheus text page.
+fn metric(page: &str, name: &str) -> f64 {
+    page.lines()
+        .filter(|l| l.starts_with(name) && !l.starts_with('#'))
+        .filter(|l| l[name.len()..].starts_with([' ', '{']))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// Issue 8: an event batch that keeps failing in the database is retried with backoff (no
+/// spinning), parked after `--control-max-attempts`, reported by the coordinator, and replayed
+/// once the database is fixed.
+async fn failing_batch_backs_off_then_parks(backend: Backend) {
+    let h = Harness::new(backend, "park", &["--control-max-attempts=3"]).await;
+    let store = h.store();
+    // A broken table: every heartbeat fails to apply, whatever the delivery.
+    store
+        .execute(
+            "ALTER TABLE coord_workers RENAME TO coord_workers_away",
+            &[],
+        )
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    h.send(
+        "analyze",
+        Vec::new(),
+        Some(heartbeat("w-park", "analyze", &[])),
+    )
+    .await;
+    let admin = h.coordinators[0].0.admin_addr;
+    let scrape = || async move { common::http_at(admin, "GET", "/metrics", None, &[]).await.1 };
+    wait_for("the batch to be parked", T, || async {
+        metric(&scrape().await, "fleet_coordinator_parked_total") == 1.0
+    })
+    .await;
+    let took = t0.elapsed();
+    let page = scrape().await;
+    // Three deliveries, two backoffs of at least 1 s each: never an immediate requeue.
+    assert!(took >= Duration::from_millis(1900), "parked after {took:?}");
+    assert_eq!(
+        metric(&page, "fleet_coordinator_control_retries_total"),
+        2.0,
+        "{page}"
+    );
+    assert_eq!(h.broker.depth(&Source::Events).await.unwrap(), 0);
+    // Nothing spins while parked.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        metric(&scrape().await, "fleet_coordinator_control_retries_total"),
+        2.0
+    );
+
+    store
+        .execute(
+            "ALTER TABLE coord_workers_away RENAME TO coord_workers",
+            &[],
+        )
+        .await
+        .unwrap();
+    let (_, q) = h.get("/v1/queues").await;
+    assert_eq!(q["parked"], 1, "{q}");
+    assert_eq!(metric(&scrape().await, "fleet_parked_messages"), 1.0);
+    let (s, v) = h.post("/v1/parked/replay", &json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["replayed"], 1, "{v}");
+    wait_for("the replayed heartbeat ingested", T, || async {
+        store
+            .query_one(
+                "SELECT COUNT(*) AS n FROM coord_workers WHERE worker_id = 'w-park'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get::<i64>("n")
+            .unwrap()
+            == 1
+    })
+    .await;
+    let (_, q) = h.get("/v1/queues").await;
+    assert_eq!(q["parked"], 0, "{q}");
+    h.cleanup().await;
+}
+
 async fn cancel_broadcasts(backend: Backend) {
     let h = Harness::new(backend, "cancel", &[]).await;
     let mut control = h
@@ -376,6 +460,16 @@ async fn rabbitmq_postgres_submit_queue_twice_makes_one_pipeline() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_postgres_submit_queue_twice_makes_one_pipeline() {
     submit_queue_twice(Backend::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_postgres_failing_batch_backs_off_then_parks() {
+    failing_batch_backs_off_then_parks(Backend::Rabbit).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_postgres_failing_batch_backs_off_then_parks() {
+    failing_batch_backs_off_then_parks(Backend::Nats).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -67,10 +67,32 @@ pub enum Command {
     /// Work the dead-letter archive.
     #[command(subcommand)]
     Dlq(DlqCommand),
-    /// Show queue depth and live workers per stage.
+    /// Show queue depth and live workers per stage, and the parked control messages.
     Queues(JsonFlag),
+    /// Work the parked control messages (event batches, submissions, dead letters the
+    /// coordinator gave up on).
+    #[command(subcommand)]
+    Parked(ParkedCommand),
     /// Run coordinator + workers in this process and process some files.
     Demo(DemoArgs),
+}
+
+/// `fleetctl parked`.
+#[derive(Debug, Clone, Subcommand)]
+pub enum ParkedCommand {
+    /// Move parked messages back to the queue or subject they came from (fix the cause first).
+    Replay(ParkedReplayArgs),
+}
+
+/// `fleetctl parked replay`.
+#[derive(Debug, Clone, Args)]
+pub struct ParkedReplayArgs {
+    /// Most messages to move (default: up to 10000).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub max: Option<u64>,
+    /// Print the API's JSON answer.
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `--json` alone.

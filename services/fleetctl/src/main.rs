@@ -121,6 +121,26 @@ async fn run(cli: Cli) -> anyhow::Result<u8> {
             }
             Ok(exit::OK)
         }
+        Command::Parked(cli::ParkedCommand::Replay(args)) => {
+            let (_, v): (_, serde_json::Value) = client
+                .post(
+                    "/v1/parked/replay",
+                    &serde_json::json!({"max": args.max}),
+                    &[],
+                    None,
+                )
+                .await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                println!(
+                    "replayed {} parked message(s); {} still parked",
+                    report::text(&v["replayed"]),
+                    report::text(&v["parked"])
+                );
+            }
+            Ok(exit::OK)
+        }
         Command::Demo(_) => unreachable!("handled above"),
     }
 }

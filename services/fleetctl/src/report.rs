@@ -362,10 +362,20 @@ pub fn render_queues(v: &serde_json::Value) -> String {
             ]
         })
         .collect();
-    if rows.is_empty() {
-        return "no queues".into();
+    let mut out = if rows.is_empty() {
+        "no queues".to_owned()
+    } else {
+        table(&["STAGE", "DEPTH", "RETRYING", "WORKERS"], &rows)
+    };
+    match v["parked"].as_u64() {
+        Some(0) | None => {}
+        Some(n) => {
+            out.push_str(&format!(
+                "\nparked: {n} control message(s) (fix the cause, then `fleetctl parked replay`)"
+            ));
+        }
     }
-    table(&["STAGE", "DEPTH", "RETRYING", "WORKERS"], &rows)
+    out
 }
 
 /// A JSON value as a table cell (`-` for null).

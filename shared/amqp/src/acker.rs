@@ -1,12 +1,13 @@
-//! Settling one delivery: ack, delayed retry through the TTL ladder, dead-letter, release.
+//! Settling one delivery: ack, delayed retry through the TTL ladder (jobs) or the control ladder
+//! (the coordinator's queues), dead-letter, park, release (counted or not).
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use fleet_core::broker::{ladder_label, ladder_step};
-use fleet_core::{Acker, BrokerError};
+use fleet_core::broker::{control_retry_ladder, ladder_label, ladder_step};
+use fleet_core::{Acker, BrokerError, ParkInfo};
 use fleet_protocol::{DeadLetterInfo, Names};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::{BasicProperties, ChannelStatus};
@@ -28,6 +29,9 @@ pub(crate) struct SubContext {
     pub(crate) ladder: Vec<Duration>,
     /// The stage, for job queues (which have retry queues).
     pub(crate) stage: Option<String>,
+    /// A durable coordinator queue (events, submissions, dead letters): retried through the
+    /// control ladder and parkable. False for job queues and per-subscriber control queues.
+    pub(crate) control: bool,
     /// The queue consumed.
     pub(crate) queue: String,
     /// State of the consuming channel: deliveries can only be settled while it is open.
@@ -79,13 +83,24 @@ impl AmqpAcker {
             .await
     }
 
-    /// Publishes a copy of this delivery (confirmed) with extra headers.
+    /// Publishes a copy of this delivery (confirmed) with extra headers, counting this delivery
+    /// as an attempt made.
     async fn republish(
         &self,
         route: &Route,
         extra: &fleet_core::Headers,
     ) -> Result<(), BrokerError> {
-        let headers = copy_for_republish(self.properties.headers().as_ref(), extra, self.attempt)?;
+        self.republish_counting(route, extra, self.attempt).await
+    }
+
+    /// Publishes a copy (confirmed) whose next delivery is attempt `attempts_made + 1`.
+    async fn republish_counting(
+        &self,
+        route: &Route,
+        extra: &fleet_core::Headers,
+        attempts_made: u32,
+    ) -> Result<(), BrokerError> {
+        let headers = copy_for_republish(self.properties.headers().as_ref(), extra, attempts_made)?;
         let props = self
             .properties
             .clone()
@@ -105,9 +120,22 @@ impl Acker for AmqpAcker {
     async fn retry(self: Box<Self>, delay: Duration) -> Result<Duration, BrokerError> {
         self.ensure_channel("retry")?;
         let Some(stage) = &self.ctx.stage else {
-            // Only job stages have a retry ladder: elsewhere the message goes straight back.
-            self.settle("requeue", self.acker.nack(requeue())).await?;
-            return Ok(Duration::ZERO);
+            if !self.ctx.control {
+                // A per-subscriber cancellation queue: no ladder, the message goes straight back.
+                self.settle("requeue", self.acker.nack(requeue())).await?;
+                return Ok(Duration::ZERO);
+            }
+            // A coordinator queue: wait in the control ladder (never spin on an outage), then
+            // come back to this queue by the copy's routing key.
+            let step = ladder_step(&control_retry_ladder(), delay);
+            let route = Route {
+                exchange: self.ctx.names.control_retry(&ladder_label(step)),
+                key: self.ctx.queue.clone(),
+                mandatory: true,
+            };
+            self.republish(&route, &Vec::new()).await?;
+            self.ack_now().await?;
+            return Ok(step);
         };
         let step = ladder_step(&self.ctx.ladder, delay);
         let route = Route {
@@ -127,13 +155,46 @@ impl Acker for AmqpAcker {
             key: info.stage.clone(),
             mandatory: true,
         };
-        self.republish(&route, &info.to_headers()).await?;
+        // `fleet-attempt` 0: the job's attempts are in `fleet-attempts`; the dead letter's own
+        // deliveries (to the coordinator's archive) count from 1.
+        self.republish_counting(&route, &info.to_headers(), 0)
+            .await?;
         self.ack_now().await
     }
 
     async fn release(self: Box<Self>) -> Result<(), BrokerError> {
         self.ensure_channel("release")?;
         self.settle("release", self.acker.nack(requeue())).await
+    }
+
+    async fn release_uncounted(self: Box<Self>) -> Result<(), BrokerError> {
+        self.ensure_channel("release")?;
+        // A requeue would raise `x-delivery-count`: put a copy back that carries the attempts
+        // made before this delivery instead, then remove the original.
+        let route = Route {
+            exchange: String::new(),
+            key: self.ctx.queue.clone(),
+            mandatory: true,
+        };
+        let made = self.attempt.saturating_sub(1);
+        if let Err(e) = self.republish_counting(&route, &Vec::new(), made).await {
+            tracing::warn!(queue = %self.ctx.queue, error = %e,
+                "amqp: could not put back an uncounted copy; requeueing (costs an attempt)");
+            return self.settle("release", self.acker.nack(requeue())).await;
+        }
+        self.ack_now().await
+    }
+
+    async fn park(self: Box<Self>, info: &ParkInfo) -> Result<(), BrokerError> {
+        self.ensure_channel("park")?;
+        let route = Route {
+            exchange: String::new(),
+            key: self.ctx.names.parked(),
+            mandatory: true,
+        };
+        self.republish(&route, &info.to_headers(&self.ctx.queue))
+            .await?;
+        self.ack_now().await
     }
 
     async fn extend(&self) -> Result<(), BrokerError> {

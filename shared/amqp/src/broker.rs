@@ -46,7 +46,7 @@ struct Inner {
 ///   dead letter or submission no queue takes is [`BrokerError::Rejected`].
 /// * Each subscription has its own channel; dropping it closes that channel, so
 ///   its unsettled deliveries return to the queue and their ackers fail.
-/// * `retry` republishes to the stage's TTL queue (the delay rounded up to the
+/// * `retry` republishes to the stage's TTL queue (the delay rounded down to the
 ///   ladder) then acks; outside job queues (no ladder) it requeues at once and
 ///   returns `Duration::ZERO`. `extend` is a no-op and `lease` is `None`.
 /// * `reconnect` keeps a connection that is still open (only a channel was
@@ -231,12 +231,17 @@ impl Broker for AmqpBroker {
             Source::Jobs { stage } => Some(stage.clone()),
             _ => None,
         };
+        let control = matches!(
+            source,
+            Source::Events | Source::Submit | Source::DeadLetters { .. }
+        );
         tracing::debug!(%queue, prefetch = opts.prefetch, "subscribed");
         let ctx = Arc::new(SubContext {
             conn: conn.clone(),
             names: layout.names,
             ladder: layout.ladder,
             stage,
+            control,
             queue,
             status: channel.status().clone(),
         });
@@ -245,6 +250,7 @@ impl Broker for AmqpBroker {
             consumer,
             ctx,
             ended: None,
+            stopped: false,
         }))
     }
 
@@ -295,6 +301,16 @@ impl Broker for AmqpBroker {
             };
         }
         Ok(n)
+    }
+
+    async fn parked(&self) -> Result<u64, BrokerError> {
+        let conn = self.live_conn()?;
+        topology::ready_count(&conn, &self.layout().names.parked()).await
+    }
+
+    async fn replay_parked(&self, max: usize) -> Result<u64, BrokerError> {
+        let conn = self.live_conn()?;
+        crate::replay::replay_parked(&conn, &self.layout().names.parked(), max).await
     }
 
     async fn delete_topology(&self, topology: &Topology) -> Result<(), BrokerError> {

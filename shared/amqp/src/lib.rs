@@ -23,6 +23,7 @@ mod error;
 mod headers;
 mod options;
 mod publish;
+mod replay;
 mod subscription;
 mod topology;
 

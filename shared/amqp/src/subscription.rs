@@ -22,6 +22,8 @@ pub(crate) struct AmqpSubscription {
     pub(crate) ctx: Arc<SubContext>,
     /// Set once the consumer stream ended; every later fetch reports it again.
     pub(crate) ended: Option<BrokerError>,
+    /// Set by [`Subscription::stop`]: the consumer is cancelled, the channel still open.
+    pub(crate) stopped: bool,
 }
 
 impl AmqpSubscription {
@@ -77,6 +79,53 @@ impl AmqpSubscription {
     }
 }
 
+impl AmqpSubscription {
+    /// Cancels the consumer (once) and gives back what it had buffered.
+    async fn cancel_consumer(&mut self) {
+        const STEP: Duration = Duration::from_secs(5);
+        if self.stopped || !self.channel.status().connected() {
+            return;
+        }
+        self.stopped = true;
+        let tag = self.consumer.tag();
+        let cancel = self
+            .channel
+            .basic_cancel(tag, lapin::options::BasicCancelOptions::default());
+        match tokio::time::timeout(STEP, cancel).await {
+            Ok(Ok(())) => self.return_prefetched(STEP).await,
+            Ok(Err(e)) => {
+                tracing::debug!(queue = %self.ctx.queue, error = %e, "amqp: basic.cancel failed");
+            }
+            Err(_) => {}
+        }
+    }
+
+    /// Gives back, uncounted, what the broker pushed (prefetch) but no worker was handed: a
+    /// channel close would raise their `x-delivery-count`, costing an attempt that never ran.
+    /// Called once the consumer is cancelled, so nothing more arrives; bounded by `limit`.
+    async fn return_prefetched(&mut self, limit: Duration) {
+        let returned = tokio::time::timeout(limit, async {
+            let mut n = 0u32;
+            while let Some(Some(Ok(d))) = self.consumer.next().now_or_never() {
+                if fleet_core::Acker::release_uncounted(self.delivery(d).acker)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                n += 1;
+            }
+            n
+        })
+        .await;
+        if let Ok(n) = returned
+            && n > 0
+        {
+            tracing::debug!(queue = %self.ctx.queue, returned = n, "amqp: gave back prefetched deliveries uncounted");
+        }
+    }
+}
+
 #[async_trait]
 impl Subscription for AmqpSubscription {
     async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError> {
@@ -120,20 +169,20 @@ impl Subscription for AmqpSubscription {
         Ok(out)
     }
 
-    async fn close(self: Box<Self>) {
+    async fn stop(&mut self) {
+        // Before the drain releases anything: an ack frees a prefetch slot, and the broker would
+        // push the next message to this consumer, only to get it back (counted) at the close.
+        self.cancel_consumer().await;
+    }
+
+    async fn close(mut self: Box<Self>) {
         // basic.cancel is a round trip queued behind every ack sent on this channel, so once it
         // is answered the broker has them all; then close the channel (unacked go back).
         const STEP: Duration = Duration::from_secs(5);
         if !self.channel.status().connected() {
             return;
         }
-        let tag = self.consumer.tag();
-        let cancel = self
-            .channel
-            .basic_cancel(tag.clone(), lapin::options::BasicCancelOptions::default());
-        if let Ok(Err(e)) = tokio::time::timeout(STEP, cancel).await {
-            tracing::debug!(queue = %self.ctx.queue, error = %e, "amqp: basic.cancel on close failed");
-        }
+        self.cancel_consumer().await;
         let close = self.channel.close(200, "subscription closed".into());
         if let Ok(Err(e)) = tokio::time::timeout(STEP, close).await {
             tracing::debug!(queue = %self.ctx.queue, error = %e, "amqp: channel close failed");

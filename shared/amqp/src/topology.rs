@@ -1,8 +1,29 @@
 //! Declaring and deleting fleet's exchanges and queues (DESIGN §3 and §4).
+//!
+//! Every queue is a quorum queue with an explicit `x-delivery-limit` and dead-letter target
+//! (never a broker default: RabbitMQ 4 limits quorum deliveries to 20 and then drops):
+//!
+//! | queue | delivery limit | dead-letters to |
+//! |---|---|---|
+//! | `<p>.jobs.<stage>` | `max_deliver` of the stage | `<p>.dlq` / `<stage>` |
+//! | `<p>.retry.<stage>.<step>` (TTL = step, no consumer) | 1000 | `<p>.jobs` / `<stage>` |
+//! | `<p>.dlq.<stage>`, `<p>.submit`, `<p>.coordinator.events` | 50 | `""` / `<p>.parked` |
+//! | `<p>.retry.control.<step>` (TTL = step, no consumer) | 1000 | `""` / its message's own routing key (the origin queue) |
+//! | `<p>.parked` (read by replay only) | 1000 | none: the last stop |
+//!
+//! Control messages are retried through `<p>.retry.control.<step>` (1s, 5s, 30s): a copy is
+//! published to the fanout exchange of that name with the origin queue as routing key, and when
+//! its TTL runs out the default exchange routes it back to that queue.
+//!
+//! Arguments of an existing queue cannot be changed: a deployment made before these limits
+//! fails to declare with PRECONDITION_FAILED naming the queue (see [`conflict`]); drain and
+//! delete the queue (docs/operations.md, "Migrating control queues").
 
 use std::time::Duration;
 
-use fleet_core::broker::ladder_label;
+use fleet_core::broker::{
+    CONTROL_MAX_DELIVER, IDLE_QUEUE_MAX_DELIVER, control_retry_ladder, ladder_label,
+};
 use fleet_core::{BrokerError, Topology, broker::default_retry_ladder};
 use fleet_protocol::Names;
 use lapin::options::{
@@ -23,14 +44,22 @@ struct QueueSpec {
     bindings: Vec<(String, String)>,
 }
 
-fn exchanges(names: &Names) -> [(String, ExchangeKind); 5] {
-    [
+fn exchanges(names: &Names) -> Vec<(String, ExchangeKind)> {
+    let mut out = vec![
         (names.jobs_exchange(), ExchangeKind::Direct),
         (names.dlq_exchange(), ExchangeKind::Direct),
         (names.events_exchange(), ExchangeKind::Topic),
         (names.pipelines_exchange(), ExchangeKind::Topic),
         (names.control_exchange(), ExchangeKind::Fanout),
-    ]
+    ];
+    for step in control_retry_ladder() {
+        // Fanout: the copy keeps the origin queue as its routing key for the way back.
+        out.push((
+            names.control_retry(&ladder_label(step)),
+            ExchangeKind::Fanout,
+        ));
+    }
+    out
 }
 
 fn quorum() -> FieldTable {
@@ -62,6 +91,59 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// A coordinator queue: retried by the coordinator through the control ladder; the broker's
+/// backstop parks what still comes back [`CONTROL_MAX_DELIVER`] times.
+fn control_queue(names: &Names, name: String, bindings: Vec<(String, String)>) -> QueueSpec {
+    let mut args = quorum();
+    dead_letter_to(&mut args, "", &names.parked());
+    number(
+        &mut args,
+        "x-delivery-limit",
+        i64::from(CONTROL_MAX_DELIVER),
+    );
+    QueueSpec {
+        name,
+        args,
+        bindings,
+    }
+}
+
+/// Explicit limit on a queue that nothing consumes (so no broker default applies).
+fn idle_limit(args: &mut FieldTable) {
+    number(args, "x-delivery-limit", i64::from(IDLE_QUEUE_MAX_DELIVER));
+}
+
+/// The queues every prefix has, whatever its stages: the control retry ladder and `parked`.
+fn shared_queues(names: &Names) -> Vec<QueueSpec> {
+    let mut out = Vec::new();
+    for step in control_retry_ladder() {
+        let name = names.control_retry(&ladder_label(step));
+        let mut args = quorum();
+        number(&mut args, "x-message-ttl", millis(step));
+        // No routing key: dead-lettering keeps the copy's own key, the origin queue's name,
+        // which the default exchange routes back to it.
+        text(&mut args, "x-dead-letter-exchange", "");
+        text(&mut args, "x-dead-letter-strategy", "at-least-once");
+        text(&mut args, "x-overflow", "reject-publish");
+        idle_limit(&mut args);
+        out.push(QueueSpec {
+            bindings: vec![(name.clone(), String::new())],
+            name,
+            args,
+        });
+    }
+    let mut args = quorum();
+    // The last stop: no dead-letter target; replay and inspection are its only readers.
+    text(&mut args, "x-overflow", "reject-publish");
+    idle_limit(&mut args);
+    out.push(QueueSpec {
+        name: names.parked(),
+        args,
+        bindings: Vec::new(),
+    });
+    out
+}
+
 /// Every queue of `topology`.
 fn queues(topology: &Topology) -> Vec<QueueSpec> {
     let names = &topology.names;
@@ -84,28 +166,26 @@ fn queues(topology: &Topology) -> Vec<QueueSpec> {
             let mut args = quorum();
             number(&mut args, "x-message-ttl", millis(*step));
             dead_letter_to(&mut args, &names.jobs_exchange(), stage);
+            idle_limit(&mut args);
             out.push(QueueSpec {
                 name: names.retry_queue(stage, &ladder_label(*step)),
                 args,
                 bindings: Vec::new(),
             });
         }
-        out.push(QueueSpec {
-            name: names.dlq(stage),
-            args: quorum(),
-            bindings: vec![(names.dlq_exchange(), stage.clone())],
-        });
+        out.push(control_queue(
+            names,
+            names.dlq(stage),
+            vec![(names.dlq_exchange(), stage.clone())],
+        ));
     }
-    out.push(QueueSpec {
-        name: names.submit(),
-        args: quorum(),
-        bindings: Vec::new(),
-    });
-    out.push(QueueSpec {
-        name: names.coordinator_events_queue(),
-        args: quorum(),
-        bindings: vec![(names.events_exchange(), "#".into())],
-    });
+    out.push(control_queue(names, names.submit(), Vec::new()));
+    out.push(control_queue(
+        names,
+        names.coordinator_events_queue(),
+        vec![(names.events_exchange(), "#".into())],
+    ));
+    out.extend(shared_queues(names));
     out
 }
 
@@ -253,8 +333,42 @@ mod tests {
                 "p.retry.a.2m",
                 "p.dlq.a",
                 "p.submit",
-                "p.coordinator.events"
+                "p.coordinator.events",
+                "p.retry.control.1s",
+                "p.retry.control.5s",
+                "p.retry.control.30s",
+                "p.parked",
             ]
+        );
+        // Issue 8: every queue has an explicit delivery limit, and all but `parked` a
+        // dead-letter target (never a broker default).
+        for q in &specs {
+            assert!(
+                q.args.inner().contains_key("x-delivery-limit"),
+                "{} lacks a delivery limit",
+                q.name
+            );
+            assert_eq!(
+                q.args.inner().contains_key("x-dead-letter-exchange"),
+                q.name != "p.parked",
+                "{}",
+                q.name
+            );
+        }
+        let events = &specs[5].args;
+        assert_eq!(
+            events.inner().get("x-dead-letter-routing-key"),
+            Some(&AMQPValue::LongString("p.parked".into()))
+        );
+        assert_eq!(
+            events.inner().get("x-delivery-limit"),
+            Some(&AMQPValue::LongLongInt(50))
+        );
+        let control_retry = &specs[6].args;
+        assert!(
+            !control_retry
+                .inner()
+                .contains_key("x-dead-letter-routing-key")
         );
         let jobs = &specs[0].args;
         assert_eq!(

@@ -36,7 +36,7 @@ pub struct Topology {
     pub max_deliver: u32,
     /// NATS stage-level `max_ack_pending`: all replicas' slots plus delayed retries.
     pub max_ack_pending: i64,
-    /// RabbitMQ retry ladder (delays a computed retry delay is rounded up to).
+    /// RabbitMQ retry ladder (steps a computed retry delay is rounded down to; see [`retry_ladder`]).
     pub retry_ladder: Vec<Duration>,
 }
 
@@ -62,14 +62,122 @@ pub fn default_retry_ladder() -> Vec<Duration> {
         .collect()
 }
 
-/// Rounds `delay` up to the first ladder step that is at least as long (the last step caps).
+/// The ladder for a service whose retry delays never exceed `retry_max`: the default steps up to
+/// `retry_max`, topped by `retry_max` itself (so a delay stretched to the maximum waits exactly
+/// that long, never a longer default step).
+///
+/// `retry_max = 5m` gives 1s, 5s, 30s, 2m, 5m; `retry_max = 500ms` gives just 500ms.
+pub fn retry_ladder(retry_max: Duration) -> Vec<Duration> {
+    let mut ladder: Vec<Duration> = default_retry_ladder()
+        .into_iter()
+        .filter(|step| *step <= retry_max)
+        .collect();
+    if !retry_max.is_zero() && ladder.last() != Some(&retry_max) {
+        ladder.push(retry_max);
+    }
+    ladder
+}
+
+/// Rounds `delay` *down* to the longest ladder step not above it, so a retry never waits longer
+/// than asked (and so never longer than the top step, the service's retry maximum). A delay
+/// shorter than the first step waits the first step. `ladder` is sorted ascending.
 pub fn ladder_step(ladder: &[Duration], delay: Duration) -> Duration {
     ladder
         .iter()
         .copied()
-        .find(|step| *step >= delay)
-        .or(ladder.last().copied())
+        .rev()
+        .find(|step| *step <= delay)
+        .or(ladder.first().copied())
         .unwrap_or(delay)
+}
+
+/// Delay steps of control-message retries (the coordinator's events, submissions and dead
+/// letters): RabbitMQ declares one TTL queue per step (`<p>.retry.control.<step>`); a control
+/// retry waits the step its delay rounds down to. NATS and memory wait the delay itself.
+pub fn control_retry_ladder() -> Vec<Duration> {
+    [1, 5, 30].into_iter().map(Duration::from_secs).collect()
+}
+
+/// Broker-side backstop on deliveries of control queues (RabbitMQ `x-delivery-limit` of
+/// `<p>.coordinator.events`, `<p>.submit`, `<p>.dlq.<stage>`; NATS `max_deliver` of the
+/// coordinator's consumers). Above the coordinator's own parking limit, so it only acts when
+/// the coordinator dies on a message over and over; RabbitMQ then dead-letters it to
+/// `<p>.parked` (the NATS server stops delivering it and keeps it in its stream).
+pub const CONTROL_MAX_DELIVER: u32 = 50;
+
+/// Delivery limit of the queues nothing consumes but replay and inspection (`<p>.parked`, the
+/// retry queues): explicit (RabbitMQ 4 would otherwise apply its default of 20), and high.
+pub const IDLE_QUEUE_MAX_DELIVER: u32 = 1000;
+
+/// Why a control message is parked: it goes to `<p>.parked` (RabbitMQ, memory) or the
+/// `<P>_PARKED` stream (NATS) with headers saying where it came from and why, where the
+/// coordinator reports it (`fleet_parked_messages`) and an operator can replay it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkInfo {
+    /// Why it was given up (`attempts_exhausted`, `unsupported_version`, `decode_error`).
+    pub reason: String,
+    /// The last error, bounded.
+    pub error: String,
+    /// Deliveries made.
+    pub attempts: u32,
+}
+
+impl ParkInfo {
+    /// The parked copy's headers, naming `from` (the origin queue or subject).
+    pub fn to_headers(&self, from: &str) -> Headers {
+        use fleet_protocol::deadletter::headers as h;
+        vec![
+            (h::PARKED_FROM.into(), from.to_owned()),
+            (h::PARKED_REASON.into(), self.reason.clone()),
+            (
+                h::PARKED_ERROR.into(),
+                fleet_protocol::deadletter::bound_error(&self.error),
+            ),
+            (h::PARKED_ATTEMPTS.into(), self.attempts.to_string()),
+            (
+                h::PARKED_AT.into(),
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            ),
+        ]
+    }
+}
+
+/// Where a parked message came from (its `fleet-parked-from` header, or on RabbitMQ the queue
+/// whose delivery limit dead-lettered it, `x-first-death-queue`).
+pub fn parked_origin(headers: &Headers) -> Option<String> {
+    use fleet_protocol::deadletter::headers as h;
+    let get = |name: &str| {
+        headers
+            .iter()
+            .rev()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    };
+    get(h::PARKED_FROM).or_else(|| get("x-first-death-queue"))
+}
+
+/// Headers of a replayed copy: the original ones without the parking headers, the attempt count
+/// (a replay starts afresh) and broker-set `x-*` headers.
+pub fn replayed_headers(headers: &Headers) -> Headers {
+    use fleet_protocol::deadletter::headers as h;
+    let drop = [
+        h::PARKED_FROM,
+        h::PARKED_REASON,
+        h::PARKED_ERROR,
+        h::PARKED_AT,
+        h::PARKED_ATTEMPTS,
+        h::ATTEMPT,
+    ];
+    headers
+        .iter()
+        // `Nats-*`: a stale de-duplication id would make the origin stream drop the replay.
+        .filter(|(k, _)| {
+            !drop.contains(&k.as_str())
+                && !k.starts_with("x-")
+                && !k.to_ascii_lowercase().starts_with("nats-")
+        })
+        .cloned()
+        .collect()
 }
 
 /// Formats a ladder step as a queue-name label: `1s`, `2m`, `1500ms`.
@@ -179,6 +287,11 @@ pub trait Subscription: Send {
     /// reconnect (if [`BrokerError::is_connection`]) and subscribe again.
     async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError>;
 
+    /// Stops taking new messages while deliveries already handed out can still be settled (a
+    /// drain): RabbitMQ cancels its consumer and gives back, uncounted, what it had buffered;
+    /// pull-based backends need nothing. Later fetches return nothing or an error.
+    async fn stop(&mut self) {}
+
     /// Ends the subscription after the broker has seen every settlement sent before (bounded).
     ///
     /// Plain dropping may close a channel ahead of settlements still on their way; unsettled
@@ -192,12 +305,24 @@ pub trait Acker: Send + Sync {
     /// Done: remove the message.
     async fn ack(self: Box<Self>) -> Result<(), BrokerError>;
     /// Run again after at least `delay` (a new attempt). Returns the delay actually used
-    /// (RabbitMQ rounds up to its retry ladder).
+    /// (RabbitMQ rounds down to its retry ladder, never past its top step).
     async fn retry(self: Box<Self>, delay: Duration) -> Result<Duration, BrokerError>;
     /// Publish the original body with `info`'s headers to the stage DLQ (confirmed), then remove it.
     async fn dead_letter(self: Box<Self>, info: &DeadLetterInfo) -> Result<(), BrokerError>;
-    /// Give the message back for immediate redelivery (drain, lost slot).
+    /// Give the message back for immediate redelivery; the delivery counts as an attempt
+    /// (a job that ran but whose outcome could not be reported).
     async fn release(self: Box<Self>) -> Result<(), BrokerError>;
+    /// Give the message back without counting this delivery as an attempt: its next delivery
+    /// has the same attempt number (a graceful drain returning a job that never got its full
+    /// chance). RabbitMQ and NATS publish a copy carrying `fleet-attempt` = attempts made
+    /// before this one (confirmed), then remove the original; if the copy cannot be published,
+    /// it falls back to [`Acker::release`].
+    async fn release_uncounted(self: Box<Self>) -> Result<(), BrokerError> {
+        self.release().await
+    }
+    /// Move a control message that cannot be processed to the parked queue/stream (confirmed,
+    /// with [`ParkInfo`] headers), then remove it. Only the coordinator's control sources park.
+    async fn park(self: Box<Self>, info: &ParkInfo) -> Result<(), BrokerError>;
     /// Extend the lease while the job runs (NATS `+WPI`, confirmed); a no-op where impossible.
     async fn extend(&self) -> Result<(), BrokerError>;
     /// How often [`Acker::extend`] must be called to keep the lease, if it can be.
@@ -259,6 +384,11 @@ pub trait Broker: Send + Sync + 'static {
     /// Jobs of `stage` waiting for a delayed retry (RabbitMQ: its `retry.<stage>.*` queues; NATS:
     /// its subjects in the retry stream; memory: its delayed messages), for `fleetctl queues`.
     async fn retrying(&self, stage: &str) -> Result<u64, BrokerError>;
+    /// Control messages parked under the declared prefix (see [`ParkInfo`]).
+    async fn parked(&self) -> Result<u64, BrokerError>;
+    /// Moves up to `max` parked messages back to where they came from, with their attempt
+    /// count reset; returns how many moved. A parked message whose origin is unknown stays.
+    async fn replay_parked(&self, max: usize) -> Result<u64, BrokerError>;
     /// Remove everything declared under the topology's prefix (test cleanup).
     async fn delete_topology(&self, topology: &Topology) -> Result<(), BrokerError>;
     /// Close the connection.
@@ -275,26 +405,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn ladder_rounds_up_and_caps() {
+    fn ladder_rounds_down_and_floors_at_the_first_step() {
         let l = default_retry_ladder();
-        assert_eq!(
-            ladder_step(&l, Duration::from_millis(10)),
-            Duration::from_secs(1)
-        );
-        assert_eq!(
-            ladder_step(&l, Duration::from_secs(5)),
-            Duration::from_secs(5)
-        );
-        assert_eq!(
-            ladder_step(&l, Duration::from_secs(6)),
-            Duration::from_secs(30)
-        );
-        assert_eq!(
-            ladder_step(&l, Duration::from_secs(7200)),
-            Duration::from_secs(600)
-        );
+        let s = Duration::from_secs;
+        assert_eq!(ladder_step(&l, Duration::from_millis(10)), s(1));
+        assert_eq!(ladder_step(&l, s(5)), s(5));
+        assert_eq!(ladder_step(&l, s(6)), s(5));
+        assert_eq!(ladder_step(&l, s(119)), s(30));
+        assert_eq!(ladder_step(&l, s(7200)), s(600));
         assert_eq!(ladder_label(Duration::from_secs(120)), "2m");
         assert_eq!(ladder_label(Duration::from_secs(30)), "30s");
         assert_eq!(ladder_label(Duration::from_millis(1500)), "1500ms");
+    }
+
+    /// Issue 9: with `FLEET_RETRY_MAX=5m`, jobs sat in the 10-minute queue.
+    #[test]
+    fn ladder_never_exceeds_retry_max() {
+        let s = Duration::from_secs;
+        assert_eq!(retry_ladder(s(300)), [s(1), s(5), s(30), s(120), s(300)]);
+        assert_eq!(retry_ladder(s(600)), default_retry_ladder());
+        assert_eq!(
+            retry_ladder(Duration::from_millis(500)),
+            [Duration::from_millis(500)]
+        );
+        for max in [500u64, 1_000, 4_000, 45_000, 300_000, 600_000, 3_600_000] {
+            let max = Duration::from_millis(max);
+            let ladder = retry_ladder(max);
+            for ms in (0..=max.as_millis() as u64 * 2).step_by(97) {
+                let delay = Duration::from_millis(ms);
+                let step = ladder_step(&ladder, delay);
+                assert!(step <= max, "{delay:?} with max {max:?} waited {step:?}");
+                assert!(
+                    step <= delay || step == ladder[0],
+                    "{delay:?} rounded up to {step:?}"
+                );
+            }
+            assert_eq!(ladder_step(&ladder, max), max, "the maximum is a step");
+        }
     }
 }

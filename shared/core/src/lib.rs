@@ -9,7 +9,7 @@ pub mod error;
 pub mod memory;
 
 pub use broker::{
-    Acker, Broker, BrokerKind, Delivery, Destination, Headers, OutMessage, Source,
+    Acker, Broker, BrokerKind, Delivery, Destination, Headers, OutMessage, ParkInfo, Source,
     SubscribeOptions, Subscription, Topology,
 };
 pub use error::{BrokerError, JobError};

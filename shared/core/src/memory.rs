@@ -17,8 +17,8 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 
 use crate::broker::{
-    Acker, Broker, BrokerKind, Delivery, Destination, Headers, OutMessage, Source,
-    SubscribeOptions, Subscription, Topology,
+    Acker, Broker, BrokerKind, CONTROL_MAX_DELIVER, Delivery, Destination, Headers, OutMessage,
+    ParkInfo, Source, SubscribeOptions, Subscription, Topology,
 };
 use crate::error::BrokerError;
 
@@ -167,6 +167,31 @@ impl MemoryBroker {
         }
     }
 
+    /// The backstop on deliveries of `q`: the topology's for job queues, [`CONTROL_MAX_DELIVER`]
+    /// for the coordinator's queues, none for per-subscriber control queues.
+    fn max_deliver_of(&self, q: &Queue) -> u32 {
+        if q.name.starts_with("control-sub-") {
+            u32::MAX
+        } else if self.is_jobs_queue(&q.name) {
+            *lock(&self.inner.max_deliver)
+        } else {
+            CONTROL_MAX_DELIVER
+        }
+    }
+
+    fn is_jobs_queue(&self, name: &str) -> bool {
+        let prefix = lock(&self.inner.names).jobs("");
+        name.starts_with(&prefix)
+    }
+
+    /// Puts a copy of `msg` (with `info`'s headers) into the parked queue.
+    fn park_message(&self, from: &Queue, msg: Message, info: &ParkInfo) {
+        let parked = self.queue(&lock(&self.inner.names).parked());
+        let mut headers = msg.headers;
+        headers.extend(info.to_headers(&from.name));
+        self.push(&parked, msg.body, headers);
+    }
+
     /// Moves due delayed messages and expired leases back to ready.
     fn promote(&self, q: &Queue, s: &mut QueueState, now: Instant) {
         let (due, later): (Vec<_>, Vec<_>) = s.delayed.drain(..).partition(|(at, _)| *at <= now);
@@ -178,7 +203,7 @@ impl MemoryBroker {
             .filter(|(_, l)| l.until <= now)
             .map(|(id, _)| *id)
             .collect();
-        let max_deliver = *lock(&self.inner.max_deliver);
+        let max_deliver = self.max_deliver_of(q);
         for id in expired {
             if let Some(l) = s.leased.remove(&id) {
                 self.requeue_or_backstop(q, s, l.msg, max_deliver);
@@ -188,7 +213,15 @@ impl MemoryBroker {
 
     /// Returns a message for redelivery, or dead-letters it when the broker backstop is hit.
     fn requeue_or_backstop(&self, q: &Queue, s: &mut QueueState, msg: Message, max_deliver: u32) {
-        if msg.delivered >= max_deliver {
+        if msg.delivered >= max_deliver && !self.is_jobs_queue(&q.name) {
+            // Like RabbitMQ's delivery limit on a control queue: dead-lettered to the parked queue.
+            let info = ParkInfo {
+                reason: "delivery_limit".into(),
+                error: "the broker's delivery limit was reached".into(),
+                attempts: msg.delivered,
+            };
+            self.park_message(q, msg, &info);
+        } else if msg.delivered >= max_deliver {
             let stage = q.name.rsplit('.').next().unwrap_or_default().to_owned();
             let dlq = self.queue(&lock(&self.inner.names).dlq(&stage));
             let mut headers = msg.headers.clone();
@@ -294,6 +327,40 @@ impl Broker for MemoryBroker {
         Ok(s.delayed.len() as u64)
     }
 
+    async fn parked(&self) -> Result<u64, BrokerError> {
+        self.check_connected()?;
+        let q = self.queue(&lock(&self.inner.names).parked());
+        let s = lock(&q.state);
+        Ok(s.ready.len() as u64)
+    }
+
+    async fn replay_parked(&self, max: usize) -> Result<u64, BrokerError> {
+        self.check_connected()?;
+        let parked = self.queue(&lock(&self.inner.names).parked());
+        let mut moved = 0;
+        while (moved as usize) < max {
+            let Some(msg) = lock(&parked.state).ready.pop_front() else {
+                break;
+            };
+            let Some(from) = crate::broker::parked_origin(&msg.headers) else {
+                lock(&parked.state).ready.push_front(msg);
+                return Err(BrokerError::Rejected(
+                    "a parked message has no fleet-parked-from header: inspect it and move it \
+                     by hand"
+                        .into(),
+                ));
+            };
+            let origin = self.queue(&from);
+            self.push(
+                &origin,
+                msg.body,
+                crate::broker::replayed_headers(&msg.headers),
+            );
+            moved += 1;
+        }
+        Ok(moved)
+    }
+
     async fn delete_topology(&self, _topology: &Topology) -> Result<(), BrokerError> {
         lock(&self.inner.queues).clear();
         Ok(())
@@ -318,7 +385,7 @@ impl Drop for MemorySubscription {
             .filter(|(_, l)| l.sub == self.sub)
             .map(|(id, _)| *id)
             .collect();
-        let max_deliver = *lock(&self.broker.inner.max_deliver);
+        let max_deliver = self.broker.max_deliver_of(&self.queue);
         for id in held {
             if let Some(l) = s.leased.remove(&id) {
                 self.broker
@@ -447,6 +514,21 @@ impl Acker for MemoryAcker {
         let msg = self.take()?;
         lock(&self.queue.state).ready.push_front(msg);
         self.queue.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn release_uncounted(self: Box<Self>) -> Result<(), BrokerError> {
+        let mut msg = self.take()?;
+        // This delivery does not count: the next one has the same attempt number.
+        msg.delivered = msg.delivered.saturating_sub(1);
+        lock(&self.queue.state).ready.push_front(msg);
+        self.queue.notify.notify_waiters();
+        Ok(())
+    }
+
+    async fn park(self: Box<Self>, info: &ParkInfo) -> Result<(), BrokerError> {
+        let msg = self.take()?;
+        self.broker.park_message(&self.queue, msg, info);
         Ok(())
     }
 

@@ -15,8 +15,9 @@ use async_nats::jetstream::message::Acker as JsAcker;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fleet_core::broker::{ladder_label, ladder_step};
-use fleet_core::{Acker, BrokerError};
+use fleet_core::{Acker, BrokerError, ParkInfo};
 use fleet_protocol::DeadLetterInfo;
+use fleet_protocol::deadletter::headers::ATTEMPT;
 
 use crate::broker::Shared;
 use crate::retry::copy_headers;
@@ -37,10 +38,16 @@ pub(crate) struct NatsAcker {
     /// The delivery's ack subject, to confirm settlements through the client's shared
     /// request inbox.
     pub(crate) reply: Option<async_nats::Subject>,
-    /// The attempt this delivery is (the retry copy carries it as `fleet-attempt`).
+    /// The subject the message was published to (where an uncounted release puts its copy and
+    /// where replay sends a parked message back).
+    pub(crate) subject: String,
+    /// The attempt this delivery is (a retry or release copy carries the attempts before it as
+    /// `fleet-attempt`).
     pub(crate) attempt: u32,
     /// `Nats-Msg-Id` of this attempt's retry copy (see [`crate::retry`]).
     pub(crate) retry_id: String,
+    /// Stream and stream sequence, for de-duplication ids of copies.
+    pub(crate) origin: Option<(String, u64)>,
 }
 
 impl NatsAcker {
@@ -90,6 +97,26 @@ fn ack_error(what: &str, e: &dyn std::fmt::Display, limit: Duration) -> BrokerEr
 /// Original headers a dead-letter copy must not carry (publish expectations of the original).
 pub(crate) fn keep_header(name: &str) -> bool {
     !name.to_ascii_lowercase().starts_with("nats-expected-")
+}
+
+/// The original headers a copy keeps: without publish expectations, and without the
+/// de-duplication id (a copy of a job put back within the window would be dropped as a
+/// duplicate of the original, i.e. lost).
+pub(crate) fn plain_copy_headers(original: Option<&HeaderMap>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(original) = original {
+        for (name, values) in original.iter() {
+            let name_str: &str = name.as_ref();
+            if keep_header(name_str)
+                && !name_str.eq_ignore_ascii_case(async_nats::header::NATS_MESSAGE_ID.as_ref())
+            {
+                for value in values {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+    }
+    headers
 }
 
 #[async_trait]
@@ -143,6 +170,9 @@ impl Acker for NatsAcker {
             }
         }
         insert_headers(&mut headers, &info.to_headers())?;
+        // A copy put back by an uncounted release carries `fleet-attempt`: the dead letter's own
+        // deliveries (to the coordinator's archive) count from 1.
+        headers.insert(ATTEMPT, "0");
         if let Some(id) = &self.dlq_msg_id {
             headers.insert(
                 async_nats::header::NATS_MESSAGE_ID,
@@ -159,6 +189,42 @@ impl Acker for NatsAcker {
 
     async fn release(self: Box<Self>) -> Result<(), BrokerError> {
         self.confirmed(AckKind::Nak(None), "release (nak)").await
+    }
+
+    async fn release_uncounted(self: Box<Self>) -> Result<(), BrokerError> {
+        // A Nak raises the server's delivery count: put a copy back that carries the attempts
+        // made before this delivery instead (its own count starts again at 1), then ack.
+        let mut headers = plain_copy_headers(self.headers.as_ref());
+        let made = self.attempt.saturating_sub(1);
+        insert_headers(&mut headers, &vec![(ATTEMPT.into(), made.to_string())])?;
+        if let Err(e) = self
+            .shared
+            .publish_raw(self.subject.clone(), headers, self.body.clone())
+            .await
+        {
+            tracing::warn!(subject = %self.subject, error = %e,
+                "nats: could not put back an uncounted copy; naking (costs an attempt)");
+            return self.confirmed(AckKind::Nak(None), "release (nak)").await;
+        }
+        self.confirmed(AckKind::Ack, "ack after putting back a copy")
+            .await
+    }
+
+    async fn park(self: Box<Self>, info: &ParkInfo) -> Result<(), BrokerError> {
+        let subject = format!("{}.{}", self.shared.names().parked(), self.subject);
+        let mut headers = plain_copy_headers(self.headers.as_ref());
+        insert_headers(&mut headers, &info.to_headers(&self.subject))?;
+        if let Some((stream, seq)) = &self.origin {
+            // Parking the same stored message twice (ack lost, redelivered) keeps one copy.
+            headers.insert(
+                async_nats::header::NATS_MESSAGE_ID,
+                crate::wire::header_value(&format!("park-{stream}-{seq}")),
+            );
+        }
+        self.shared
+            .publish_raw(subject, headers, self.body.clone())
+            .await?;
+        self.confirmed(AckKind::Term, "term after parking").await
     }
 
     async fn extend(&self) -> Result<(), BrokerError> {
@@ -190,6 +256,10 @@ impl Acker for ControlAcker {
     }
 
     async fn release(self: Box<Self>) -> Result<(), BrokerError> {
+        Ok(())
+    }
+
+    async fn park(self: Box<Self>, _info: &ParkInfo) -> Result<(), BrokerError> {
         Ok(())
     }
 

@@ -328,6 +328,51 @@ impl Broker for NatsBroker {
         retry::waiting(&self.shared, stage).await
     }
 
+    async fn parked(&self) -> Result<u64, BrokerError> {
+        let shared = &self.shared;
+        let name = shared.names().parked_stream();
+        let what = format!("depth of {name}");
+        let stream = bounded(shared.outer_limit(), shared.js.get_stream(&name))
+            .await?
+            .map_err(|e| shared.or_lost(&what, BrokerError::Rejected(format!("{what}: {e}"))))?;
+        Ok(stream.cached_info().state.messages)
+    }
+
+    async fn replay_parked(&self, max: usize) -> Result<u64, BrokerError> {
+        let shared = self.shared.clone();
+        let stream = shared.names().parked_stream();
+        let mut sub =
+            PullSubscription::open(shared.clone(), stream, topology::REPLAY.into(), None).await?;
+        let mut moved = 0u64;
+        while usize::try_from(moved).unwrap_or(usize::MAX) < max {
+            let want = (max - usize::try_from(moved).unwrap_or(max)).min(64);
+            let batch = sub.fetch(want, Duration::from_millis(200)).await?;
+            if batch.is_empty() {
+                break;
+            }
+            for d in batch {
+                let Some(origin) = fleet_core::broker::parked_origin(&d.headers) else {
+                    let _ = d.acker.release().await;
+                    return Err(BrokerError::Rejected(
+                        "a parked message has no fleet-parked-from header, so its origin is \
+                         unknown: inspect it (`nats stream view`) and move it by hand"
+                            .into(),
+                    ));
+                };
+                let mut headers = HeaderMap::new();
+                wire::append_headers(
+                    &mut headers,
+                    &fleet_core::broker::replayed_headers(&d.headers),
+                )?;
+                shared.publish_raw(origin.clone(), headers, d.body).await?;
+                d.acker.ack().await?;
+                tracing::info!(%origin, "nats: replayed a parked message");
+                moved += 1;
+            }
+        }
+        Ok(moved)
+    }
+
     async fn delete_topology(&self, topology: &Topology) -> Result<(), BrokerError> {
         let limit = self.shared.outer_limit();
         let mut streams = topology::stream_configs(&topology.names);

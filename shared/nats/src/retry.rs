@@ -48,7 +48,6 @@ use futures::TryStreamExt;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::acker::keep_header;
 use crate::broker::Shared;
 use crate::subscription::{pull_once, release_all};
 use crate::topology::{DUPLICATE_WINDOW, WantedConsumer, durable};
@@ -137,20 +136,8 @@ pub(crate) fn retry_msg_id(original_id: Option<&str>, origin: &str, attempt: u32
 /// Headers of a retry copy: the original's, without publish expectations, with
 /// `fleet-attempt: <attempt>` and `Nats-Msg-Id: <msg_id>`.
 pub(crate) fn copy_headers(original: Option<&HeaderMap>, attempt: u32, msg_id: &str) -> HeaderMap {
-    let mut headers = HeaderMap::new();
-    if let Some(original) = original {
-        for (name, values) in original.iter() {
-            let n: &str = name.as_ref();
-            if keep_header(n)
-                && !n.eq_ignore_ascii_case(ATTEMPT)
-                && !n.eq_ignore_ascii_case(async_nats::header::NATS_MESSAGE_ID.as_ref())
-            {
-                for value in values {
-                    headers.append(name.clone(), value.clone());
-                }
-            }
-        }
-    }
+    let mut headers = crate::acker::plain_copy_headers(original);
+    // `insert` replaces what the original carried under these names.
     headers.insert(ATTEMPT, header_value(&attempt.to_string()));
     headers.insert(async_nats::header::NATS_MESSAGE_ID, header_value(msg_id));
     headers

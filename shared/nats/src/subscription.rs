@@ -39,6 +39,7 @@ fn attempt_of(msg: &jetstream::Message) -> u32 {
     u32::try_from(delivered).unwrap_or(u32::MAX)
 }
 
+
 /// Maps an error item of a pull to a broker error.
 fn pull_item_error(shared: &Shared, what: &str, e: &dyn std::fmt::Display) -> BrokerError {
     let text = e.to_string();
@@ -131,7 +132,8 @@ impl PullSubscription {
             Some((_, seq)) => self.attempts.attempt(*seq, attempt_of(&msg)),
             None => attempt_of(&msg),
         };
-        // A retry copy (jobs only) carries the attempts made before it (see `retry`).
+        // A retry copy or a copy put back by an uncounted release (jobs only) carries the
+        // attempts made before it (see `retry`); its own (monotonic) delivery count goes on.
         let before = if self.dlq_stage.is_some() {
             attempts_before(msg.headers.as_ref())
         } else {
@@ -149,8 +151,11 @@ impl PullSubscription {
             &origin,
             attempt,
         );
-        let dlq_msg_id = info.map(|(stream, seq)| format!("dlq-{stream}-{seq}"));
+        let dlq_msg_id = info
+            .as_ref()
+            .map(|(stream, seq)| format!("dlq-{stream}-{seq}"));
         let reply = msg.reply.clone();
+        let subject = msg.subject.to_string();
         let (msg, acker) = msg.split();
         Delivery {
             body: msg.payload.clone(),
@@ -165,8 +170,10 @@ impl PullSubscription {
                 lease: self.lease,
                 dlq_msg_id,
                 reply,
+                subject,
                 attempt,
                 retry_id,
+                origin: info,
             }),
         }
     }

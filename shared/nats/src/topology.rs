@@ -10,6 +10,12 @@
 //! | `<P>_PIPELINES` | `<p>.pipelines.>` | limits | none |
 //! | `<P>_RETRY` | `<p>.retry.<stage>.<delay>` | WorkQueue, dedup window 2 min | `retry-<stage>-<delay>` per stage and ladder step (see [`crate::retry`]) |
 //! | `<P>_BACKSTOP` | `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<P>_JOBS.>` | WorkQueue | `backstop-<stage>` per stage |
+//! | `<P>_PARKED` | `<p>.parked.>` (`<p>.parked.<origin subject>`) | WorkQueue | `replay` |
+//!
+//! Every consumer has an explicit `max_deliver` (never "unlimited"): the stage's for jobs,
+//! [`CONTROL_MAX_DELIVER`] for the coordinator's (which parks a message well before, after
+//! its own attempt limit, so the server's limit only stops a message that kills the coordinator
+//! on every delivery; such a message stays in its stream), [`IDLE_QUEUE_MAX_DELIVER`] for `replay`.
 //!
 //! `<P>_EVENTS` is a WorkQueue: the coordinator's `coordinator` consumer is its only reader, so an
 //! acked batch is deleted and the stream holds only what the coordinator has not processed yet
@@ -21,7 +27,7 @@
 //!
 //! Stage consumers take `ack_wait`, `max_deliver` and `max_ack_pending` from the [`Topology`];
 //! the coordinator's consumers (`coordinator`, `dlq-<stage>`) use fixed values
-//! ([`COORDINATOR_ACK_WAIT`], unlimited deliveries, [`COORDINATOR_MAX_ACK_PENDING`]) so that
+//! ([`COORDINATOR_ACK_WAIT`], [`CONTROL_MAX_DELIVER`], [`COORDINATOR_MAX_ACK_PENDING`]) so that
 //! services declaring with different topologies never fight over them.
 
 use std::time::Duration;
@@ -34,6 +40,7 @@ use async_nats::jetstream::stream::{
     self, ConsumerError, ConsumerErrorKind, RetentionPolicy, StorageType,
 };
 use async_nats::jetstream::{self, ErrorCode};
+use fleet_core::broker::{CONTROL_MAX_DELIVER, IDLE_QUEUE_MAX_DELIVER};
 use fleet_core::{BrokerError, Topology};
 use fleet_protocol::{Names, control};
 
@@ -49,6 +56,9 @@ pub const COORDINATOR_ACK_WAIT: Duration = Duration::from_secs(30);
 pub const COORDINATOR_MAX_ACK_PENDING: i64 = 10_000;
 /// Publish de-duplication window of the jobs and submission streams (DESIGN §4).
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+
+/// Name of the durable consumer that replay reads `<P>_PARKED` with.
+pub const REPLAY: &str = "replay";
 
 /// Name of the durable consumer that reads a stage's dead letters.
 pub fn dlq_consumer(stage: &str) -> String {
@@ -123,6 +133,12 @@ pub(crate) fn stream_configs(names: &Names) -> Vec<stream::Config> {
             vec![max_deliveries_subject(names, ">")],
             RetentionPolicy::WorkQueue,
         ),
+        // WorkQueue: a replayed message is deleted once it is back in its origin stream.
+        base(
+            names.parked_stream(),
+            vec![format!("{}.>", names.parked())],
+            RetentionPolicy::WorkQueue,
+        ),
     ]
 }
 
@@ -180,7 +196,7 @@ pub(crate) fn consumer_configs(topology: &Topology) -> Result<Vec<WantedConsumer
                 &dlq_consumer(stage),
                 names.dlq(stage),
                 COORDINATOR_ACK_WAIT,
-                -1,
+                i64::from(CONTROL_MAX_DELIVER),
                 COORDINATOR_MAX_ACK_PENDING,
             ),
         });
@@ -190,7 +206,7 @@ pub(crate) fn consumer_configs(topology: &Topology) -> Result<Vec<WantedConsumer
                 &backstop_consumer(stage),
                 max_deliveries_subject(names, stage),
                 COORDINATOR_ACK_WAIT,
-                -1,
+                i64::from(CONTROL_MAX_DELIVER),
                 COORDINATOR_MAX_ACK_PENDING,
             ),
         });
@@ -202,7 +218,7 @@ pub(crate) fn consumer_configs(topology: &Topology) -> Result<Vec<WantedConsumer
             COORDINATOR,
             format!("{p}.events.>"),
             COORDINATOR_ACK_WAIT,
-            -1,
+            i64::from(CONTROL_MAX_DELIVER),
             COORDINATOR_MAX_ACK_PENDING,
         ),
     });
@@ -212,7 +228,17 @@ pub(crate) fn consumer_configs(topology: &Topology) -> Result<Vec<WantedConsumer
             COORDINATOR,
             names.submit(),
             COORDINATOR_ACK_WAIT,
-            -1,
+            i64::from(CONTROL_MAX_DELIVER),
+            COORDINATOR_MAX_ACK_PENDING,
+        ),
+    });
+    out.push(WantedConsumer {
+        stream: names.parked_stream(),
+        config: durable(
+            REPLAY,
+            format!("{}.>", names.parked()),
+            COORDINATOR_ACK_WAIT,
+            i64::from(IDLE_QUEUE_MAX_DELIVER),
             COORDINATOR_MAX_ACK_PENDING,
         ),
     });
@@ -534,8 +560,14 @@ mod tests {
             backstop.config.filter_subject,
             "$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.AB_JOBS.s1"
         );
-        assert_eq!(consumers.len(), 8);
-        let backstop_stream = streams.last().expect("streams");
+        assert_eq!(consumers.len(), 9);
+        // Issue 8: no consumer delivers without limit.
+        for c in &consumers {
+            assert!(c.config.max_deliver > 0, "{:?}", c.config.durable_name);
+        }
+        assert_eq!(consumers[8].stream, "AB_PARKED");
+        assert_eq!(consumers[8].config.filter_subject, "ab.parked.>");
+        let backstop_stream = &streams[6];
         assert_eq!(backstop_stream.name, "AB_BACKSTOP");
         assert_eq!(
             backstop_stream.subjects,

@@ -90,8 +90,20 @@ pub mod headers {
     pub const AT: &str = "fleet-dead-lettered-at";
     /// Job id, when the body could be decoded.
     pub const JOB_ID: &str = "fleet-job-id";
-    /// RabbitMQ only: attempts already made before this copy was published.
+    /// Attempts already made before this copy was published (RabbitMQ retries; on both brokers
+    /// a copy released at a drain, so that the release costs no attempt).
     pub const ATTEMPT: &str = "fleet-attempt";
+    /// Parked control messages: the queue (RabbitMQ) or subject (NATS) it came from; replay
+    /// sends it back there.
+    pub const PARKED_FROM: &str = "fleet-parked-from";
+    /// Parked control messages: why (`attempts_exhausted`, `unsupported_version`, `decode_error`).
+    pub const PARKED_REASON: &str = "fleet-parked-reason";
+    /// Parked control messages: the last error text (bounded).
+    pub const PARKED_ERROR: &str = "fleet-parked-error";
+    /// Parked control messages: deliveries made before parking.
+    pub const PARKED_ATTEMPTS: &str = "fleet-parked-attempts";
+    /// Parked control messages: RFC 3339 time of parking.
+    pub const PARKED_AT: &str = "fleet-parked-at";
 }
 
 /// Longest error text kept in headers and events.

@@ -48,6 +48,19 @@ impl Names {
     pub fn retry_queue(&self, stage: &str, delay_label: &str) -> String {
         format!("{}.retry.{stage}.{delay_label}", self.prefix)
     }
+    /// RabbitMQ queue / NATS subject prefix of parked control messages (event batches,
+    /// submissions and dead letters the coordinator gave up on), kept for replay.
+    pub fn parked(&self) -> String {
+        format!("{}.parked", self.prefix)
+    }
+    /// NATS stream of parked control messages.
+    pub fn parked_stream(&self) -> String {
+        self.stream("PARKED")
+    }
+    /// RabbitMQ delayed-retry queue (and fanout exchange) of control messages for one step.
+    pub fn control_retry(&self, delay_label: &str) -> String {
+        format!("{}.retry.control.{delay_label}", self.prefix)
+    }
     /// RabbitMQ dead-letter exchange.
     pub fn dlq_exchange(&self) -> String {
         format!("{}.dlq", self.prefix)

@@ -321,6 +321,12 @@ mod tests {
         async fn retrying(&self, stage: &str) -> Result<u64, BrokerError> {
             self.inner.retrying(stage).await
         }
+        async fn parked(&self) -> Result<u64, BrokerError> {
+            self.inner.parked().await
+        }
+        async fn replay_parked(&self, max: usize) -> Result<u64, BrokerError> {
+            self.inner.replay_parked(max).await
+        }
         async fn delete_topology(&self, t: &Topology) -> Result<(), BrokerError> {
             self.inner.delete_topology(t).await
         }

@@ -101,8 +101,13 @@ pub async fn settle(
             return terminal(sh, &job, acker, attempt, seq, EventKind::Cancelled).await;
         }
         Guarded::Drained => {
-            tracing::info!(job_id = %job.job_id, "drain deadline reached; returning the job to the broker");
-            return release(acker).await;
+            tracing::info!(job_id = %job.job_id, attempt, "drain deadline reached; returning the job to the broker (the attempt is not counted)");
+            // A graceful drain is not the job's fault: its next delivery keeps this attempt
+            // number (DESIGN §5.9).
+            if let Err(e) = acker.release_uncounted().await {
+                tracing::warn!(error = %e, "release failed; the broker redelivers after the connection closes");
+            }
+            return;
         }
     };
     let (kind, text, at_least) = failure;

@@ -13,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use fleet_core::{
     Broker, BrokerError, Delivery, Source, SubscribeOptions, Subscription, Topology,
-    broker::default_retry_ladder,
+    broker::retry_ladder,
 };
 use fleet_protocol::Names;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -300,7 +300,7 @@ pub fn topology(cfg: &RuntimeConfig, names: &Names, stage: &str) -> Topology {
         ack_wait: cfg.ack_wait,
         max_deliver: cfg.max_deliver,
         max_ack_pending: cfg.max_ack_pending,
-        retry_ladder: default_retry_ladder(),
+        retry_ladder: retry_ladder(cfg.retry_max),
     }
 }
 
@@ -462,6 +462,9 @@ async fn consume(
                         std::mem::take(&mut pending),
                     ));
                 }
+                // Drain: no new messages from here on (RabbitMQ would otherwise push one for
+                // every slot a release frees, and take it back counted at the close).
+                sub.stop().await;
                 return Ok(Some(sub));
             }
             let Some(allowance) = intake_allowance(sh, shutdown).await else {

@@ -4,6 +4,7 @@ mod dlq;
 mod limits;
 mod nul;
 mod open;
+mod parked;
 mod pipelines;
 mod queues;
 mod sse;
@@ -40,6 +41,7 @@ pub fn router(app: App) -> Router {
         .route("/v1/dlq/purge", post(dlq::purge))
         .route("/v1/dlq/{id}", get(dlq::show))
         .route("/v1/queues", get(queues::list))
+        .route("/v1/parked/replay", post(parked::replay))
         // Inner to auth: an unauthenticated body is never read.
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),

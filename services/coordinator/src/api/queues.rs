@@ -2,7 +2,8 @@
 //! (both from the broker: parked retries wait outside the job queue, in retry queues or the
 //! retry stream), and its live workers (from heartbeats). A stage the broker has no queue for
 //! (a job for an unknown stage) reports `depth: null` with the broker's answer instead of
-//! failing the whole list; an unreachable broker is still a 503.
+//! failing the whole list; an unreachable broker is still a 503. `parked` counts the
+//! parked control messages.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -18,7 +19,7 @@ use crate::error::ApiError;
 use crate::model::now_ms;
 use crate::stall::LOST_AFTER_HEARTBEATS;
 
-/// `GET /v1/queues` → `{queues: [{stage, depth, retrying, workers_alive}]}`.
+/// `GET /v1/queues` → `{queues: [{stage, depth, retrying, workers_alive}], parked}`.
 pub async fn list(State(app): State<App>) -> Result<Json<serde_json::Value>, ApiError> {
     let mut stages: BTreeSet<String> = app.stages().into_iter().collect();
     for r in app
@@ -71,5 +72,8 @@ pub async fn list(State(app): State<App>) -> Result<Json<serde_json::Value>, Api
         }
         out.push(q);
     }
-    Ok(Json(json!({"queues": out})))
+    let parked = crate::park::refresh_gauge(&app)
+        .await
+        .ok_or_else(|| ApiError::unavailable("the broker did not report the parked depth"))?;
+    Ok(Json(json!({"queues": out, "parked": parked})))
 }
