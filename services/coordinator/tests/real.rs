@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use common::{Backend, Harness, event, heartbeat, submission};
 use fleet_core::{Destination, OutMessage, Source, SubscribeOptions};
-use fleet_protocol::EventKind;
+use fleet_protocol::{EventKind, JobEnvelope};
 use fleet_test_support::wait_for;
 use serde_json::json;
 
@@ -224,6 +224,70 @@ async fn cancel_broadcasts(backend: Backend) {
     }
     assert!(got, "a control message for pc");
     assert_eq!(h.final_messages("pc").await, 1);
+    h.cleanup().await;
+}
+
+/// A pipeline id used again after the coordinator's store lost the first pipeline (a fresh
+/// database, a restored backup): its jobs carry the new creation time, so the cancellation the
+/// broker still keeps (NATS replays it to every new subscriber) does not apply to them.
+async fn reused_id_is_a_new_life(backend: Backend) {
+    let h = Harness::new(backend, "reuse", &[]).await;
+    h.submit("pr", &["a"], json!({})).await;
+    let (s, v) = h.post("/v1/pipelines/pr/cancel", &json!({})).await;
+    assert_eq!((s, v["state"].clone()), (202, json!("cancelled")), "{v}");
+    let store = h.store();
+    for table in [
+        "coord_items",
+        "coord_jobs",
+        "coord_events",
+        "coord_pipelines",
+    ] {
+        store
+            .execute(
+                &format!("DELETE FROM {table} WHERE pipeline_id = $1"),
+                fleet_store::params!["pr"],
+            )
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(5)).await; // a later millisecond than the first life
+    h.submit("pr", &["a"], json!({})).await;
+    let bodies: Vec<JobEnvelope> = store
+        .query(
+            "SELECT body FROM coord_outbox WHERE msg_id = $1 ORDER BY id",
+            fleet_store::params!["pr/a/analyze"],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| serde_json::from_str(&r.get::<String>("body").unwrap()).unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 2, "one first job per life");
+    let (old, new) = (&bodies[0], &bodies[1]);
+    assert!(new.pipeline_created_at > old.pipeline_created_at);
+    // A worker that subscribes now is replayed the kept cancellation (RabbitMQ keeps none).
+    if backend != Backend::Rabbit {
+        let mut control = h
+            .broker
+            .subscribe(Source::Control, SubscribeOptions { prefetch: 8 })
+            .await
+            .unwrap();
+        let until = tokio::time::Instant::now() + T;
+        let mut cancel = None;
+        while cancel.is_none() && tokio::time::Instant::now() < until {
+            for d in control.fetch(8, Duration::from_millis(200)).await.unwrap() {
+                cancel = cancel.or(fleet_protocol::control::parse_cancellation(&d.body)
+                    .filter(|c| c.pipeline_id == "pr"));
+            }
+        }
+        let cancel = cancel.expect("the kept cancellation of pr is replayed");
+        assert!(cancel.applies_to_job(old), "the first life stays cancelled");
+        assert!(!cancel.applies_to_job(new), "the new life is not cancelled");
+    }
+    for stage in STAGES {
+        h.finish("pr", &["a"], stage, EventKind::Succeeded).await;
+    }
+    h.wait_state("pr", "completed", T).await;
     h.cleanup().await;
 }
 
@@ -480,6 +544,16 @@ async fn rabbitmq_postgres_cancel_broadcasts() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nats_postgres_cancel_broadcasts() {
     cancel_broadcasts(Backend::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_postgres_reused_id_is_a_new_life() {
+    reused_id_is_a_new_life(Backend::Nats).await;
+}
+
+#[tokio::test]
+async fn memory_sqlite_reused_id_is_a_new_life() {
+    reused_id_is_a_new_life(Backend::Memory).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -461,6 +461,31 @@ async fn declare_twice_is_fine() {
     f.cleanup().await;
 }
 
+/// A control stream made before cancellations expired (no `max_age`) gets one in place, so
+/// kept cancellations stop living forever without deleting the stream.
+#[tokio::test]
+async fn control_stream_without_max_age_gets_one_in_place() {
+    let topo = topology(Duration::from_secs(10), 5);
+    let client = async_nats::connect(common::url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let name = topo.names.control_stream();
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{}.control.>", topo.names.prefix())],
+        max_messages_per_subject: 1,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        ..Default::default()
+    })
+    .await
+    .expect("create an old control stream");
+    let f = Fixture::declare(topo).await;
+    assert_eq!(f.broker.config_drift_count(), 0, "updated, not drifted");
+    let mut stream = js.get_stream(&name).await.expect("control stream");
+    let info = stream.info().await.expect("stream info");
+    assert_eq!(info.config.max_age, fleet_protocol::control::RETENTION);
+    f.cleanup().await;
+}
+
 #[tokio::test]
 async fn consumer_with_other_ack_wait_is_reported_not_fatal() {
     let f = Fixture::new(Duration::from_secs(2)).await;

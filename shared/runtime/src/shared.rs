@@ -4,7 +4,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use fleet_core::Broker;
 use fleet_protocol::control::{self, Cancellation};
 use fleet_protocol::{Degradation, Event, EventKind, JobEnvelope, Names};
@@ -21,18 +21,22 @@ use crate::pause::IntakeGate;
 /// time), so a cancellation of an earlier pipeline never hits a later one that reuses the id.
 #[derive(Default)]
 pub struct Cancellations {
-    seen: Mutex<HashMap<Cancellation, Instant>>,
+    /// By pipeline id: each cancelled life (creation time, if known) and when it was last heard.
+    seen: Mutex<Lives>,
 }
 
-/// Most cancellations remembered (the least recently seen are forgotten first).
+/// Most cancelled pipeline ids remembered (the least recently heard are forgotten first).
 const MAX_CANCELLATIONS: usize = 100_000;
 /// A cancellation neither replayed nor re-broadcast for this long is forgotten: the NATS control
 /// stream keeps a cancellation for as long ([`control::RETENTION`]), and on RabbitMQ the
 /// coordinator re-broadcasts active ones every tick.
 const FORGET_AFTER: Duration = control::RETENTION;
 
+/// Cancelled lives by pipeline id: (creation time if known, when last heard).
+type Lives = HashMap<String, Vec<(Option<DateTime<Utc>>, Instant)>>;
+
 impl Cancellations {
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<Cancellation, Instant>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Lives> {
         self.seen
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -42,26 +46,46 @@ impl Cancellations {
     pub fn insert(&self, c: Cancellation) {
         let now = Instant::now();
         let mut seen = self.lock();
-        if seen.len() >= MAX_CANCELLATIONS && !seen.contains_key(&c) {
-            seen.retain(|_, at| now.duration_since(*at) < FORGET_AFTER);
+        if seen.len() >= MAX_CANCELLATIONS && !seen.contains_key(&c.pipeline_id) {
+            seen.retain(|_, lives| {
+                lives.retain(|(_, at)| now.duration_since(*at) < FORGET_AFTER);
+                !lives.is_empty()
+            });
+            let last_heard =
+                |lives: &[(Option<DateTime<Utc>>, Instant)]| lives.iter().map(|(_, at)| *at).max();
             if seen.len() >= MAX_CANCELLATIONS
                 && let Some(oldest) = seen
                     .iter()
-                    .min_by_key(|(_, at)| **at)
+                    .min_by_key(|(_, lives)| last_heard(lives))
                     .map(|(k, _)| k.clone())
             {
                 seen.remove(&oldest);
             }
         }
-        seen.insert(c, now);
+        let lives = seen.entry(c.pipeline_id).or_default();
+        match lives
+            .iter_mut()
+            .find(|(born, _)| *born == c.pipeline_created_at)
+        {
+            Some(life) => life.1 = now,
+            None => lives.push((c.pipeline_created_at, now)),
+        }
     }
 
     /// True when `job`'s pipeline (this life of its id) was cancelled.
     pub fn cancels(&self, job: &JobEnvelope) -> bool {
         let now = Instant::now();
-        self.lock()
-            .iter()
-            .any(|(c, at)| now.duration_since(*at) < FORGET_AFTER && c.applies_to_job(job))
+        let seen = self.lock();
+        seen.get(&job.pipeline_id).is_some_and(|lives| {
+            lives.iter().any(|(born, at)| {
+                now.duration_since(*at) < FORGET_AFTER
+                    && Cancellation {
+                        pipeline_id: job.pipeline_id.clone(),
+                        pipeline_created_at: *born,
+                    }
+                    .applies_to_job(job)
+            })
+        })
     }
 }
 
@@ -140,5 +164,42 @@ impl Shared {
             kind,
             degraded,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cancellations_match_one_life_of_an_id() {
+        let c = Cancellations::default();
+        let old = DateTime::from_timestamp_millis(1_000);
+        let new = DateTime::from_timestamp_millis(2_000);
+        let job = |pid: &str, born| {
+            let mut j = JobEnvelope::new(pid, "i", "s", serde_json::Value::Null);
+            j.pipeline_created_at = born;
+            j
+        };
+        c.insert(Cancellation {
+            pipeline_id: "p".into(),
+            pipeline_created_at: old,
+        });
+        c.insert(Cancellation {
+            pipeline_id: "p".into(),
+            pipeline_created_at: old,
+        });
+        assert!(c.cancels(&job("p", old)));
+        assert!(!c.cancels(&job("p", new)), "a reused id is not cancelled");
+        assert!(
+            c.cancels(&job("p", None)),
+            "an envelope without the time matches by id"
+        );
+        assert!(!c.cancels(&job("q", old)));
+        assert_eq!(
+            c.lock()["p"].len(),
+            1,
+            "a re-broadcast refreshes, it does not add"
+        );
     }
 }
