@@ -44,11 +44,13 @@ struct Head {
     route: Vec<RouteStep>,
     stages: BTreeMap<String, StageLimits>,
     deadline_at: Option<Millis>,
+    /// When the pipeline was created: its jobs carry it to scope cancellations.
+    created_at: Millis,
 }
 
 async fn lock_head(tx: &mut Tx, id: &str) -> Result<Head, ApiError> {
     let sql = format!(
-        "SELECT state, sealed_at, route, stages, deadline_at FROM coord_pipelines WHERE pipeline_id = $1{}",
+        "SELECT state, sealed_at, route, stages, deadline_at, created_at FROM coord_pipelines WHERE pipeline_id = $1{}",
         for_update(tx)
     );
     let row = tx
@@ -64,6 +66,7 @@ async fn lock_head(tx: &mut Tx, id: &str) -> Result<Head, ApiError> {
             .unwrap_or_default(),
         stages: serde_json::from_value(row.get::<serde_json::Value>("stages")?).unwrap_or_default(),
         deadline_at: row.get("deadline_at")?,
+        created_at: row.get("created_at")?,
     })
 }
 
@@ -149,7 +152,7 @@ pub async fn append_items(
             stages: head.stages.clone(),
             items: Vec::new(),
         };
-        insert_items(&mut tx, &p, &fresh, now).await?;
+        insert_items(&mut tx, &p, &fresh, now, head.created_at).await?;
         tx.execute(
             "UPDATE coord_pipelines SET seal_by = $2 WHERE pipeline_id = $1",
             params![pipeline_id, now.saturating_add(open_timeout_ms)],

@@ -116,7 +116,7 @@ async fn store_with(
             .await?
             .ok_or_else(|| ApiError::unavailable("the pipeline vanished during submission"));
     }
-    insert_items(&mut tx, p, &p.items, now).await?;
+    insert_items(&mut tx, p, &p.items, now, now).await?;
     log_event(
         &mut tx,
         &p.pipeline_id,
@@ -136,12 +136,14 @@ pub fn item_hash(item: &NewItem) -> String {
 }
 
 /// Inserts `items` of pipeline `p` with their first-stage jobs and the jobs'
-/// outbox rows inside `tx` (the caller has checked none of them exists).
+/// outbox rows inside `tx` (the caller has checked none of them exists), stored at `now`;
+/// the jobs carry the pipeline's `created_at`, which scopes its cancellations.
 pub async fn insert_items(
     tx: &mut Tx,
     p: &NewPipeline,
     list: &[NewItem],
     now: Millis,
+    created_at: Millis,
 ) -> Result<(), ApiError> {
     let mut items = Vec::with_capacity(list.len());
     let mut jobs = Vec::with_capacity(list.len());
@@ -156,7 +158,8 @@ pub async fn insert_items(
             Value::from(now),
             Value::from(item_hash(it)),
         ]);
-        let job = p.first_job(it, now);
+        // The pipeline's creation time scopes its cancellations (not the time of this batch).
+        let job = p.first_job(it, created_at);
         jobs.push(vec![
             Value::from(job.job_id.as_str()),
             Value::from(p.pipeline_id.as_str()),
