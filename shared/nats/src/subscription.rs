@@ -39,7 +39,6 @@ fn attempt_of(msg: &jetstream::Message) -> u32 {
     u32::try_from(delivered).unwrap_or(u32::MAX)
 }
 
-
 /// Maps an error item of a pull to a broker error.
 fn pull_item_error(shared: &Shared, what: &str, e: &dyn std::fmt::Display) -> BrokerError {
     let text = e.to_string();
