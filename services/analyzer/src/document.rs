@@ -21,6 +21,10 @@ use serde_json::Value;
 pub const MAX_OUTLINE: usize = 64;
 /// Characters of one heading kept in the outline at most.
 pub const MAX_HEADING_CHARS: usize = 120;
+/// Bytes of heading text in the whole outline at most: with JSON escapes and
+/// per-entry overhead the serialized outline stays under 10 KiB, which the
+/// coordinator's item limit reserves for (`FIXED_RESERVE` in its `item_limit`).
+pub const MAX_OUTLINE_BYTES: usize = 4096;
 /// Bytes of the text the sniff looks at.
 const SNIFF_BYTES: usize = 2048;
 
@@ -190,6 +194,9 @@ impl Builder {
             None => &mut self.para,
         };
         for c in t.chars() {
+            if c.is_control() && !c.is_whitespace() {
+                continue;
+            }
             if c.is_whitespace() {
                 if !buf.is_empty() && !buf.ends_with(' ') {
                     buf.push(' ');
@@ -219,12 +226,15 @@ impl Builder {
     fn end_heading(&mut self) {
         if let Some((level, h)) = self.heading.take() {
             let h = h.trim();
+            let used: usize = self.outline.iter().map(|h| h.text.len()).sum();
             if !h.is_empty() && self.outline.len() < MAX_OUTLINE {
                 let text = match h.char_indices().nth(MAX_HEADING_CHARS) {
                     Some((i, _)) => format!("{}…", h[..i].trim_end()),
                     None => h.to_owned(),
                 };
-                self.outline.push(Heading { level, text });
+                if used + text.len() <= MAX_OUTLINE_BYTES {
+                    self.outline.push(Heading { level, text });
+                }
             }
         }
     }
@@ -480,5 +490,15 @@ mod tests {
         let plain = parse("a  b\n\nc", MediaType::Plain);
         assert_eq!(plain.prose, "a  b\n\nc");
         assert!(plain.outline.is_empty());
+    }
+
+    #[test]
+    fn outline_stays_bounded() {
+        let heading = format!("# {}\n\n", "\"\\𝄞\u{1}".repeat(200));
+        let d = parse(&heading.repeat(500), MediaType::Markdown);
+        assert!(!d.outline.is_empty() && d.outline.len() <= MAX_OUTLINE);
+        let json = serde_json::to_string(&d.outline).expect("serializable");
+        assert!(json.len() < 10 * 1024, "{}", json.len());
+        assert!(!json.contains("\\u0001"));
     }
 }
