@@ -102,6 +102,11 @@ pub fn summarize(text: &str, opts: &ExtractiveOptions) -> String {
     let scores = rank(considered, stopwords(&lang));
     let mut order: Vec<usize> = (0..considered.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    // Fragments (a lead-in ending in `:`, a word or two such as an inline `select!`)
+    // read badly on their own: pick them only when the item has nothing else.
+    if order.iter().any(|&i| !is_fragment(considered[i])) {
+        order.retain(|&i| !is_fragment(considered[i]));
+    }
     let mut picked: Vec<usize> = Vec::new();
     let mut used = 0usize;
     for i in order {
@@ -128,6 +133,14 @@ pub fn summarize(text: &str, opts: &ExtractiveOptions) -> String {
         .map(|&i| considered[i])
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Fewer words than this make a sentence a fragment.
+const MIN_SENTENCE_WORDS: usize = 4;
+
+/// A lead-in (ends with `:`) or a piece of fewer than [`MIN_SENTENCE_WORDS`] words.
+fn is_fragment(s: &str) -> bool {
+    s.ends_with(':') || words(s).len() < MIN_SENTENCE_WORDS
 }
 
 /// `s` cut to at most `max` characters at a word boundary, ending with `…`.
@@ -184,9 +197,12 @@ mod tests {
         // A top sentence too long for the target gives way to a shorter whole sentence.
         let short = ExtractiveOptions {
             target_sentences: 3,
-            target_chars: 20,
+            target_chars: 40,
         };
-        assert_eq!(summarize(TEXT, &short), "Bananas are yellow.");
+        assert_eq!(
+            summarize(TEXT, &short),
+            "The weather was pleasant yesterday."
+        );
         // Only when no sentence fits is the best one cut.
         let tiny = ExtractiveOptions {
             target_sentences: 3,
@@ -194,6 +210,20 @@ mod tests {
         };
         let t = summarize(TEXT, &tiny);
         assert!(t.chars().count() <= 12 && t.ends_with('…'), "{t}");
+    }
+
+    #[test]
+    fn fragments_only_when_nothing_else() {
+        let opts = ExtractiveOptions::default();
+        let t = "Use select! Workers select jobs from queues. Workers ack jobs after queues \
+            confirm. Queues hold jobs for workers:\n\nQueues keep jobs when workers stop.";
+        let s = summarize(t, &opts);
+        assert_eq!(
+            s,
+            "Workers select jobs from queues. Workers ack jobs after queues confirm. \
+             Queues keep jobs when workers stop."
+        );
+        assert_eq!(summarize("Short one. Two!", &opts), "Short one. Two!");
     }
 
     #[test]
