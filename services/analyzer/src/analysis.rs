@@ -7,6 +7,7 @@ use std::collections::HashMap;
 use serde::Serialize;
 
 use crate::chunk::{Chunk, chunk_text};
+use crate::document::{Heading, MediaType, Skipped, parse};
 use crate::text::{LANGUAGES, sentence_spans, stopwords, words};
 
 /// Average silent reading speed used for `reading_time_s`.
@@ -56,21 +57,40 @@ pub struct TextAnalysis {
     pub keywords: Vec<String>,
     /// Bounded chunks on paragraph/sentence boundaries.
     pub chunks: Vec<Chunk>,
+    /// How the text was read (`text/plain`, `text/markdown`, `text/html`).
+    pub media_type: &'static str,
+    /// The document's headings, in order (omitted when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub outline: Vec<Heading>,
+    /// What was kept out of the prose (omitted for plain text).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub skipped: Option<Skipped>,
 }
 
-/// Analyses `text`.
+/// Analyses `text` as plain text.
 pub fn analyze(text: &str, opts: &AnalysisOptions) -> TextAnalysis {
-    let tokens = words(text);
+    analyze_as(text, MediaType::Plain, opts)
+}
+
+/// Analyses `text` read as `media_type`: counts, language and keywords over its
+/// prose; chunks over `text` itself (their offsets index the payload's text).
+pub fn analyze_as(text: &str, media_type: MediaType, opts: &AnalysisOptions) -> TextAnalysis {
+    let doc = parse(text, media_type);
+    let prose = doc.prose.as_str();
+    let tokens = words(prose);
     let language = guess_language(&tokens);
     let wpm = u64::from(opts.words_per_minute.max(1));
     TextAnalysis {
         bytes: text.len(),
         words: tokens.len(),
-        sentences: sentence_spans(text).len(),
+        sentences: sentence_spans(prose).len(),
         reading_time_s: (tokens.len() as u64 * 60).div_ceil(wpm),
-        keywords: keywords(text, &language, opts.keywords),
+        keywords: keywords(prose, &language, opts.keywords),
         language,
         chunks: chunk_text(text, opts.chunk_chars),
+        media_type: media_type.as_str(),
+        outline: doc.outline,
+        skipped: (media_type != MediaType::Plain).then_some(doc.skipped),
     }
 }
 

@@ -12,9 +12,10 @@ use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
 use serde_json::{Map, Value, json};
 
-use crate::analysis::{AnalysisOptions, analyze};
+use crate::analysis::{AnalysisOptions, analyze_as};
 use crate::command::{CommandResult, Failure, run_command};
 use crate::config::AnalyzerSpec;
+use crate::document::MediaType;
 
 /// Runs the built-in analysis and the command analyzers over each item.
 #[derive(Debug, Clone)]
@@ -47,7 +48,10 @@ impl Handler for AnalyzeHandler {
         let text: Arc<str> = Arc::from(item_text(&job.payload)?);
         let total = 1 + self.analyzers.len() as u64;
         let (t, opts) = (text.clone(), self.opts.clone());
-        let builtin = ctx.blocking(move || analyze(&t, &opts)).await?;
+        let media_type = MediaType::of_item(job.payload.get("metadata"), &text);
+        let builtin = ctx
+            .blocking(move || analyze_as(&t, media_type, &opts))
+            .await?;
         ctx.progress(1, Some(total), "builtin analysis");
 
         let mut running: FuturesUnordered<_> = self

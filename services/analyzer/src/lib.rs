@@ -17,12 +17,23 @@
 //! {"text": "...", "metadata": {...},
 //!  "analysis": {"bytes": 1234, "words": 200, "sentences": 12, "reading_time_s": 53,
 //!               "language": "en", "keywords": ["message queue", "..."],
+//!               "media_type": "text/markdown",
+//!               "outline": [{"level": 1, "text": "Fleet"}],
+//!               "skipped": {"code_blocks": 3, "tables": 2, "front_matter": 0, "boilerplate": 0},
 //!               "chunks": [{"index": 0, "start": 0, "end": 1234}],
 //!               "analyzers": {"word_count": {"ok": true, "exit_code": 0, "output": 200,
 //!                             "reason": null, "stderr_tail": "", "error": null,
 //!                             "duration_ms": 3}},
 //!               "failed_analyzers": []}}
 //! ```
+//!
+//! The media type is `metadata.media_type`, else the extension of
+//! `metadata.source`, else a sniff (see [`document`]). Markdown and HTML are
+//! read as documents: words, sentences, language and keywords count only the
+//! prose (code blocks, tables, front matter and HTML boilerplate are counted
+//! in `skipped`, headings listed in `outline`, capped at 64). The prose itself
+//! is not sent: the summarizer re-parses `text` (cheap) rather than every item
+//! growing by a second copy of its text.
 //!
 //! Chunks are byte offsets into `text` (no copies), so the output is the input
 //! plus a bounded analysis: the coordinator's item limit relies on that.
@@ -37,6 +48,7 @@ pub mod analysis;
 pub mod chunk;
 pub mod command;
 pub mod config;
+pub mod document;
 pub mod guard;
 pub mod handler;
 pub mod text;

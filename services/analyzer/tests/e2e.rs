@@ -76,7 +76,12 @@ async fn end_to_end(url: &str, tag: &str) {
             &pipeline,
             &format!("item-{i}"),
             "analyze",
-            serde_json::json!({"text": text, "metadata": {"n": i}}),
+            // Item 0 says it is Markdown (the same prose): the analyzer reads it by that type.
+            if i == 0 {
+                serde_json::json!({"text": text, "metadata": {"n": i, "media_type": "text/markdown"}})
+            } else {
+                serde_json::json!({"text": text, "metadata": {"n": i}})
+            },
         );
         job.route = vec![RouteStep {
             stage: "summarize".into(),
@@ -145,6 +150,16 @@ async fn end_to_end(url: &str, tag: &str) {
                 .is_some_and(|t| t.contains("message queues"))
         );
         assert_eq!(a["language"], "en", "{a}");
+        if n == 0 {
+            assert_eq!(a["media_type"], "text/markdown", "{a}");
+            assert_eq!(a["skipped"]["code_blocks"], 0, "{a}");
+        } else {
+            assert_eq!(a["media_type"], "text/plain", "{a}");
+            assert!(
+                a.get("skipped").is_none() && a.get("outline").is_none(),
+                "{a}"
+            );
+        }
         assert_eq!(a["sentences"], 4, "{a}");
         assert!(a["words"].as_u64().unwrap_or(0) > 20, "{a}");
         assert!(!a["keywords"].as_array().expect("keywords").is_empty());

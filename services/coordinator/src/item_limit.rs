@@ -6,7 +6,9 @@
 //! chunk copies:
 //!
 //! * the job envelope and ids: under 4 KiB;
-//! * the analysis: fixed fields and keywords (a few KiB) plus one
+//! * the analysis: fixed fields and keywords (a few KiB), the document
+//!   outline (headings, under 10 KiB: the analyzer's `MAX_OUTLINE_BYTES`) and
+//!   `skipped` counts, plus one
 //!   `{"index","start","end"}` entry (under [`CHUNK_ENTRY_BYTES`]) per chunk,
 //!   and at most `2 * bytes / chunk_chars + 1` chunks (adjacent chunks are
 //!   merged while they fit, so two neighbours always exceed `chunk_chars`);

@@ -113,8 +113,8 @@ pub struct IdArg {
 /// `fleetctl submit`.
 #[derive(Debug, Clone, Args)]
 #[command(
-    after_help = "Inputs: text or Markdown files (item_id = the relative path), directories \
-(searched recursively for .txt/.md/.markdown/.rst/.text/.jsonl files; hidden entries skipped), \
+    after_help = "Inputs: text, Markdown or HTML files (item_id = the relative path), directories \
+(searched recursively for .txt/.md/.markdown/.rst/.text/.html/.htm/.jsonl files; hidden entries skipped; each file item gets metadata media_type from its extension), \
 .jsonl/.ndjson files (one {\"item_id\", \"text\", \"metadata\"} object per line), or `-` for stdin \
 (JSONL when every line is such an object, else one item `stdin`)."
 )]

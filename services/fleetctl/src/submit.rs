@@ -14,7 +14,9 @@ use crate::client::Client;
 use crate::exit::{self, Failure};
 
 /// File extensions picked up when walking a directory.
-pub const TEXT_EXTENSIONS: &[&str] = &["txt", "text", "md", "markdown", "rst", "jsonl", "ndjson"];
+pub const TEXT_EXTENSIONS: &[&str] = &[
+    "txt", "text", "md", "markdown", "rst", "html", "htm", "jsonl", "ndjson",
+];
 /// The default route, used to name stages when only limits are given.
 const DEFAULT_ROUTE: &str = "analyze,summarize,write";
 /// Deepest directory level walked (guards against symlink loops).
@@ -153,10 +155,20 @@ fn load_file(p: &Path, item_id: &str, items: &mut Items) -> Result<(), Failure> 
         SubmitItem {
             item_id: item_id.to_owned(),
             text,
-            metadata: serde_json::json!({"source": p.display().to_string()}),
+            metadata: file_metadata(p),
         },
         p.display().to_string(),
     )
+}
+
+/// A file item's metadata: its `source` path and, for a known extension, the
+/// `media_type` the analyzer reads it as (`text/markdown`, `text/html`, `text/plain`).
+fn file_metadata(p: &Path) -> serde_json::Value {
+    let source = p.display().to_string();
+    match fleet_analyzer::document::MediaType::from_path(&source) {
+        Some(mt) => serde_json::json!({"source": source, "media_type": mt.as_str()}),
+        None => serde_json::json!({"source": source}),
+    }
 }
 
 /// The wire shape of one JSONL line.
@@ -474,5 +486,15 @@ mod tests {
             e.message.contains("one") && e.message.contains("two"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn file_items_carry_their_media_type() {
+        let mt = |p: &str| file_metadata(Path::new(p))["media_type"].clone();
+        assert_eq!(mt("docs/a.md"), "text/markdown");
+        assert_eq!(mt("site/index.HTML"), "text/html");
+        assert_eq!(mt("notes.txt"), "text/plain");
+        assert!(mt("notes.rst").is_null());
+        assert_eq!(file_metadata(Path::new("x.md"))["source"], "x.md");
     }
 }

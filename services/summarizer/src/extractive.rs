@@ -5,6 +5,7 @@
 use std::collections::HashSet;
 
 use fleet_analyzer::analysis::guess_language;
+use fleet_analyzer::document::{MediaType, parse};
 use fleet_analyzer::text::{sentences, stopwords, words};
 
 /// Default summary length in sentences.
@@ -81,6 +82,15 @@ pub fn rank(sentences: &[&str], stop: &HashSet<&str>) -> Vec<f64> {
     scores
 }
 
+/// Summarizes `text` read as `media_type`: whole sentences of its prose (Markdown
+/// and HTML markup, code blocks, tables and boilerplate never appear), in document order.
+pub fn summarize_document(text: &str, media_type: MediaType, opts: &ExtractiveOptions) -> String {
+    match media_type {
+        MediaType::Plain => summarize(text, opts),
+        _ => summarize(&parse(text, media_type).prose, opts),
+    }
+}
+
 /// Summarizes `text`: the top-ranked sentences, in their original order, within the target.
 pub fn summarize(text: &str, opts: &ExtractiveOptions) -> String {
     let all = sentences(text);
@@ -92,6 +102,11 @@ pub fn summarize(text: &str, opts: &ExtractiveOptions) -> String {
     let scores = rank(considered, stopwords(&lang));
     let mut order: Vec<usize> = (0..considered.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
+    // Fragments (a lead-in ending in `:`, a word or two such as an inline `select!`)
+    // read badly on their own: pick them only when the item has nothing else.
+    if order.iter().any(|&i| !is_fragment(considered[i])) {
+        order.retain(|&i| !is_fragment(considered[i]));
+    }
     let mut picked: Vec<usize> = Vec::new();
     let mut used = 0usize;
     for i in order {
@@ -99,13 +114,18 @@ pub fn summarize(text: &str, opts: &ExtractiveOptions) -> String {
             break;
         }
         let len = considered[i].chars().count() + usize::from(!picked.is_empty());
+        // A sentence that does not fit is passed over for a shorter one: whole sentences only.
         if used + len <= opts.target_chars {
             picked.push(i);
             used += len;
-        } else if picked.is_empty() {
-            // The best sentence alone is too long: cut it rather than return nothing.
-            return cut_at_word(considered[i], opts.target_chars);
         }
+    }
+    if picked.is_empty() {
+        // No sentence fits on its own: cut the best one rather than return nothing.
+        let best = (0..considered.len())
+            .min_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)))
+            .unwrap_or(0);
+        return cut_at_word(considered[best], opts.target_chars);
     }
     picked.sort_unstable();
     picked
@@ -113,6 +133,14 @@ pub fn summarize(text: &str, opts: &ExtractiveOptions) -> String {
         .map(|&i| considered[i])
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Fewer words than this make a sentence a fragment.
+const MIN_SENTENCE_WORDS: usize = 4;
+
+/// A lead-in (ends with `:`) or a piece of fewer than [`MIN_SENTENCE_WORDS`] words.
+fn is_fragment(s: &str) -> bool {
+    s.ends_with(':') || words(s).len() < MIN_SENTENCE_WORDS
 }
 
 /// `s` cut to at most `max` characters at a word boundary, ending with `…`.
@@ -166,12 +194,36 @@ mod tests {
             target_chars: 600,
         };
         assert_eq!(sentences(&summarize(TEXT, &one)).len(), 1);
+        // A top sentence too long for the target gives way to a shorter whole sentence.
+        let short = ExtractiveOptions {
+            target_sentences: 3,
+            target_chars: 40,
+        };
+        assert_eq!(
+            summarize(TEXT, &short),
+            "The weather was pleasant yesterday."
+        );
+        // Only when no sentence fits is the best one cut.
         let tiny = ExtractiveOptions {
             target_sentences: 3,
-            target_chars: 20,
+            target_chars: 12,
         };
         let t = summarize(TEXT, &tiny);
-        assert!(t.chars().count() <= 20 && t.ends_with('…'), "{t}");
+        assert!(t.chars().count() <= 12 && t.ends_with('…'), "{t}");
+    }
+
+    #[test]
+    fn fragments_only_when_nothing_else() {
+        let opts = ExtractiveOptions::default();
+        let t = "Use select! Workers select jobs from queues. Workers ack jobs after queues \
+            confirm. Queues hold jobs for workers:\n\nQueues keep jobs when workers stop.";
+        let s = summarize(t, &opts);
+        assert_eq!(
+            s,
+            "Workers select jobs from queues. Workers ack jobs after queues confirm. \
+             Queues keep jobs when workers stop."
+        );
+        assert_eq!(summarize("Short one. Two!", &opts), "Short one. Two!");
     }
 
     #[test]
@@ -200,5 +252,69 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
+    }
+
+    /// The summary's sentences, in order, each a whole sentence of `prose`, or `None`.
+    fn prose_sentences<'a>(summary: &'a str, prose: &'a str) -> Option<Vec<&'a str>> {
+        let mut rest = summary;
+        let mut out = Vec::new();
+        for s in sentences(prose) {
+            if let Some(r) = rest.strip_prefix(s) {
+                out.push(s);
+                rest = r.trim_start();
+            }
+        }
+        rest.is_empty().then_some(out)
+    }
+
+    #[test]
+    fn fleets_own_docs_summarize_to_prose_sentences() {
+        use fleet_analyzer::analysis::{AnalysisOptions, analyze_as};
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut files = vec![root.join("README.md")];
+        let mut docs: Vec<_> = std::fs::read_dir(root.join("docs"))
+            .expect("docs/ of the repository")
+            .map(|e| e.expect("a docs/ entry").path())
+            .filter(|p| p.extension().is_some_and(|e| e == "md"))
+            .collect();
+        docs.sort();
+        files.extend(docs);
+        assert!(files.len() >= 3, "{files:?}");
+        // Markdown and HTML syntax; inline code keeps its content (`list|show`, `<pipeline>`),
+        // so a lone `|` or `<` is prose here, a table row or a tag is not.
+        let markup = [
+            "```", "](", "**", "|---", "| |", "<!--", "<br", "<img", "<a ", "<details", "<div",
+            "\n",
+        ];
+        let opts = ExtractiveOptions::default();
+        for f in &files {
+            let text = std::fs::read_to_string(f).expect("a readable doc");
+            let name = f.display();
+            let analysis = analyze_as(&text, MediaType::Markdown, &AnalysisOptions::default());
+            assert!(!analysis.outline.is_empty(), "{name}: no headings");
+            for k in &analysis.keywords {
+                assert!(
+                    !markup.iter().any(|m| k.contains(m)),
+                    "{name}: keyword {k:?}"
+                );
+            }
+            let summary = summarize_document(&text, MediaType::Markdown, &opts);
+            assert!(!summary.is_empty(), "{name}");
+            assert_eq!(
+                summary,
+                summarize_document(&text, MediaType::Markdown, &opts)
+            );
+            let prose = parse(&text, MediaType::Markdown).prose;
+            let picked = prose_sentences(&summary, &prose)
+                .unwrap_or_else(|| panic!("{name}: summary is not prose sentences: {summary}"));
+            for s in picked {
+                let bad: Vec<_> = markup.iter().filter(|m| s.contains(*m)).collect();
+                assert!(bad.is_empty(), "{name}: {bad:?} in summary sentence {s:?}");
+                assert!(
+                    !s.starts_with(['#', '-', '*', '|', '>', '+']),
+                    "{name}: block markup opens summary sentence {s:?}"
+                );
+            }
+        }
     }
 }

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use fleet_analyzer::chunk::chunk_text;
+use fleet_analyzer::document::MediaType;
 use fleet_runtime::{
     Degradation, DegradationKind, Handler, JobContext, JobEnvelope, JobError, Output,
 };
@@ -82,6 +83,13 @@ impl Handler for SummarizeHandler {
         let item = Item {
             text: Arc::from(text),
             chunks,
+            // The analyzer's reading wins; without an analysis, the same rules.
+            media_type: job
+                .payload
+                .pointer("/analysis/media_type")
+                .and_then(Value::as_str)
+                .and_then(MediaType::from_name)
+                .unwrap_or_else(|| MediaType::of_item(job.payload.get("metadata"), text)),
         };
         let last_attempt = ctx.attempt() >= job.max_attempts.min(self.max_attempts);
         let summary = self.summarizer.summarize(&item, ctx, last_attempt).await?;

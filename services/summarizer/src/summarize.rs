@@ -14,6 +14,7 @@ use tokio::time::Instant;
 use crate::extractive::{self, ExtractiveOptions};
 use crate::openai::{CallError, OpenAiProvider};
 use crate::telemetry;
+use fleet_analyzer::document::MediaType;
 
 /// The provider name of the built-in summarizer.
 pub const EXTRACTIVE: &str = "extractive";
@@ -47,6 +48,8 @@ pub struct Item {
     pub text: Arc<str>,
     /// Its chunks, in order (one chunk: summarized directly).
     pub chunks: Vec<String>,
+    /// How the text is read: the extractive summary picks sentences of its prose only.
+    pub media_type: MediaType,
 }
 
 /// Summaries through the configured providers, then `extractive`.
@@ -167,9 +170,9 @@ impl Summarizer {
                 reasons.join("; ")
             )));
         }
-        let (text, opts) = (item.text.clone(), self.extractive);
+        let (text, opts, media_type) = (item.text.clone(), self.extractive, item.media_type);
         let summary = ctx
-            .blocking(move || extractive::summarize(&text, &opts))
+            .blocking(move || extractive::summarize_document(&text, media_type, &opts))
             .await?;
         ctx.progress(1, Some(1), "extractive summary");
         Ok(self.done(summary, EXTRACTIVE, failed, reasons, 1, started))
