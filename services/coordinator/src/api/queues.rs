@@ -65,7 +65,8 @@ pub async fn list(State(app): State<App>) -> Result<Json<serde_json::Value>, Api
             )
             .await?
             .get("n")?;
-        let mut q = json!({"stage": stage, "depth": depth, "retrying": retrying, "workers_alive": alive});
+        let mut q =
+            json!({"stage": stage, "depth": depth, "retrying": retrying, "workers_alive": alive});
         if let Some(e) = depth_error {
             q["depth_error"] = e.into();
         }
