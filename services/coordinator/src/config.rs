@@ -65,7 +65,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
 
     /// PostgreSQL URL (postgres://…); absent: an embedded SQLite file (single replica).
-    #[arg(long, env = "FLEET_DATABASE_URL")]
+    #[arg(long, env = "FLEET_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     /// SQLite file used when no database URL is given.
@@ -191,6 +191,15 @@ impl Config {
         T: Into<std::ffi::OsString> + Clone,
     {
         Config::try_parse_from(args)
+    }
+
+    /// Reads every `FLEET_*_FILE` secret (broker URL, database URL, API tokens); call after parsing.
+    pub fn load_secret_files(&mut self) -> Result<(), fleet_runtime::secret::SecretError> {
+        use fleet_runtime::secret::load_into;
+        self.runtime.load_secret_files()?;
+        load_into("FLEET_DATABASE_URL", &mut self.database_url)?;
+        load_into("FLEET_API_TOKEN", &mut self.api_token)?;
+        load_into("FLEET_API_READ_TOKEN", &mut self.api_read_token)
     }
 
     /// The default route.
