@@ -67,6 +67,8 @@ def main() -> int:
                 elif "secretKeyRef" in e.get("valueFrom", {}):
                     env[e["name"]] = "<secret>"
                     secrets_needed.add(e["valueFrom"]["secretKeyRef"]["name"])
+                    if e["valueFrom"]["secretKeyRef"].get("optional"):
+                        errors.append(f"{cw}: {e['name']} comes from an optional Secret: a missing Secret must stop the pod, not start it without the value")
             for k in env:
                 if k.startswith("FLEET_") and k not in opts:
                     errors.append(f"{cw}: {k} is not an option of {name} (no `env = \"{k}\"` in its sources)")
@@ -118,6 +120,8 @@ def main() -> int:
                     errors.append(f"{cw}: FLEET_DATABASE_URL must come from a Secret (the SQLite default needs a writable root and one replica)")
                 if "FLEET_SQLITE_PATH" in env:
                     errors.append(f"{cw}: FLEET_SQLITE_PATH must not be used in Kubernetes")
+            if name == "fleet-coordinator" and env.get("FLEET_API_TOKEN") != "<secret>":
+                errors.append(f"{cw}: FLEET_API_TOKEN must come from a Secret (the API listens on the pod network)")
             if env.get("FLEET_BROKER_URL") != "<secret>":
                 errors.append(f"{cw}: FLEET_BROKER_URL must come from a Secret (it carries credentials)")
             # RabbitMQ consumer_timeout rule (RuntimeConfig::validate)

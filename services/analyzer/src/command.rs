@@ -103,6 +103,10 @@ fn result(
     }
 }
 
+/// The environment variables every command analyzer receives (when set); everything else,
+/// the broker URL and other secrets included, is withheld unless the analyzer's `env` names it.
+pub const ENV_ALLOW_LIST: [&str; 6] = ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR"];
+
 /// Runs `spec` over `text`; returns when it exits, times out or `cancel` fires.
 pub async fn run_command(
     spec: &AnalyzerSpec,
@@ -125,6 +129,17 @@ pub async fn run_command(
         }
         None => Command::new(&spec.program),
     };
+    // A cleared environment: the command never sees FLEET_BROKER_URL or any other secret.
+    cmd.env_clear();
+    for name in ENV_ALLOW_LIST
+        .iter()
+        .copied()
+        .chain(spec.env.iter().map(String::as_str))
+    {
+        if let Some(v) = std::env::var_os(name) {
+            cmd.env(name, v);
+        }
+    }
     cmd.args(&spec.args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -139,7 +154,7 @@ pub async fn run_command(
                 "fleet-analyzer-{}.txt",
                 uuid::Uuid::new_v4().simple()
             ));
-            if let Err(e) = tokio::fs::write(&path, text).await {
+            if let Err(e) = write_private(&path, text).await {
                 return result(
                     started,
                     Some((Failure::Failed, "io_error")),
@@ -273,6 +288,19 @@ pub async fn run_command(
 }
 
 /// Stdout as JSON when it parses, else as (lossy UTF-8) text.
+/// Writes the item text to a new file only this user can read (mode 0600).
+async fn write_private(path: &std::path::Path, text: &str) -> std::io::Result<()> {
+    use tokio::io::AsyncWriteExt;
+    let mut f = tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .await?;
+    f.write_all(text.as_bytes()).await?;
+    f.flush().await
+}
+
 fn parse_output(out: &[u8]) -> serde_json::Value {
     if out.is_empty() {
         return serde_json::Value::String(String::new());
@@ -336,6 +364,7 @@ mod tests {
             timeout: Duration::from_secs(5),
             max_output_bytes: 1024,
             required: false,
+            env: Vec::new(),
         }
     }
 
@@ -394,6 +423,35 @@ mod tests {
         let r = run_command(&f, "12345", &never).await;
         assert!(r.ok, "{r:?}");
         assert!(r.output.to_string().contains('5'), "{r:?}");
+    }
+
+    /// No secret reaches a command: only the allow-list and the analyzer's own `env` names
+    /// (this test process has e.g. CARGO_* variables, none of which is allowed).
+    #[tokio::test]
+    async fn commands_see_only_allow_listed_env_and_a_private_input_file() {
+        let never = CancellationToken::new();
+        let r = run_command(&spec("sh", &["-c", "env | cut -d= -f1"]), "", &never).await;
+        assert!(r.ok, "{r:?}");
+        let names = r.output.as_str().unwrap_or_default().to_owned();
+        assert!(names.contains("PATH"), "{names}");
+        for n in names.lines().filter(|n| !n.is_empty()) {
+            // sh itself may add PWD, SHLVL and _.
+            assert!(
+                ENV_ALLOW_LIST.contains(&n) || ["PWD", "SHLVL", "_", "OLDPWD"].contains(&n),
+                "{n} leaked to the command: {names}"
+            );
+        }
+        assert!(std::env::var_os("CARGO_PKG_NAME").is_some());
+        let mut s = spec("sh", &["-c", "echo $CARGO_PKG_NAME"]);
+        s.env = vec!["CARGO_PKG_NAME".into()];
+        let r = run_command(&s, "", &never).await;
+        assert_eq!(r.output, serde_json::json!("fleet-analyzer"), "{r:?}");
+        // The input file is private to this user.
+        let mut f = spec("sh", &["-c", "stat -c %a \"$0\""]);
+        f.input = InputMode::File;
+        let r = run_command(&f, "secret text", &never).await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.output, serde_json::json!(600), "{r:?}");
     }
 
     #[tokio::test]

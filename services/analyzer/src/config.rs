@@ -97,6 +97,10 @@ pub struct AnalyzerSpec {
     /// When true, this analyzer failing fails the job (retried); else the result is partial.
     #[serde(default)]
     pub required: bool,
+    /// Names of extra environment variables passed to the command (beyond
+    /// [`crate::command::ENV_ALLOW_LIST`]); every other variable is withheld.
+    #[serde(default)]
+    pub env: Vec<String>,
 }
 
 fn default_timeout() -> Duration {

@@ -13,7 +13,8 @@ fn main() -> anyhow::Result<()> {
 
 #[tokio::main]
 async fn serve() -> anyhow::Result<()> {
-    let config = fleet_analyzer::Config::parse();
+    let mut config = fleet_analyzer::Config::parse();
+    config.runtime.load_secret_files()?;
     fleet_runtime::telemetry::logging::init(config.runtime.log_format);
     if cfg!(target_os = "linux") {
         match std::env::current_exe() {

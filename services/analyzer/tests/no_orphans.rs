@@ -30,6 +30,7 @@ fn forking_analyzer(pidfile: &Path, timeout: Duration) -> AnalyzerSpec {
         timeout,
         max_output_bytes: 1024,
         required: false,
+        env: Vec::new(),
     }
 }
 

@@ -46,6 +46,15 @@ pub const DEFAULT_CONTROL_MAX_ATTEMPTS: u32 = 20;
 /// How long a cancellation is re-broadcast on RabbitMQ (which keeps no messages for late subscribers).
 pub const DEFAULT_CANCEL_REBROADCAST: &str = "1h";
 
+/// How the API authenticates (`FLEET_API_AUTH`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ApiAuth {
+    /// Bearer tokens as configured; refused start on a non-loopback address without one.
+    Token,
+    /// No authentication at all: an explicit operator decision, warned at every start.
+    None,
+}
+
 /// Every option of `fleet-coordinator`.
 #[derive(Debug, Clone, Parser)]
 #[command(
@@ -60,7 +69,7 @@ pub struct Config {
     pub runtime: RuntimeConfig,
 
     /// PostgreSQL URL (postgres://…); absent: an embedded SQLite file (single replica).
-    #[arg(long, env = "FLEET_DATABASE_URL")]
+    #[arg(long, env = "FLEET_DATABASE_URL", hide_env_values = true)]
     pub database_url: Option<String>,
 
     /// SQLite file used when no database URL is given.
@@ -71,9 +80,19 @@ pub struct Config {
     #[arg(long, env = "FLEET_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,
 
-    /// Bearer token required by the API when set.
+    /// Bearer token for every API call (read and write); required when FLEET_LISTEN is
+    /// not a loopback address, unless FLEET_API_AUTH=none.
     #[arg(long, env = "FLEET_API_TOKEN", hide_env_values = true)]
     pub api_token: Option<String>,
+
+    /// Read-only bearer token: GET requests only (no submit, cancel, replay or purge).
+    #[arg(long, env = "FLEET_API_READ_TOKEN", hide_env_values = true)]
+    pub api_read_token: Option<String>,
+
+    /// `token` (default): tokens as configured, and a non-loopback FLEET_LISTEN needs
+    /// FLEET_API_TOKEN; `none`: an API without authentication, on purpose (warned at every start).
+    #[arg(long, env = "FLEET_API_AUTH", value_enum, default_value_t = ApiAuth::Token)]
+    pub api_auth: ApiAuth,
 
     /// Sweeper tick: stall detection and finalization run this often.
     #[arg(long, env = "FLEET_TICK", default_value = DEFAULT_TICK, value_parser = humantime::parse_duration)]
@@ -184,6 +203,15 @@ impl Config {
         Config::try_parse_from(args)
     }
 
+    /// Reads every `FLEET_*_FILE` secret (broker URL, database URL, API tokens); call after parsing.
+    pub fn load_secret_files(&mut self) -> Result<(), fleet_runtime::secret::SecretError> {
+        use fleet_runtime::secret::load_into;
+        self.runtime.load_secret_files()?;
+        load_into("FLEET_DATABASE_URL", &mut self.database_url)?;
+        load_into("FLEET_API_TOKEN", &mut self.api_token)?;
+        load_into("FLEET_API_READ_TOKEN", &mut self.api_read_token)
+    }
+
     /// The default route.
     pub fn default_route(&self) -> Vec<RouteStep> {
         parse_route(&self.route)
@@ -255,16 +283,51 @@ impl Config {
         if self.item_limit() > self.max_body_bytes {
             errs.push("the item limit must not exceed FLEET_MAX_BODY_BYTES".into());
         }
-        if let Some(t) = &self.api_token
-            && t.trim().is_empty()
-        {
-            errs.push("FLEET_API_TOKEN is set but empty: unset it or give a token".into());
-        }
+        errs.extend(self.auth_errors());
         if errs.is_empty() {
             Ok(())
         } else {
             anyhow::bail!("invalid configuration:\n  - {}", errs.join("\n  - "))
         }
+    }
+
+    /// The API-auth rules: a non-loopback API needs a token unless FLEET_API_AUTH=none.
+    fn auth_errors(&self) -> Vec<String> {
+        let mut errs = Vec::new();
+        fn given(t: &Option<String>) -> Option<&str> {
+            t.as_deref().map(str::trim)
+        }
+        for (name, t) in [
+            ("FLEET_API_TOKEN", given(&self.api_token)),
+            ("FLEET_API_READ_TOKEN", given(&self.api_read_token)),
+        ] {
+            if t == Some("") {
+                errs.push(format!("{name} is set but empty: unset it or give a token"));
+            }
+        }
+        let write = given(&self.api_token).filter(|t| !t.is_empty());
+        let read = given(&self.api_read_token).filter(|t| !t.is_empty());
+        match self.api_auth {
+            ApiAuth::None if write.is_some() || read.is_some() => errs.push(
+                "FLEET_API_AUTH=none turns authentication off, but an API token is set: unset FLEET_API_AUTH to use the token, or unset FLEET_API_TOKEN / FLEET_API_READ_TOKEN".into(),
+            ),
+            ApiAuth::None => {}
+            ApiAuth::Token => {
+                if read.is_some() && write.is_none() {
+                    errs.push("FLEET_API_READ_TOKEN is set without FLEET_API_TOKEN: every write would be unauthenticated; set FLEET_API_TOKEN as well".into());
+                }
+                if read.is_some() && read == write {
+                    errs.push("FLEET_API_READ_TOKEN equals FLEET_API_TOKEN: give the read-only token its own value".into());
+                }
+                if write.is_none() && !self.listen.ip().is_loopback() {
+                    errs.push(format!(
+                        "the API listens on {} (FLEET_LISTEN, not a loopback address) without a token: anyone who reaches it could cancel pipelines and purge the DLQ; set FLEET_API_TOKEN (or FLEET_API_TOKEN_FILE), or set FLEET_API_AUTH=none to run without authentication on purpose",
+                        self.listen
+                    ));
+                }
+            }
+        }
+        errs
     }
 
     /// The workers' heartbeat interval.
@@ -279,7 +342,7 @@ mod tests {
 
     #[test]
     fn defaults_parse_and_validate() {
-        let c = Config::parse_args(["fleet-coordinator"]).unwrap();
+        let c = Config::parse_args(["fleet-coordinator", "--api-token=t"]).unwrap();
         c.validate().unwrap();
         assert_eq!(c.default_route().len(), 3);
         assert_eq!(c.tick, Duration::from_secs(1));
@@ -306,5 +369,43 @@ mod tests {
         let bad = Config::parse_args(["x", "--route", "bad stage", "--tick", "0s"]).unwrap();
         let e = bad.validate().unwrap_err().to_string();
         assert!(e.contains("FLEET_ROUTE") && e.contains("FLEET_TICK"), "{e}");
+    }
+
+    #[test]
+    fn a_non_loopback_api_needs_a_token_or_an_explicit_none() {
+        let open = Config::parse_args(["x", "--listen=0.0.0.0:8080"]).unwrap();
+        let e = open.validate().unwrap_err().to_string();
+        assert!(
+            e.contains("FLEET_API_TOKEN") && e.contains("FLEET_API_AUTH=none"),
+            "{e}"
+        );
+        let none = Config::parse_args(["x", "--listen=0.0.0.0:8080", "--api-auth=none"]).unwrap();
+        none.validate().unwrap();
+        Config::parse_args(["x", "--listen=127.0.0.1:8080"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        Config::parse_args(["x", "--listen=[::1]:8080"])
+            .unwrap()
+            .validate()
+            .unwrap();
+        let both = Config::parse_args(["x", "--api-auth=none", "--api-token=t"]).unwrap();
+        assert!(both.validate().is_err());
+        let read_only = Config::parse_args(["x", "--listen=127.0.0.1:1", "--api-read-token=r"])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(read_only.contains("FLEET_API_READ_TOKEN"), "{read_only}");
+        // Every problem at once: an empty token and a bad tick together.
+        let e = Config::parse_args(["x", "--api-token= ", "--tick=0s"])
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("FLEET_API_TOKEN is set but empty") && e.contains("FLEET_TICK"),
+            "{e}"
+        );
     }
 }

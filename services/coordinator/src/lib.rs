@@ -160,6 +160,15 @@ async fn open_store(config: &Config, shutdown: &CancellationToken) -> anyhow::Re
     }
 }
 
+/// Logs a warning when the API accepts requests without a token (every start).
+fn warn_if_open(config: &Config, addr: std::net::SocketAddr) {
+    if config.api_auth == config::ApiAuth::None {
+        tracing::warn!(api = %addr, "FLEET_API_AUTH=none: the API accepts every request without a token, including cancel, DLQ replay and purge; set FLEET_API_TOKEN and unset FLEET_API_AUTH to require one");
+    } else if config.api_token.is_none() {
+        tracing::warn!(api = %addr, "no FLEET_API_TOKEN: the API (loopback only) accepts every request without a token");
+    }
+}
+
 /// Starts every part and returns once the API and admin servers listen.
 pub async fn start(
     config: Config,
@@ -193,6 +202,7 @@ pub async fn start(
             )
         })?;
     let api_addr = listener.local_addr()?;
+    warn_if_open(&config, api_addr);
     let app = App::new(store, broker, config);
 
     let router = api::router(app.clone());

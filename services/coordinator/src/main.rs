@@ -4,7 +4,8 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = fleet_coordinator::Config::parse();
+    let mut config = fleet_coordinator::Config::parse();
+    config.load_secret_files()?;
     let shutdown = fleet_runtime::shutdown::on_signals();
     fleet_coordinator::run(config, shutdown).await
 }

@@ -134,6 +134,8 @@ async fn run_in(
     .context("coordinator configuration (check FLEET_* variables)")?;
     cc.database_url = None;
     cc.api_token = None;
+    cc.api_read_token = None;
+    cc.api_auth = fleet_coordinator::config::ApiAuth::Token;
     cc.sqlite_path.clone_from(&coordinator_db);
     cc.route = ROUTE.to_owned();
     demo_runtime(&mut cc.runtime);

@@ -34,7 +34,12 @@ use crate::exit::Failure;
 
 fn main() -> ExitCode {
     // clap exits 2 on usage errors and 0 for --help / --version.
-    let cli = Cli::try_parse().unwrap_or_else(|e| e.exit());
+    let mut cli = Cli::try_parse().unwrap_or_else(|e| e.exit());
+    // The token may come from a file (FLEET_API_TOKEN_FILE), as for the coordinator.
+    if let Err(e) = fleet_runtime::secret::load_into("FLEET_API_TOKEN", &mut cli.conn.token) {
+        eprintln!("fleetctl: error: {e}");
+        return ExitCode::from(exit::USAGE);
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

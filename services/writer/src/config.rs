@@ -76,6 +76,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// Reads every `FLEET_*_FILE` secret (broker URL, database URL); call after parsing.
+    pub fn load_secret_files(&mut self) -> Result<(), fleet_runtime::secret::SecretError> {
+        self.runtime.load_secret_files()?;
+        fleet_runtime::secret::load_into("FLEET_DATABASE_URL", &mut self.database_url)
+    }
     /// Parses from `args` (tests); the first item is the program name.
     pub fn parse_args<I, T>(args: I) -> Result<Config, clap::Error>
     where

@@ -5,7 +5,8 @@ use clap::Parser;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let config = fleet_writer::Config::parse();
+    let mut config = fleet_writer::Config::parse();
+    config.load_secret_files()?;
     fleet_runtime::telemetry::logging::init(config.runtime.log_format);
     let shutdown = fleet_runtime::shutdown::on_signals();
     fleet_writer::run(config, shutdown).await

@@ -81,17 +81,9 @@ impl ConnState {
     }
 }
 
-/// `url` with any `user:password@` part replaced by `***@`, for messages and logs.
+/// `url` without passwords, for messages and logs (the workspace's one redaction).
 pub(crate) fn redact(url: &str) -> String {
-    url.split(',')
-        .map(|u| match (u.find("://"), u.rfind('@')) {
-            (Some(scheme), Some(at)) if at > scheme => {
-                format!("{}***{}", &u[..scheme + 3], &u[at..])
-            }
-            _ => u.to_owned(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
+    fleet_protocol::redact::redact_url(url)
 }
 
 /// True when `client` is connected and was not closed.

@@ -10,6 +10,7 @@ pub mod deadletter;
 pub mod envelope;
 pub mod event;
 pub mod names;
+pub mod redact;
 pub mod schema;
 pub mod submission;
 

@@ -29,7 +29,12 @@ pub const CONSUMER_TIMEOUT_MARGIN: Duration = Duration::from_secs(60);
 #[command(next_help_heading = "Runtime")]
 pub struct RuntimeConfig {
     /// Broker URL: amqp://, amqps://, nats://, tls:// or memory://.
-    #[arg(long, env = "FLEET_BROKER_URL", default_value = "memory://")]
+    #[arg(
+        long,
+        env = "FLEET_BROKER_URL",
+        default_value = "memory://",
+        hide_env_values = true
+    )]
     pub broker_url: String,
 
     /// Prefix of every queue, exchange, stream and subject.
@@ -161,6 +166,14 @@ impl RuntimeConfig {
         <Wrap as clap::Parser>::try_parse_from(args).map(|w| w.rt)
     }
 
+    /// Reads `FLEET_BROKER_URL_FILE` when set (a mounted Secret); call after parsing.
+    pub fn load_secret_files(&mut self) -> Result<(), crate::secret::SecretError> {
+        if let Some(url) = crate::secret::from_file("FLEET_BROKER_URL")? {
+            self.broker_url = url;
+        }
+        Ok(())
+    }
+
     /// The effective prefetch.
     pub fn effective_prefetch(&self) -> u16 {
         self.prefetch
@@ -176,7 +189,7 @@ impl RuntimeConfig {
         {
             errs.push(format!(
                 "FLEET_BROKER_URL `{}` has no known scheme: use amqp://, amqps://, nats://, tls:// or memory://",
-                self.broker_url
+                fleet_protocol::redact::redact_url(&self.broker_url)
             ));
         }
         if self.concurrency == 0 {

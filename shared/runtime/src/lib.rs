@@ -30,6 +30,7 @@ pub mod inflight;
 pub mod pause;
 pub mod process;
 pub mod resubscribe;
+pub mod secret;
 pub mod settle;
 pub mod shared;
 pub mod shutdown;

@@ -364,12 +364,9 @@ async fn reconnect(
     }
 }
 
-/// The URL without its password, for messages.
+/// The URL without its password, for messages (the workspace's one redaction).
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
+    fleet_protocol::redact::redact_url(url)
 }
 
 /// Waits until a permit is free or shutdown; then takes every free one up to `max`.

@@ -371,12 +371,9 @@ impl Store {
     }
 }
 
-/// The URL without its password, for logs and errors.
+/// The URL without its password, for logs and errors (the workspace's one redaction).
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(s), Some(at)) if at > s => format!("{}://…@{}", &url[..s], &url[at + 1..]),
-        _ => url.to_owned(),
-    }
+    fleet_protocol::redact::redact_url(url)
 }
 
 /// `url` with every session's `search_path` set to `schema` (isolates tests).
