@@ -64,16 +64,9 @@ pub const STAGE: &str = "analyze";
 /// Runs the analyzer until `shutdown`, then drains (DESIGN §5 step 9).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Every configuration error at once: the runtime's and the analyzers file's.
-    let runtime = config.runtime.validate(None).err();
-    let analyzers = config.load_analyzers();
-    let mut errs: Vec<String> = runtime.map(|e| e.0).unwrap_or_default();
-    if let Err(e) = &analyzers {
-        errs.push(format!("{e:#}"));
-    }
-    if !errs.is_empty() {
-        anyhow::bail!("invalid configuration:\n  - {}", errs.join("\n  - "));
-    }
-    let analyzers = analyzers?;
+    let analyzers = config
+        .runtime
+        .validate_with(None, config.load_analyzers())?;
     tracing::info!(
         analyzers = analyzers.len(),
         names = ?analyzers.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),

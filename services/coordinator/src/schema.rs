@@ -142,51 +142,37 @@ const V3_OPEN_PIPELINES: &str = "ALTER TABLE coord_pipelines ADD COLUMN sealed_a
 const V4_DEGRADED: &str = "ALTER TABLE coord_jobs ADD COLUMN degraded TEXT;
     ALTER TABLE coord_items ADD COLUMN degraded TEXT";
 
-const PG: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "coordinator tables",
-        sql: v1!("BIGSERIAL PRIMARY KEY"),
-    },
-    Migration {
-        version: 2,
-        name: "outbox attempts",
-        sql: V2_OUTBOX_ATTEMPTS,
-    },
-    Migration {
-        version: 3,
-        name: "open pipelines",
-        sql: V3_OPEN_PIPELINES,
-    },
-    Migration {
-        version: 4,
-        name: "degradation notes",
-        sql: V4_DEGRADED,
-    },
-];
+/// Every migration in order; only v1's id column differs between the backends.
+macro_rules! migrations {
+    ($id:literal) => {
+        &[
+            Migration {
+                version: 1,
+                name: "coordinator tables",
+                sql: v1!($id),
+            },
+            Migration {
+                version: 2,
+                name: "outbox attempts",
+                sql: V2_OUTBOX_ATTEMPTS,
+            },
+            Migration {
+                version: 3,
+                name: "open pipelines",
+                sql: V3_OPEN_PIPELINES,
+            },
+            Migration {
+                version: 4,
+                name: "degradation notes",
+                sql: V4_DEGRADED,
+            },
+        ]
+    };
+}
 
-const SQLITE: &[Migration] = &[
-    Migration {
-        version: 1,
-        name: "coordinator tables",
-        sql: v1!("INTEGER PRIMARY KEY AUTOINCREMENT"),
-    },
-    Migration {
-        version: 2,
-        name: "outbox attempts",
-        sql: V2_OUTBOX_ATTEMPTS,
-    },
-    Migration {
-        version: 3,
-        name: "open pipelines",
-        sql: V3_OPEN_PIPELINES,
-    },
-    Migration {
-        version: 4,
-        name: "degradation notes",
-        sql: V4_DEGRADED,
-    },
-];
+const PG: &[Migration] = migrations!("BIGSERIAL PRIMARY KEY");
+
+const SQLITE: &[Migration] = migrations!("INTEGER PRIMARY KEY AUTOINCREMENT");
 
 /// The migrations for `kind`.
 pub fn migrations(kind: StoreKind) -> &'static [Migration] {

@@ -78,16 +78,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<
     fleet_runtime::telemetry::admin::prometheus()?;
     telemetry::describe();
     // Every configuration error at once: the runtime's and the providers'.
-    let runtime = config.runtime.validate(None).err();
-    let handler = build_handler(&config);
-    let mut errs: Vec<String> = runtime.map(|e| e.0).unwrap_or_default();
-    if let Err(e) = &handler {
-        errs.push(format!("{e:#}"));
-    }
-    if !errs.is_empty() {
-        anyhow::bail!("invalid configuration:\n  - {}", errs.join("\n  - "));
-    }
-    let handler = handler?;
+    let handler = config.runtime.validate_with(None, build_handler(&config))?;
     let mut worker = fleet_runtime::Worker::new(config.runtime, STAGE);
     if let Some(gate) = pause_gate(&handler) {
         worker = worker.pause_when(gate);

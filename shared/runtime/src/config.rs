@@ -180,6 +180,28 @@ impl RuntimeConfig {
             .unwrap_or_else(|| u16::try_from(self.concurrency).unwrap_or(u16::MAX))
     }
 
+    /// [`Self::validate`] together with the service's own configuration result, so a
+    /// service reports its errors and the runtime's in one message (never one after the other).
+    pub fn validate_with<T>(
+        &self,
+        batch_size: Option<usize>,
+        service: anyhow::Result<T>,
+    ) -> Result<T, ConfigErrors> {
+        let mut errs = self
+            .validate(batch_size)
+            .err()
+            .map(|e| e.0)
+            .unwrap_or_default();
+        match service {
+            Ok(v) if errs.is_empty() => Ok(v),
+            Ok(_) => Err(ConfigErrors(errs)),
+            Err(e) => {
+                errs.push(format!("{e:#}"));
+                Err(ConfigErrors(errs))
+            }
+        }
+    }
+
     /// Checks every rule and reports all violations at once, each with what to change.
     pub fn validate(&self, batch_size: Option<usize>) -> Result<(), ConfigErrors> {
         let mut errs = Vec::new();
