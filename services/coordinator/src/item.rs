@@ -40,10 +40,14 @@ pub struct ItemView {
     pub degraded: Option<String>,
 }
 
+/// Dead-letter reason of a job whose message could never be published (the outbox sets it;
+/// defined here, where items are derived, so the item logic needs nothing of the outbox).
+pub const PUBLISH_FAILED: &str = "publish_failed";
+
 /// True when the job ended because its message could never be published (outbox).
 fn unpublished(fact: Option<&JobFact>) -> bool {
     fact.and_then(|f| f.reason.as_deref())
-        .is_some_and(|r| r.starts_with(crate::outbox::PUBLISH_FAILED))
+        .is_some_and(|r| r.starts_with(PUBLISH_FAILED))
 }
 
 /// Derives the item from `route` (all its stages, in order) and its jobs by stage.

@@ -52,8 +52,7 @@ const GAUGE_EVERY: Duration = Duration::from_secs(2);
 const MAX_ERROR_CHARS: usize = 500;
 /// `last_error` of a job row dropped because its pipeline was cancelled first.
 const CANCELLED_BEFORE_PUBLISH: &str = "pipeline cancelled before the job was published";
-/// Dead-letter reason of a job whose message could never be published.
-pub const PUBLISH_FAILED: &str = "publish_failed";
+pub use crate::item::PUBLISH_FAILED;
 
 /// How the relay retries a row and when it gives up.
 #[derive(Debug, Clone, Copy)]

@@ -36,10 +36,10 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::acker::keep_header;
 use crate::broker::Shared;
 use crate::subscription::PullSubscription;
 use crate::topology::{backstop_consumer, consumer_info_error};
+use crate::wire::keep_header;
 use crate::wire::{bounded, header_value, insert_headers};
 
 /// Most advisories handled per drain (the rest wait for the next fetch).

@@ -136,7 +136,7 @@ pub(crate) fn retry_msg_id(original_id: Option<&str>, origin: &str, attempt: u32
 /// Headers of a retry copy: the original's, without publish expectations, with
 /// `fleet-attempt: <attempt>` and `Nats-Msg-Id: <msg_id>`.
 pub(crate) fn copy_headers(original: Option<&HeaderMap>, attempt: u32, msg_id: &str) -> HeaderMap {
-    let mut headers = crate::acker::plain_copy_headers(original);
+    let mut headers = crate::wire::plain_copy_headers(original);
     // `insert` replaces what the original carried under these names.
     headers.insert(ATTEMPT, header_value(&attempt.to_string()));
     headers.insert(async_nats::header::NATS_MESSAGE_ID, header_value(msg_id));

@@ -103,6 +103,31 @@ pub(crate) fn from_header_map(map: Option<&HeaderMap>) -> Headers {
     out
 }
 
+/// Original headers a dead-letter copy must not carry (publish expectations of the original).
+pub(crate) fn keep_header(name: &str) -> bool {
+    !name.to_ascii_lowercase().starts_with("nats-expected-")
+}
+
+/// The original headers a copy keeps: without publish expectations, and without the
+/// de-duplication id (a copy of a job put back within the window would be dropped as a
+/// duplicate of the original, i.e. lost).
+pub(crate) fn plain_copy_headers(original: Option<&HeaderMap>) -> HeaderMap {
+    let mut headers = HeaderMap::new();
+    if let Some(original) = original {
+        for (name, values) in original.iter() {
+            let name_str: &str = name.as_ref();
+            if keep_header(name_str)
+                && !name_str.eq_ignore_ascii_case(async_nats::header::NATS_MESSAGE_ID.as_ref())
+            {
+                for value in values {
+                    headers.append(name.clone(), value.clone());
+                }
+            }
+        }
+    }
+    headers
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
