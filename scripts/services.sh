@@ -159,7 +159,11 @@ if ((!rabbit_up)); then
             as_root tee -a /etc/rabbitmq/rabbitmq.conf >/dev/null
     fi
     say "starting RabbitMQ"
-    as_root rabbitmq-server -detached || say "rabbitmq-server -detached exited $? (waiting anyway)"
+    # Start as the rabbitmq user with a raised soft open-files limit: `su` resets it to 1024,
+    # and every quorum queue holds descriptors (a few hundred test queues wedged the node).
+    as_root sh -c 'cd /var/lib/rabbitmq && su rabbitmq -s /bin/sh -c \
+        "ulimit -n \$(ulimit -Hn) 2>/dev/null; /usr/lib/rabbitmq/bin/rabbitmq-server -detached"' ||
+        say "rabbitmq-server -detached exited $? (waiting anyway)"
 fi
 
 if ((!nats_up)); then
