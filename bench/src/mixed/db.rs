@@ -25,6 +25,7 @@ fn opts() -> StoreOptions {
         statement_timeout: STATEMENT_TIMEOUT,
         checkout_timeout: Duration::from_secs(10),
         pool_size: 2,
+        ca_file: None,
     }
 }
 

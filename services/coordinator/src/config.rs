@@ -76,6 +76,11 @@ pub struct Config {
     #[arg(long, env = "FLEET_SQLITE_PATH", default_value = DEFAULT_SQLITE_PATH)]
     pub sqlite_path: PathBuf,
 
+    /// PEM file of the CA that signed PostgreSQL's certificate, for sslmode=verify-full
+    /// (or verify-ca) in the database URL.
+    #[arg(long, env = "FLEET_DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
+
     /// Address of the HTTP API.
     #[arg(long, env = "FLEET_LISTEN", default_value = DEFAULT_LISTEN)]
     pub listen: SocketAddr,

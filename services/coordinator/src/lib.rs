@@ -129,6 +129,7 @@ async fn open_store(config: &Config, shutdown: &CancellationToken) -> anyhow::Re
     let opts = StoreOptions {
         statement_timeout: config.statement_timeout,
         pool_size: config.database_pool,
+        ca_file: config.database_ca_file.clone(),
         ..StoreOptions::default()
     };
     let store = Store::connect(config.database_url.as_deref(), &config.sqlite_path, opts)

@@ -46,6 +46,11 @@ pub struct Config {
     #[arg(long, env = "FLEET_SQLITE_PATH", default_value = "fleet.sqlite")]
     pub sqlite_path: PathBuf,
 
+    /// PEM file of the CA that signed PostgreSQL's certificate, for sslmode=verify-full
+    /// (or verify-ca) in the database URL.
+    #[arg(long, env = "FLEET_DATABASE_CA_FILE")]
+    pub database_ca_file: Option<PathBuf>,
+
     /// Jobs written per transaction (at most 1000). The prefetch defaults to twice this.
     #[arg(long, env = "FLEET_BATCH_SIZE", default_value_t = DEFAULT_BATCH_SIZE)]
     pub batch_size: usize,
@@ -141,6 +146,7 @@ impl Config {
             statement_timeout: self.db_statement_timeout,
             checkout_timeout: self.db_checkout_timeout,
             pool_size: self.db_pool_size,
+            ca_file: self.database_ca_file.clone(),
         }
     }
 

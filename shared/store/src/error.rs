@@ -83,6 +83,9 @@ impl StoreError {
 impl From<tokio_postgres::Error> for StoreError {
     fn from(e: tokio_postgres::Error) -> StoreError {
         let Some(code) = e.code() else {
+            if let Some(msg) = tls_refusal(&e) {
+                return StoreError::Config(msg);
+            }
             // No SQLSTATE: I/O, closed connection, protocol; all mean "not reachable now".
             let msg = match std::error::Error::source(&e) {
                 Some(s) => format!("{e}: {s}"),
@@ -113,6 +116,50 @@ impl From<tokio_postgres::Error> for StoreError {
             transient,
         }
     }
+}
+
+/// A TLS failure that retrying cannot fix (certificate rejected, TLS required but not
+/// offered), as a message naming the fix; `None` for anything else.
+fn tls_refusal(e: &tokio_postgres::Error) -> Option<String> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(err) = cur {
+        let rustls_err = err.downcast_ref::<rustls::Error>().or_else(|| {
+            err.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        match rustls_err {
+            Some(
+                err @ rustls::Error::InvalidCertificate(
+                    rustls::CertificateError::NotValidForName
+                    | rustls::CertificateError::NotValidForNameContext { .. },
+                ),
+            ) => {
+                return Some(format!(
+                    "the PostgreSQL server's TLS certificate does not name the host in the database URL ({err}): connect with a host name the certificate carries, or use sslmode=verify-ca to check the CA only"
+                ));
+            }
+            Some(err @ rustls::Error::InvalidCertificate(_)) => {
+                return Some(format!(
+                    "the PostgreSQL server's TLS certificate was rejected ({err}): set FLEET_DATABASE_CA_FILE (or sslrootcert= in the URL) to the PEM file of the CA that signed it, or use sslmode=require to encrypt without verifying"
+                ));
+            }
+            Some(other) => {
+                return Some(format!(
+                    "TLS handshake with the PostgreSQL server failed ({other}): check the server's ssl settings and the database URL's sslmode"
+                ));
+            }
+            None => {}
+        }
+        if err.to_string() == "server does not support TLS" {
+            return Some(
+                "the PostgreSQL server does not offer TLS but the URL's sslmode requires it: enable ssl on the server, or use sslmode=prefer (unencrypted when TLS is missing)"
+                    .into(),
+            );
+        }
+        cur = err.source();
+    }
+    None
 }
 
 impl From<rusqlite::Error> for StoreError {

@@ -76,6 +76,7 @@
 mod error;
 mod migrate;
 mod pg;
+mod pg_tls;
 mod sqlite;
 mod tx;
 mod value;
@@ -88,6 +89,7 @@ use std::time::Duration;
 
 pub use error::{StoreError, UNIQUE_VIOLATION};
 pub use migrate::{MIGRATIONS_TABLE, Migration};
+pub use pg_tls::SslMode;
 pub use tx::Tx;
 pub use value::{ColumnIndex, FromValue, Row, Value};
 
@@ -111,7 +113,7 @@ pub enum StoreKind {
 }
 
 /// Timeouts and pool size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StoreOptions {
     /// Longest a statement may run (0 disables the server-side limit on PostgreSQL).
     pub statement_timeout: Duration,
@@ -119,6 +121,9 @@ pub struct StoreOptions {
     pub checkout_timeout: Duration,
     /// PostgreSQL pool size (SQLite uses one connection).
     pub pool_size: usize,
+    /// PEM file of the CA that signed the PostgreSQL server's certificate
+    /// (`FLEET_DATABASE_CA_FILE`; `sslrootcert=` in the URL wins), for `sslmode=verify-full`.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for StoreOptions {
@@ -127,6 +132,7 @@ impl Default for StoreOptions {
             statement_timeout: DEFAULT_STATEMENT_TIMEOUT,
             checkout_timeout: DEFAULT_CHECKOUT_TIMEOUT,
             pool_size: DEFAULT_POOL_SIZE,
+            ca_file: None,
         }
     }
 }
@@ -218,7 +224,7 @@ impl Store {
 
     /// The options this store was opened with.
     pub fn options(&self) -> StoreOptions {
-        self.inner.opts
+        self.inner.opts.clone()
     }
 
     /// A description for logs (`postgres postgres://…@host/db` or `sqlite path`), no password.

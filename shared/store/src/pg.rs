@@ -8,11 +8,14 @@ use std::time::Duration;
 
 use bytes::BytesMut;
 use chrono::{DateTime, NaiveDateTime, TimeZone, Utc};
-use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use deadpool_postgres::{Hook, Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use tokio_postgres::types::{FromSql, IsNull, ToSql, Type, to_sql_checked};
 
 use crate::StoreOptions;
 use crate::error::StoreError;
+use crate::pg_tls::{self, SslMode};
 use crate::value::{Row, Value};
 
 type BoxError = Box<dyn StdError + Sync + Send>;
@@ -26,7 +29,9 @@ pub(crate) const CLIENT_GRACE: Duration = Duration::from_secs(2);
 
 /// Builds the pool (lazily connecting: PostgreSQL need not be up yet).
 pub(crate) fn pool(url: &str, opts: &StoreOptions) -> Result<Pool, StoreError> {
-    let mut cfg: tokio_postgres::Config = url
+    let tls = pg_tls::parse(url, opts.ca_file.as_deref())?;
+    let mut cfg: tokio_postgres::Config = tls
+        .url
         .parse()
         .map_err(|e| StoreError::Config(format!("bad PostgreSQL URL: {e}")))?;
     let mut options = cfg.get_options().unwrap_or_default().to_owned();
@@ -47,9 +52,16 @@ pub(crate) fn pool(url: &str, opts: &StoreOptions) -> Result<Pool, StoreError> {
     cfg.connect_timeout(opts.checkout_timeout);
     cfg.keepalives(true);
     cfg.keepalives_idle(Duration::from_secs(15));
+    if tls.ca_file.is_some() && matches!(tls.mode, SslMode::Allow | SslMode::Prefer) {
+        tracing::warn!(
+            sslmode = tls.mode.as_str(),
+            "a PostgreSQL CA file is set but sslmode={} never verifies the server: use sslmode=verify-full",
+            tls.mode.as_str()
+        );
+    }
     let mgr = Manager::from_config(
         cfg,
-        tokio_postgres::NoTls,
+        tls.connector()?,
         ManagerConfig {
             recycling_method: RecyclingMethod::Fast,
         },
@@ -61,8 +73,56 @@ pub(crate) fn pool(url: &str, opts: &StoreOptions) -> Result<Pool, StoreError> {
         .wait_timeout(t)
         .create_timeout(t)
         .recycle_timeout(t)
+        .post_create(transport_check(tls.mode))
         .build()
         .map_err(|e| StoreError::Config(format!("cannot build the PostgreSQL pool: {e}")))
+}
+
+/// After each new connection: asks the server whether this session is encrypted (the real
+/// transport, not the configured wish), logs it at INFO when it first shows or changes, and
+/// warns once per change to plaintext.
+fn transport_check(mode: SslMode) -> Hook {
+    // 0 = not seen yet, 1 = TLS, 2 = plaintext.
+    let last = Arc::new(AtomicU8::new(0));
+    Hook::async_fn(move |client, _| {
+        let last = last.clone();
+        Box::pin(async move {
+            let row = client
+                .query_opt(
+                    "SELECT ssl, version, cipher FROM pg_stat_ssl WHERE pid = pg_backend_pid()",
+                    &[],
+                )
+                .await;
+            let (ssl, version, cipher) = match row {
+                Ok(Some(r)) => (
+                    r.try_get::<_, bool>(0).unwrap_or(false),
+                    r.try_get::<_, Option<String>>(1).ok().flatten(),
+                    r.try_get::<_, Option<String>>(2).ok().flatten(),
+                ),
+                Ok(None) | Err(_) => {
+                    tracing::debug!("pg_stat_ssl unreadable; transport not checked");
+                    return Ok(());
+                }
+            };
+            let now = if ssl { 1 } else { 2 };
+            if last.swap(now, Ordering::Relaxed) != now {
+                if ssl {
+                    tracing::info!(
+                        sslmode = mode.as_str(),
+                        version = version.as_deref().unwrap_or("?"),
+                        cipher = cipher.as_deref().unwrap_or("?"),
+                        "PostgreSQL connection is encrypted (TLS)"
+                    );
+                } else {
+                    tracing::warn!(
+                        sslmode = mode.as_str(),
+                        "PostgreSQL connection is NOT encrypted: passwords and data cross the network in plaintext; enable ssl on the server and use sslmode=verify-full with FLEET_DATABASE_CA_FILE (or sslmode=require)"
+                    );
+                }
+            }
+            Ok(())
+        })
+    })
 }
 
 /// Takes a connection from the pool within `timeout`.

@@ -300,6 +300,7 @@ async fn postgres_statement_timeout_cuts_a_slow_query_and_the_pool_recovers() {
             statement_timeout: Duration::from_millis(200),
             checkout_timeout: Duration::from_secs(2),
             pool_size: 1,
+            ca_file: None,
         })
         .await;
     let started = Instant::now();
@@ -338,6 +339,7 @@ async fn postgres_checkout_times_out_when_the_pool_is_exhausted() {
             statement_timeout: Duration::from_secs(5),
             checkout_timeout: Duration::from_millis(300),
             pool_size: 1,
+            ca_file: None,
         })
         .await;
     let held = store.begin().await.unwrap();

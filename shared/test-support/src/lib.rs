@@ -6,11 +6,14 @@
 //!   panic message that says what was awaited.
 //! * [`FaultProxy`] sits between a client and a broker or database and cuts,
 //!   refuses or blackholes connections on demand.
+//! * [`tls::TestCa`] issues certificates for a test; [`tls::TlsProxy`] puts a TLS
+//!   listener in front of a plaintext service.
 //! * [`amqp_url`], [`nats_url`] and [`postgres_url`] locate the machine's real
 //!   services (`scripts/services.sh` starts them), overridable by environment.
 
 pub mod http;
 mod proxy;
+pub mod tls;
 mod wait;
 
 use std::io;

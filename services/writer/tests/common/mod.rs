@@ -69,6 +69,7 @@ pub fn writer_config(env: &Env, database_url: Option<String>, sqlite_path: PathB
         ]),
         database_url,
         sqlite_path,
+        database_ca_file: None,
         batch_size: 8,
         batch_linger: Duration::from_millis(100),
         db_statement_timeout: Duration::from_secs(2),

@@ -14,6 +14,7 @@ pub fn opts() -> StoreOptions {
         statement_timeout: Duration::from_secs(5),
         checkout_timeout: Duration::from_secs(5),
         pool_size: 4,
+        ca_file: None,
     }
 }
 
