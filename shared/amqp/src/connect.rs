@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use fleet_core::BrokerError;
 use lapin::options::ConfirmSelectOptions;
+use lapin::tcp::OwnedTLSConfig;
 use lapin::uri::{AMQPScheme, AMQPUri};
 use lapin::{Channel, Connection, ConnectionProperties};
 
@@ -74,8 +75,11 @@ impl Conn {
         );
         let props = ConnectionProperties::default()
             .with_connection_name(opts.connection_name.as_str().into());
+        let tls = tls_config(opts)?;
         let open = async {
-            let connection = Connection::connect_uri(uri.clone(), props)
+            let runtime = lapin::runtime::default_runtime()
+                .map_err(|e| BrokerError::Config(format!("no async runtime for lapin: {e}")))?;
+            let connection = Connection::connect_uri_with_config(uri.clone(), props, tls, runtime)
                 .await
                 .map_err(|e| refused(&endpoint, &e))?;
             let channel = open_confirm_channel(&connection).await?;
@@ -170,8 +174,42 @@ impl Conn {
 
 /// A broker that answers but refuses the handshake (bad login, missing vhost) will not
 /// change its mind on a retry: that is a configuration error.
+/// The extra CA of `amqps://` (read on every connect, so a rotated file is picked up).
+fn tls_config(opts: &AmqpOptions) -> Result<OwnedTLSConfig, BrokerError> {
+    let cert_chain = match &opts.ca_file {
+        None => None,
+        Some(path) => Some(std::fs::read_to_string(path).map_err(|e| {
+            BrokerError::Config(format!(
+                "FLEET_BROKER_CA_FILE {}: cannot read it ({e}); it must be the PEM file of the CA that signed the broker's certificate",
+                path.display()
+            ))
+        })?),
+    };
+    Ok(OwnedTLSConfig {
+        identity: None,
+        cert_chain,
+    })
+}
+
+/// True when `e` (or its causes) says the peer's TLS certificate was rejected: a setting to fix,
+/// not an outage to wait out.
+fn certificate_rejected(e: &dyn std::error::Error) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.to_string().contains("invalid peer certificate") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 fn refused(endpoint: &str, e: &lapin::Error) -> BrokerError {
-    if e.is_amqp_error() {
+    if certificate_rejected(e) {
+        BrokerError::Config(format!(
+            "the TLS certificate of RabbitMQ at {endpoint} was rejected ({e}): set FLEET_BROKER_CA_FILE to the PEM file of the CA that signed it, and connect with a host name the certificate carries"
+        ))
+    } else if e.is_amqp_error() {
         BrokerError::Config(format!(
             "RabbitMQ at {endpoint} refused the connection ({e}): check the user, password and \
              vhost in the URL"

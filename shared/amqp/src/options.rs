@@ -1,5 +1,6 @@
 //! Connection settings and the start-up check against RabbitMQ's `consumer_timeout`.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// How long to wait for the TCP/TLS connection and the AMQP handshake.
@@ -24,6 +25,8 @@ pub struct AmqpOptions {
     pub heartbeat: Duration,
     /// The broker's global `consumer_timeout`, for [`AmqpOptions::check_attempt_timeout`].
     pub consumer_timeout: Duration,
+    /// PEM file of a CA trusted for `amqps://` besides the system roots (`FLEET_BROKER_CA_FILE`).
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for AmqpOptions {
@@ -34,6 +37,7 @@ impl Default for AmqpOptions {
             confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
             heartbeat: DEFAULT_HEARTBEAT,
             consumer_timeout: DEFAULT_CONSUMER_TIMEOUT,
+            ca_file: None,
         }
     }
 }

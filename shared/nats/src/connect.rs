@@ -22,6 +22,8 @@ pub struct NatsOptions {
     pub ping_interval: Duration,
     /// Connection name shown by the server's monitoring (`connz`), e.g. the worker id.
     pub client_name: Option<String>,
+    /// PEM file of a CA trusted for `tls://` besides the system roots (`FLEET_BROKER_CA_FILE`).
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl Default for NatsOptions {
@@ -31,6 +33,7 @@ impl Default for NatsOptions {
             request_timeout: Duration::from_secs(10),
             ping_interval: Duration::from_secs(10),
             client_name: None,
+            ca_file: None,
         }
     }
 }
@@ -91,6 +94,19 @@ pub(crate) fn is_up(client: &async_nats::Client, conn: &ConnState) -> bool {
     !conn.is_closed() && client.connection_state() == State::Connected
 }
 
+/// True when `e` (or its causes) says the server's TLS certificate was rejected: a setting to
+/// fix, not an outage to wait out.
+fn certificate_rejected(e: &dyn std::error::Error) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.to_string().contains("invalid peer certificate") {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
+}
+
 /// Connects to a `nats://` or `tls://` URL (several may be given, comma-separated).
 ///
 /// Fails (never retries) when the server cannot be reached within `opts.connect_timeout`; after
@@ -129,6 +145,16 @@ pub async fn connect(url: &str, opts: NatsOptions) -> Result<NatsBroker, BrokerE
     if let Some(name) = &opts.client_name {
         options = options.name(name);
     }
+    if let Some(ca) = &opts.ca_file {
+        // async-nats reads it while connecting; an unreadable file is reported here, clearly.
+        std::fs::metadata(ca).map_err(|e| {
+            BrokerError::Config(format!(
+                "FLEET_BROKER_CA_FILE {}: cannot read it ({e}); it must be the PEM file of the CA that signed the NATS server's certificate",
+                ca.display()
+            ))
+        })?;
+        options = options.add_root_certificates(ca.clone());
+    }
     let shown = redact(url);
     let addrs: Vec<async_nats::ServerAddr> = urls
         .iter()
@@ -144,7 +170,13 @@ pub async fn connect(url: &str, opts: NatsOptions) -> Result<NatsBroker, BrokerE
             ))
         })?
         .map_err(|e| {
-            BrokerError::ConnectionLost(format!("cannot connect to NATS at {shown}: {e}"))
+            if certificate_rejected(&e) {
+                BrokerError::Config(format!(
+                    "the TLS certificate of the NATS server at {shown} was rejected ({e}): set FLEET_BROKER_CA_FILE to the PEM file of the CA that signed it, and connect with a host name the certificate carries"
+                ))
+            } else {
+                BrokerError::ConnectionLost(format!("cannot connect to NATS at {shown}: {e}"))
+            }
         })?;
     Ok(NatsBroker::new(client, opts, conn))
 }

@@ -37,6 +37,10 @@ pub struct RuntimeConfig {
     )]
     pub broker_url: String,
 
+    /// PEM file of a CA to trust for amqps:// and tls:// broker URLs (besides the system roots).
+    #[arg(long, env = "FLEET_BROKER_CA_FILE")]
+    pub broker_ca_file: Option<std::path::PathBuf>,
+
     /// Prefix of every queue, exchange, stream and subject.
     #[arg(long, env = "FLEET_PREFIX", default_value = "fleet")]
     pub prefix: String,

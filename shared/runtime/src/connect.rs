@@ -19,6 +19,7 @@ pub async fn connect(cfg: &RuntimeConfig) -> Result<Arc<dyn Broker>, BrokerError
                 confirm_timeout: cfg.confirm_timeout,
                 heartbeat: cfg.broker_heartbeat,
                 consumer_timeout: cfg.rabbitmq_consumer_timeout,
+                ca_file: cfg.broker_ca_file.clone(),
                 ..fleet_amqp::AmqpOptions::default()
             };
             Ok(Arc::new(fleet_amqp::connect(url, opts).await?))
@@ -28,6 +29,7 @@ pub async fn connect(cfg: &RuntimeConfig) -> Result<Arc<dyn Broker>, BrokerError
                 request_timeout: cfg.confirm_timeout,
                 ping_interval: cfg.broker_heartbeat,
                 client_name: cfg.worker_id.clone(),
+                ca_file: cfg.broker_ca_file.clone(),
                 ..fleet_nats::NatsOptions::default()
             };
             Ok(Arc::new(fleet_nats::connect(url, opts).await?))

@@ -24,6 +24,7 @@ pub fn options() -> NatsOptions {
         request_timeout: Duration::from_secs(5),
         ping_interval: Duration::from_secs(2),
         client_name: Some("fleet-nats-tests".into()),
+        ca_file: None,
     }
 }
 
