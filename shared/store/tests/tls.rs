@@ -156,9 +156,21 @@ async fn private_postgres_plaintext_then_verify_full_with_a_generated_ca() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// A fresh directory under cargo's target/tmp, traversable by the postgres user.
+/// A fresh directory under cargo's target/tmp, traversable by the postgres user; under the
+/// system temp directory when an ancestor of target/ is closed to others (a clone in /root).
 fn test_dir(tag: &str) -> PathBuf {
-    let tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    let mut tmp = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let closed = tmp
+            .ancestors()
+            .skip(1)
+            .any(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 == 0));
+        if closed {
+            tmp = std::env::temp_dir().join("fleet-store-tls");
+        }
+    }
     let dir = tmp.join(fleet_test_support::unique_prefix(tag));
     std::fs::create_dir_all(&dir).unwrap();
     #[cfg(unix)]
