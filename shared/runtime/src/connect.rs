@@ -28,6 +28,7 @@ pub async fn connect(cfg: &RuntimeConfig) -> Result<Arc<dyn Broker>, BrokerError
                 request_timeout: cfg.confirm_timeout,
                 ping_interval: cfg.broker_heartbeat,
                 client_name: cfg.worker_id.clone(),
+                replicas: usize::from(cfg.nats_replicas),
                 ..fleet_nats::NatsOptions::default()
             };
             Ok(Arc::new(fleet_nats::connect(url, opts).await?))
