@@ -95,12 +95,15 @@ fn sample_readiness(
     })
 }
 
+/// `(when, rows written)`, one entry per change of the count.
+type Completions = Arc<Mutex<Vec<(Instant, i64)>>>;
+
 /// Records `(when, rows)` each time the writer's row count for `pid` changes, until `stop`.
 fn sample_completions(
     store: fleet_store::Store,
     pid: String,
     stop: CancellationToken,
-) -> (Arc<Mutex<Vec<(Instant, i64)>>>, tokio::task::JoinHandle<()>) {
+) -> (Completions, tokio::task::JoinHandle<()>) {
     let seen = Arc::new(Mutex::new(Vec::<(Instant, i64)>::new()));
     let out = seen.clone();
     let task = tokio::spawn(async move {

@@ -171,7 +171,7 @@ pub(crate) fn check_replicas(replicas: usize) -> Result<(), BrokerError> {
              stream (1 for a single server, 3 for a three-node cluster)"
         )));
     }
-    if replicas % 2 == 0 {
+    if replicas.is_multiple_of(2) {
         // A Raft group of 2n tolerates no more failures than one of 2n-1, at more cost.
         tracing::warn!(
             replicas,
