@@ -186,6 +186,9 @@ impl World {
             "--confirm-timeout=5s".into(),
             "--max-timeout=2m".into(),
         ]
+        .into_iter()
+        .chain(nats_replicas_arg(&self.url))
+        .collect()
     }
 
     /// A path in the world's scratch directory.
@@ -259,6 +262,11 @@ impl World {
     /// A process of the world.
     pub fn proc(&self, id: ProcId) -> &Proc {
         &self.procs[id.0]
+    }
+
+    /// The exit status of a process of the world, if it has exited.
+    pub fn exited(&mut self, id: ProcId) -> Option<std::process::ExitStatus> {
+        self.procs[id.0].exited()
     }
 
     // ---- the coordinator's API ----
@@ -463,14 +471,26 @@ async fn drop_schema(schema: &str) {
 
 /// The runtime config of the test's own connections.
 pub fn control_config(url: &str, prefix: &str) -> RuntimeConfig {
-    RuntimeConfig::parse_from([
+    let args = [
         "test".to_owned(),
         format!("--broker-url={url}"),
         format!("--prefix={prefix}"),
         "--broker-heartbeat=2s".into(),
         "--confirm-timeout=5s".into(),
-    ])
-    .expect("runtime config")
+    ];
+    RuntimeConfig::parse_from(args.into_iter().chain(nats_replicas_arg(url)))
+        .expect("runtime config")
+}
+
+/// Environment variable: `FLEET_NATS_REPLICAS` of every process and connection of a world on
+/// NATS (the cluster tests set 3; unset means the services' default).
+pub const NATS_REPLICAS_ENV: &str = "FLEET_TEST_NATS_REPLICAS";
+
+/// `--nats-replicas=N` when [`NATS_REPLICAS_ENV`] is set and `url` is a NATS URL.
+fn nats_replicas_arg(url: &str) -> Option<String> {
+    let n = std::env::var(NATS_REPLICAS_ENV).ok()?;
+    (url.starts_with("nats://") || url.starts_with("tls://"))
+        .then(|| format!("--nats-replicas={}", n.trim()))
 }
 
 impl Drop for World {

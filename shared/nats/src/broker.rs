@@ -146,6 +146,11 @@ impl NatsBroker {
         self.shared.drift.load(Ordering::Relaxed)
     }
 
+    /// Replicas of every stream this broker declares (`FLEET_NATS_REPLICAS`).
+    pub fn replicas(&self) -> usize {
+        self.shared.opts.replicas
+    }
+
     /// Disconnections the client has reported since connecting.
     pub fn disconnect_count(&self) -> u64 {
         self.shared.conn.disconnects()
@@ -203,6 +208,8 @@ impl Broker for NatsBroker {
         let mut drift = 0;
         let mut streams = topology::stream_configs(&topology.names);
         streams.push(retry::retry_stream_config(&topology.names));
+        // One place sets the replica count, so no stream (present or future) is left at R1.
+        topology::set_replicas(&mut streams, shared.opts.replicas);
         for stream in streams {
             drift += topology::ensure_stream(&shared.js, limit, &stream)
                 .await

@@ -24,7 +24,13 @@ pub struct NatsOptions {
     pub client_name: Option<String>,
     /// PEM file of a CA trusted for `tls://` besides the system roots (`FLEET_BROKER_CA_FILE`).
     pub ca_file: Option<std::path::PathBuf>,
+    /// Replicas of every stream fleet declares (1–[`MAX_REPLICAS`]); consumers inherit it.
+    /// More than one needs a clustered server (checked at [`connect`]).
+    pub replicas: usize,
 }
+
+/// Most replicas JetStream allows for a stream.
+pub const MAX_REPLICAS: usize = 5;
 
 impl Default for NatsOptions {
     fn default() -> Self {
@@ -34,6 +40,7 @@ impl Default for NatsOptions {
             ping_interval: Duration::from_secs(10),
             client_name: None,
             ca_file: None,
+            replicas: 1,
         }
     }
 }
@@ -129,6 +136,7 @@ pub async fn connect(url: &str, opts: NatsOptions) -> Result<NatsBroker, BrokerE
             )));
         }
     }
+    check_replicas(opts.replicas)?;
     let conn = Arc::new(ConnState::default());
     let events = conn.clone();
     let mut options = ConnectOptions::new()
@@ -178,5 +186,77 @@ pub async fn connect(url: &str, opts: NatsOptions) -> Result<NatsBroker, BrokerE
                 BrokerError::ConnectionLost(format!("cannot connect to NATS at {shown}: {e}"))
             }
         })?;
+    let info = client.server_info();
+    if let Err(e) = check_clustered(opts.replicas, &info) {
+        // Not a connection problem: retrying cannot help, so close and report it.
+        let _ = tokio::time::timeout(opts.request_timeout, client.drain()).await;
+        return Err(e);
+    }
     Ok(NatsBroker::new(client, opts, conn))
+}
+
+/// Refuses a replica count JetStream cannot take; warns on an even one.
+pub(crate) fn check_replicas(replicas: usize) -> Result<(), BrokerError> {
+    if !(1..=MAX_REPLICAS).contains(&replicas) {
+        return Err(BrokerError::Config(format!(
+            "FLEET_NATS_REPLICAS is {replicas}: JetStream keeps 1 to {MAX_REPLICAS} replicas of a \
+             stream (1 for a single server, 3 for a three-node cluster)"
+        )));
+    }
+    if replicas.is_multiple_of(2) {
+        // A Raft group of 2n tolerates no more failures than one of 2n-1, at more cost.
+        tracing::warn!(
+            replicas,
+            "FLEET_NATS_REPLICAS is even ({replicas}): a group of {replicas} survives no more \
+             node losses than one of {}; use an odd count (3 or 5)",
+            replicas - 1
+        );
+    }
+    Ok(())
+}
+
+/// Refuses more than one replica on a server that is not part of a cluster: JetStream would
+/// fail (or, on some versions, quietly downgrade) every stream declaration.
+pub(crate) fn check_clustered(
+    replicas: usize,
+    info: &async_nats::ServerInfo,
+) -> Result<(), BrokerError> {
+    if replicas > 1 && info.cluster.as_deref().is_none_or(str::is_empty) {
+        return Err(BrokerError::Config(format!(
+            "FLEET_NATS_REPLICAS is {replicas} but nats-server {} at {}:{} ({}) is not part of a \
+             cluster, so it can keep only one replica of a stream: set FLEET_NATS_REPLICAS=1, or \
+             point FLEET_BROKER_URL at a JetStream cluster of at least {replicas} nodes",
+            info.version, info.host, info.port, info.server_name
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replica_counts_outside_one_to_five_are_refused() {
+        assert!(check_replicas(1).is_ok());
+        assert!(check_replicas(2).is_ok(), "even only warns");
+        assert!(check_replicas(5).is_ok());
+        for bad in [0, 6] {
+            let e = check_replicas(bad).unwrap_err().to_string();
+            assert!(e.contains("FLEET_NATS_REPLICAS"), "{e}");
+        }
+    }
+
+    #[test]
+    fn more_than_one_replica_needs_a_cluster() {
+        let mut info = async_nats::ServerInfo {
+            version: "2.9.10".into(),
+            ..Default::default()
+        };
+        assert!(check_clustered(1, &info).is_ok());
+        let e = check_clustered(3, &info).unwrap_err();
+        assert!(matches!(&e, BrokerError::Config(m) if m.contains("not part of a cluster")));
+        info.cluster = Some("fleet".into());
+        assert!(check_clustered(3, &info).is_ok());
+    }
 }

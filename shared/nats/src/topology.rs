@@ -142,6 +142,13 @@ pub(crate) fn stream_configs(names: &Names) -> Vec<stream::Config> {
     ]
 }
 
+/// Sets the replica count of every stream in `streams` (`FLEET_NATS_REPLICAS`).
+pub(crate) fn set_replicas(streams: &mut [stream::Config], replicas: usize) {
+    for s in streams {
+        s.num_replicas = replicas;
+    }
+}
+
 /// One durable pull consumer fleet wants.
 pub(crate) struct WantedConsumer {
     pub(crate) stream: String,
@@ -164,6 +171,9 @@ pub(crate) fn durable(
         ack_wait,
         max_deliver,
         max_ack_pending,
+        // 0: the consumer inherits its stream's replica count (`FLEET_NATS_REPLICAS`), so it
+        // follows a `nats stream edit --replicas` too; WorkQueue streams need the two equal.
+        num_replicas: 0,
         ..Default::default()
     }
 }
@@ -274,6 +284,12 @@ pub(crate) fn stream_drift(want: &stream::Config, have: &stream::Config) -> Vec<
         d.push(format!(
             "max_age {:?} (want {:?})",
             have.max_age, want.max_age
+        ));
+    }
+    if want.num_replicas != have.num_replicas {
+        d.push(format!(
+            "replicas {} (want {})",
+            have.num_replicas, want.num_replicas
         ));
     }
     if want.max_messages_per_subject > 0
@@ -387,6 +403,19 @@ pub(crate) async fn ensure_stream(
             tracing::info!(stream = %want.name, "set the stream's max_age to {:?}", want.max_age);
             return Ok(0);
         }
+    }
+    if let Some(replicas) = drift.iter().find(|d| d.starts_with("replicas")) {
+        // The one drift with an in-place fix: the servers move the data themselves.
+        tracing::warn!(
+            stream = %want.name,
+            differs = %replicas,
+            "stream {} has {replicas}: FLEET_NATS_REPLICAS does not change an existing stream. \
+             To apply it, run `nats stream edit {} --replicas {}` (the cluster copies the data; \
+             consumers follow), or drain the stream, delete it and restart",
+            want.name,
+            want.name,
+            want.num_replicas,
+        );
     }
     if !drift.is_empty() {
         tracing::warn!(
@@ -575,6 +604,22 @@ mod tests {
         );
         assert_eq!(backstop_stream.retention, RetentionPolicy::WorkQueue);
         assert!(consumer_configs(&Topology::new(Names::new("ab"), &["a.b"])).is_err());
+    }
+
+    #[test]
+    fn every_stream_takes_the_replica_count_and_consumers_inherit_it() {
+        let t = Topology::new(Names::new("ab"), &["s1"]);
+        let mut streams = stream_configs(&t.names);
+        streams.push(crate::retry::retry_stream_config(&t.names));
+        set_replicas(&mut streams, 3);
+        assert!(streams.iter().all(|s| s.num_replicas == 3));
+        let mut have = streams[0].clone();
+        have.num_replicas = 1;
+        let d = stream_drift(&streams[0], &have);
+        assert_eq!(d, vec!["replicas 1 (want 3)".to_owned()]);
+        let mut consumers = consumer_configs(&t).expect("valid stages");
+        consumers.extend(crate::retry::retry_consumer_configs(&t).expect("valid stages"));
+        assert!(consumers.iter().all(|c| c.config.num_replicas == 0));
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! The `max_deliver` backstop against the real nats-server (JetStream) at `FLEET_NATS_URL`
+//! The `max_deliver` backstop against the real nats-server (JetStream) at `FLEET_TEST_NATS_URL`
 //! (default `nats://127.0.0.1:4222`): a job the server gives up on reaches the stage's DLQ
 //! through its `MAX_DELIVERIES` advisory, once, with the dead-letter headers, and leaves the
 //! jobs stream. These tests fail, never skip, when the server is unreachable; each uses its own

@@ -1,4 +1,4 @@
-//! fleet-nats against the real nats-server (JetStream) at `FLEET_NATS_URL`
+//! fleet-nats against the real nats-server (JetStream) at `FLEET_TEST_NATS_URL`
 //! (default `nats://127.0.0.1:4222`). These tests fail, never skip, when it is unreachable.
 //! Each test uses its own random prefix (so its own streams) and deletes them at the end.
 

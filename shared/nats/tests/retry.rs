@@ -1,4 +1,4 @@
-//! Delayed retries on the real nats-server (`FLEET_NATS_URL`): parked retries wait in the retry
+//! Delayed retries on the real nats-server (`FLEET_TEST_NATS_URL`): parked retries wait in the retry
 //! stream, outside the jobs consumer's `max_ack_pending`, so fresh jobs keep flowing; they come
 //! back when due with their attempt counted on; and they are counted per stage (`retrying`).
 

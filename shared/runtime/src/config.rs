@@ -77,6 +77,11 @@ pub struct RuntimeConfig {
     #[arg(long, env = "FLEET_MAX_ACK_PENDING", default_value_t = 1024)]
     pub max_ack_pending: i64,
 
+    /// NATS: replicas of every stream fleet creates (1–5; 3 on a three-node cluster); consumers
+    /// inherit it. More than 1 needs a clustered nats-server; an existing stream is not changed.
+    #[arg(long, env = "FLEET_NATS_REPLICAS", default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=5))]
+    pub nats_replicas: u8,
+
     /// RabbitMQ's global consumer_timeout; every attempt must end a minute before it.
     #[arg(long, env = "FLEET_RABBITMQ_CONSUMER_TIMEOUT", default_value = DEFAULT_CONSUMER_TIMEOUT, value_parser = humantime::parse_duration)]
     pub rabbitmq_consumer_timeout: Duration,
@@ -301,5 +306,7 @@ mod tests {
         assert_eq!(e.0.len(), 4, "{e}");
         assert!(e.to_string().contains("consumer_timeout"));
         assert!(RuntimeConfig::parse_from(["x", "--ack-wait", "soon"]).is_err());
+        assert!(RuntimeConfig::parse_from(["x", "--nats-replicas", "6"]).is_err());
+        assert!(RuntimeConfig::parse_from(["x", "--nats-replicas", "0"]).is_err());
     }
 }

@@ -30,6 +30,7 @@ pub async fn connect(cfg: &RuntimeConfig) -> Result<Arc<dyn Broker>, BrokerError
                 ping_interval: cfg.broker_heartbeat,
                 client_name: cfg.worker_id.clone(),
                 ca_file: cfg.broker_ca_file.clone(),
+                replicas: usize::from(cfg.nats_replicas),
                 ..fleet_nats::NatsOptions::default()
             };
             Ok(Arc::new(fleet_nats::connect(url, opts).await?))

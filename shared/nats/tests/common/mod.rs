@@ -1,4 +1,4 @@
-//! What the fleet-nats tests share: the server they need (`FLEET_NATS_URL`, default
+//! What the fleet-nats tests share: the server they need (`FLEET_TEST_NATS_URL`, default
 //! `nats://127.0.0.1:4222`; they fail, never skip, when it is unreachable) and a fixture that
 //! declares a topology under a random prefix and deletes its streams at the end or on panic.
 #![allow(dead_code)] // each test binary uses its own part
@@ -14,7 +14,7 @@ pub const STAGE: &str = "s";
 
 /// Where the tests find nats-server.
 pub fn url() -> String {
-    std::env::var("FLEET_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
+    std::env::var("FLEET_TEST_NATS_URL").unwrap_or_else(|_| "nats://127.0.0.1:4222".to_owned())
 }
 
 /// Short client timeouts, so a broken server fails a test quickly.
@@ -24,7 +24,7 @@ pub fn options() -> NatsOptions {
         request_timeout: Duration::from_secs(5),
         ping_interval: Duration::from_secs(2),
         client_name: Some("fleet-nats-tests".into()),
-        ca_file: None,
+        ..NatsOptions::default()
     }
 }
 
@@ -32,7 +32,7 @@ pub fn options() -> NatsOptions {
 pub async fn broker() -> NatsBroker {
     let url = url();
     connect(&url, options()).await.unwrap_or_else(|e| {
-        panic!("these tests need nats-server with JetStream at {url} (FLEET_NATS_URL): {e}")
+        panic!("these tests need nats-server with JetStream at {url} (FLEET_TEST_NATS_URL): {e}")
     })
 }
 
