@@ -36,6 +36,7 @@ pub mod submit;
 pub mod submitq;
 pub mod sweeper;
 pub mod transition;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Once};

@@ -32,23 +32,23 @@ const MAX_PAGE: i64 = 1000;
 pub struct Filter {
     /// Dead letters by archive id.
     #[serde(default)]
-    ids: Option<Vec<i64>>,
+    pub(crate) ids: Option<Vec<i64>>,
     /// Of one pipeline.
-    pipeline_id: Option<String>,
+    pub(crate) pipeline_id: Option<String>,
     /// Of one stage.
-    stage: Option<String>,
+    pub(crate) stage: Option<String>,
     /// With one reason.
-    reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// Page size (list).
-    limit: Option<i64>,
+    pub(crate) limit: Option<i64>,
     /// Only ids below this (list paging).
-    after: Option<i64>,
+    pub(crate) after: Option<i64>,
     /// Report what would happen without doing it.
     #[serde(default)]
-    dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Select every dead letter (purge only; the only way to purge without a filter).
     #[serde(default)]
-    all: bool,
+    pub(crate) all: bool,
 }
 
 impl Filter {
