@@ -183,16 +183,7 @@ async fn console_in_a_real_browser() {
     c.execute("window.__noReload = true; return 1;", vec![])
         .await
         .unwrap();
-    assert_eq!(
-        c.find(Locator::Css(bar))
-            .await
-            .unwrap()
-            .prop("value")
-            .await
-            .unwrap()
-            .as_deref(),
-        Some("0")
-    );
+    assert_eq!(bar_value(&c).await, 0);
 
     // The workers' side: one stage of one item at a time, so the bars move visibly.
     let mut seen: Vec<i64> = Vec::new();
@@ -201,30 +192,16 @@ async fn console_in_a_real_browser() {
             h.finish("live", &[it], stage, EventKind::Succeeded).await;
             tokio::time::sleep(Duration::from_millis(250)).await;
             if stage == "analyze" {
-                let v = c
-                    .find(Locator::Css(bar))
-                    .await
-                    .unwrap()
-                    .prop("value")
-                    .await
-                    .unwrap();
-                seen.push(v.unwrap_or_default());
+                seen.push(bar_value(&c).await);
             }
         }
         if stage == "analyze" {
             wait_for("the analyze bar at 8 without a reload", T, || async {
-                let v = c
-                    .find(Locator::Css(bar))
-                    .await
-                    .unwrap()
-                    .prop("value")
-                    .await
-                    .unwrap();
                 let kept = c
                     .execute("return window.__noReload === true;", vec![])
                     .await
                     .unwrap();
-                v.as_deref() == Some("8") && kept == json!(true)
+                bar_value(&c).await == 8 && kept == json!(true)
             })
             .await;
             shot(&c, "pipeline-progress").await;
@@ -286,9 +263,18 @@ async fn console_in_a_real_browser() {
     eprintln!("failed item b: {reason}");
     shot(&c, "pipeline-failed-items").await;
 
-    // The queues page.
-    c.goto(&format!("{base}/ui/queues")).await.unwrap();
-    assert!(text(&c, "main").await.contains("analyzer-1"));
+    // The queues page (a fresh heartbeat: the worker counts as live for three intervals).
+    h.send(
+        "analyze",
+        vec![],
+        Some(heartbeat("analyzer-1", "analyze", &[])),
+    )
+    .await;
+    wait_for("the live worker on the queues page", T, || async {
+        c.goto(&format!("{base}/ui/queues")).await.unwrap();
+        text(&c, "main").await.contains("analyzer-1")
+    })
+    .await;
     shot(&c, "queues").await;
 
     // Replay the dead letter: the dry run, the confirmation, the new pipeline.
