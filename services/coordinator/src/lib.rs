@@ -29,6 +29,7 @@ pub mod model;
 pub mod outbox;
 pub mod park;
 pub mod plan;
+pub mod replay_limit;
 pub mod report;
 pub mod schema;
 pub mod stall;

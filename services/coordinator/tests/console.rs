@@ -456,3 +456,63 @@ async fn world_with(h: &Harness, bearer: &[(&str, &str)]) {
     })
     .await;
 }
+
+/// Median and 95th percentile of `samples` (ms).
+fn median_p95(mut samples: Vec<f64>) -> (f64, f64) {
+    samples.sort_by(f64::total_cmp);
+    let at = |q: f64| samples[((samples.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.95))
+}
+
+/// Benchmark, not a timed test: the first page of items of a 10,000-item pipeline as HTML,
+/// next to the API's JSON report of the same pipeline (the baseline), 30 requests each.
+/// `cargo nextest run --workspace --run-ignored only -E 'test(console_page_render_benchmark)' --no-capture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: prints figures"]
+async fn console_page_render_benchmark() {
+    let h = Harness::new(Backend::Memory, "console-bench", &[]).await;
+    let ids: Vec<String> = (0..10_000).map(|i| format!("item-{i:05}")).collect();
+    let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
+    h.submit("big", &refs, json!({})).await;
+    // Measure once the relay has published the 10,000 first jobs, not while it works.
+    let store = h.store();
+    wait_for("the outbox drained", Duration::from_secs(300), || async {
+        let n: i64 = store
+            .query_one(
+                "SELECT COUNT(*) AS n FROM coord_outbox WHERE published_at IS NULL",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get("n")
+            .unwrap();
+        n == 0
+    })
+    .await;
+    let c = client();
+    let base = format!("http://{}", h.api());
+    let mut figures = Vec::new();
+    for (name, path) in [
+        ("console page (first 100 items, HTML)", "/ui/pipelines/big"),
+        ("API report (all items, JSON)", "/v1/pipelines/big"),
+    ] {
+        let mut samples = Vec::new();
+        for i in 0..33 {
+            let t = std::time::Instant::now();
+            let r = c.get(format!("{base}{path}")).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            let body = r.text().await.unwrap();
+            // The first three warm the caches.
+            if i >= 3 {
+                samples.push(t.elapsed().as_secs_f64() * 1000.0);
+            }
+            assert!(body.contains("item-00099"));
+        }
+        let (median, p95) = median_p95(samples);
+        figures.push(format!("{name}: median {median:.1} ms, p95 {p95:.1} ms"));
+    }
+    for f in &figures {
+        println!("10,000-item pipeline, {f}");
+    }
+    h.cleanup().await;
+}

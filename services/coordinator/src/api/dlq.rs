@@ -341,6 +341,19 @@ pub async fn replay(
             json!({"pipeline_id": null, "replay_of": origin, "items": item_ids, "skipped": skipped, "dry_run": true}),
         ));
     }
+    app.replays.take().map_err(|wait| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many replays: at most {} a minute per coordinator",
+                crate::replay_limit::REPLAYS_PER_MINUTE
+            ),
+            format!(
+                "retry in {}s; a dry run is not limited",
+                wait.as_secs().max(1)
+            ),
+        )
+    })?;
     let body_hash = canonical_hash(&json!({"replay_of": origin, "dead_letters": used}));
     // Without a key the id comes from what is replayed: a retried or concurrent request
     // for the same dead letters finds the same pipeline instead of making a second one.
