@@ -29,6 +29,8 @@ pub struct App {
     pub limits: Arc<PlanLimits>,
     /// When this coordinator started.
     pub started_at: Millis,
+    /// The dead-letter replay rate limit (API and console).
+    pub replays: Arc<crate::replay_limit::ReplayLimit>,
 }
 
 impl App {
@@ -54,6 +56,7 @@ impl App {
             config: Arc::new(config),
             relay: Arc::new(Notify::new()),
             started_at: crate::model::now_ms(),
+            replays: Arc::default(),
         }
     }
 

@@ -29,6 +29,7 @@ pub mod model;
 pub mod outbox;
 pub mod park;
 pub mod plan;
+pub mod replay_limit;
 pub mod report;
 pub mod schema;
 pub mod stall;
@@ -36,6 +37,7 @@ pub mod submit;
 pub mod submitq;
 pub mod sweeper;
 pub mod transition;
+pub mod ui;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Once};

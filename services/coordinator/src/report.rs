@@ -142,6 +142,94 @@ pub async fn degraded_items(
     Ok((total, notes))
 }
 
+/// Which items of a pipeline to list: every `Some` field must match (`reason`: contains).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ItemFilter {
+    /// Item state.
+    pub state: Option<String>,
+    /// Item outcome.
+    pub outcome: Option<String>,
+    /// The stage that ended it.
+    pub failed_stage: Option<String>,
+    /// Text the reason contains.
+    pub reason: Option<String>,
+    /// Only item ids after this one (paging).
+    pub after: Option<String>,
+}
+
+/// Items of `pipeline_id` matching `f`, by item id, at most `limit` of them (all without one).
+pub async fn items(
+    db: &mut Db<'_>,
+    pipeline_id: &str,
+    f: &ItemFilter,
+    limit: Option<i64>,
+) -> Result<Vec<ItemReport>, StoreError> {
+    let mut sql = String::from(
+        "SELECT item_id, state, outcome, failed_stage, reason, degraded FROM coord_items \
+         WHERE pipeline_id = $1",
+    );
+    let mut args: Vec<fleet_store::Value> = vec![pipeline_id.into()];
+    for (col, v) in [
+        ("state", &f.state),
+        ("outcome", &f.outcome),
+        ("failed_stage", &f.failed_stage),
+    ] {
+        if let Some(v) = v {
+            args.push(v.as_str().into());
+            sql.push_str(&format!(" AND {col} = ${}", args.len()));
+        }
+    }
+    if let Some(r) = &f.reason {
+        // Escaped, so `%` and `_` in the search text match themselves.
+        let pattern = r
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
+        args.push(format!("%{pattern}%").into());
+        sql.push_str(&format!(" AND reason LIKE ${} ESCAPE '\\'", args.len()));
+    }
+    if let Some(a) = &f.after {
+        args.push(a.as_str().into());
+        sql.push_str(&format!(" AND item_id > ${}", args.len()));
+    }
+    sql.push_str(" ORDER BY item_id");
+    if let Some(l) = limit {
+        args.push(l.into());
+        sql.push_str(&format!(" LIMIT ${}", args.len()));
+    }
+    db.query(&sql, &args)
+        .await?
+        .into_iter()
+        .map(|r| {
+            Ok(ItemReport {
+                item_id: r.get("item_id")?,
+                state: r.get("state")?,
+                outcome: r.get("outcome")?,
+                failed_stage: r.get("failed_stage")?,
+                reason: r.get("reason")?,
+                degraded: r.get("degraded")?,
+            })
+        })
+        .collect()
+}
+
+/// The newest `limit` entries of a pipeline's event log (what SSE streams serve), newest first,
+/// as `(time, body)`.
+pub async fn recent_events(
+    db: &mut Db<'_>,
+    pipeline_id: &str,
+    limit: i64,
+) -> Result<Vec<(Millis, serde_json::Value)>, StoreError> {
+    db.query(
+        "SELECT at, body FROM coord_events WHERE pipeline_id = $1 ORDER BY id DESC LIMIT $2",
+        params![pipeline_id, limit],
+    )
+    .await?
+    .into_iter()
+    .map(|r| Ok((r.get("at")?, r.get("body")?)))
+    .collect()
+}
+
 /// Builds the report of `pipeline_id`, or `None` if there is no such pipeline.
 pub async fn build(
     db: &mut Db<'_>,
@@ -180,24 +268,7 @@ pub async fn build(
         })
         .collect::<Result<Vec<_>, StoreError>>()?;
     let items = if with_items {
-        db.query(
-            "SELECT item_id, state, outcome, failed_stage, reason, degraded FROM coord_items \
-             WHERE pipeline_id = $1 ORDER BY item_id",
-            params![pipeline_id],
-        )
-        .await?
-        .into_iter()
-        .map(|r| {
-            Ok(ItemReport {
-                item_id: r.get("item_id")?,
-                state: r.get("state")?,
-                outcome: r.get("outcome")?,
-                failed_stage: r.get("failed_stage")?,
-                reason: r.get("reason")?,
-                degraded: r.get("degraded")?,
-            })
-        })
-        .collect::<Result<Vec<_>, StoreError>>()?
+        items(db, pipeline_id, &ItemFilter::default(), None).await?
     } else {
         Vec::new()
     };

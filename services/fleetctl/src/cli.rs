@@ -282,6 +282,13 @@ pub struct DemoArgs {
     /// Print the final report as JSON.
     #[arg(long)]
     pub json: bool,
+    /// Keep the coordinator and workers running after the pipeline ends, so the web console
+    /// (printed URL) can be looked around in; stop with Ctrl-C.
+    #[arg(long)]
+    pub keep: bool,
+    /// Address of the coordinator's API and console (default: a free loopback port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub listen: std::net::SocketAddr,
 }
 
 /// Parses a deadline: a duration from now, or an RFC 3339 time.

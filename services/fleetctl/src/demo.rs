@@ -124,7 +124,7 @@ async fn run_in(
     // The coordinator, on port 0. Environment that would point it elsewhere is overridden.
     let mut cc = fleet_coordinator::Config::parse_args([
         "fleet-coordinator".to_owned(),
-        arg("listen", "127.0.0.1:0"),
+        arg("listen", args.listen),
         arg("admin-addr", "127.0.0.1:0"),
         arg("sqlite-path", coordinator_db.display()),
         arg("tick", "250ms"),
@@ -191,6 +191,7 @@ async fn run_in(
         "fleet demo: coordinator API at {url}, in-memory broker, data in {}",
         data.display()
     );
+    println!("web console: {url}/ui (no login: the demo API is open on loopback)");
     let client = Client::new(&Connection {
         url: url.clone(),
         token: None,
@@ -244,6 +245,21 @@ async fn run_in(
             &coordinator_db,
         )
         .await;
+    }
+    if args.keep {
+        println!(
+            "\nkeeping the coordinator and workers running; look around at {url}/ui/pipelines/{} — Ctrl-C stops",
+            final_report.pipeline_id
+        );
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            Some(Ok((name, r))) = tasks.join_next() => {
+                return Err(match r {
+                    Err(e) => e.context(format!("the {name} stopped while kept running")),
+                    Ok(()) => anyhow::anyhow!("the {name} stopped while kept running"),
+                });
+            }
+        }
     }
     Ok(exit::for_state(&final_report.state))
 }

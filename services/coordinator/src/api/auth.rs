@@ -21,7 +21,7 @@ pub(crate) struct Tokens {
 
 /// What a presented token may do.
 #[derive(Debug, PartialEq, Eq)]
-enum Access {
+pub(crate) enum Access {
     All,
     ReadOnly,
     Denied,
@@ -50,7 +50,8 @@ impl Tokens {
         self.write.is_none() && self.read.is_none()
     }
 
-    fn access(&self, given: &str) -> Access {
+    /// What `given` may do.
+    pub(crate) fn access(&self, given: &str) -> Access {
         let d = digest(given);
         // Both compared every time, so timing does not tell which one matched.
         let w = self.write.map(|w| bool::from(w.ct_eq(&d))).unwrap_or(false);

@@ -32,23 +32,23 @@ const MAX_PAGE: i64 = 1000;
 pub struct Filter {
     /// Dead letters by archive id.
     #[serde(default)]
-    ids: Option<Vec<i64>>,
+    pub(crate) ids: Option<Vec<i64>>,
     /// Of one pipeline.
-    pipeline_id: Option<String>,
+    pub(crate) pipeline_id: Option<String>,
     /// Of one stage.
-    stage: Option<String>,
+    pub(crate) stage: Option<String>,
     /// With one reason.
-    reason: Option<String>,
+    pub(crate) reason: Option<String>,
     /// Page size (list).
-    limit: Option<i64>,
+    pub(crate) limit: Option<i64>,
     /// Only ids below this (list paging).
-    after: Option<i64>,
+    pub(crate) after: Option<i64>,
     /// Report what would happen without doing it.
     #[serde(default)]
-    dry_run: bool,
+    pub(crate) dry_run: bool,
     /// Select every dead letter (purge only; the only way to purge without a filter).
     #[serde(default)]
-    all: bool,
+    pub(crate) all: bool,
 }
 
 impl Filter {
@@ -341,6 +341,19 @@ pub async fn replay(
             json!({"pipeline_id": null, "replay_of": origin, "items": item_ids, "skipped": skipped, "dry_run": true}),
         ));
     }
+    app.replays.take().map_err(|wait| {
+        ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "too many replays: at most {} a minute per coordinator",
+                crate::replay_limit::REPLAYS_PER_MINUTE
+            ),
+            format!(
+                "retry in {}s; a dry run is not limited",
+                wait.as_secs().max(1)
+            ),
+        )
+    })?;
     let body_hash = canonical_hash(&json!({"replay_of": origin, "dead_letters": used}));
     // Without a key the id comes from what is replayed: a retried or concurrent request
     // for the same dead letters finds the same pipeline instead of making a second one.

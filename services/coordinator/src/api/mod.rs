@@ -1,14 +1,14 @@
 //! The HTTP API (axum): routes, bearer-token auth, body limits, JSON errors.
 
-mod auth;
-mod dlq;
+pub(crate) mod auth;
+pub(crate) mod dlq;
 mod limits;
 mod nul;
 mod open;
 mod parked;
-mod pipelines;
-mod queues;
-mod sse;
+pub(crate) mod pipelines;
+pub(crate) mod queues;
+pub(crate) mod sse;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
@@ -54,6 +54,7 @@ pub fn router(app: App) -> Router {
     Router::new()
         .route("/v1/openapi.yaml", get(openapi))
         .merge(protected)
+        .merge(crate::ui::router(&app))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
         .with_state(app)

@@ -81,9 +81,9 @@ pub async fn show(
 /// Query of `GET /v1/pipelines`.
 #[derive(Debug, Deserialize)]
 pub struct ListQuery {
-    state: Option<String>,
-    limit: Option<i64>,
-    after: Option<String>,
+    pub(crate) state: Option<String>,
+    pub(crate) limit: Option<i64>,
+    pub(crate) after: Option<String>,
 }
 
 /// `GET /v1/pipelines?state=&limit=&after=`: newest first; `next` is the cursor of the next page.
