@@ -98,7 +98,7 @@ pub fn summarize(text: &str, opts: &ExtractiveOptions) -> String {
     if considered.is_empty() || opts.target_sentences == 0 || opts.target_chars == 0 {
         return String::new();
     }
-    let lang = guess_language(&words(text));
+    let lang = guess_language(text);
     let scores = rank(considered, stopwords(&lang));
     let mut order: Vec<usize> = (0..considered.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]).then(a.cmp(&b)));
