@@ -6,7 +6,7 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::chunk::{Chunk, chunk_text};
+use crate::chunk::{Chunk, ChunkSize, chunk_prose};
 use crate::document::{Heading, MediaType, Skipped, parse};
 pub use crate::text::guess_language;
 use crate::text::{sentence_spans, stemmer, stopwords, words};
@@ -15,6 +15,8 @@ use crate::text::{sentence_spans, stemmer, stopwords, words};
 pub const DEFAULT_WORDS_PER_MINUTE: u32 = 230;
 /// Keywords reported per item: enough to tag an item, few enough to read.
 pub const DEFAULT_KEYWORDS: usize = 10;
+/// The `chunk_basis` of chunks whose offsets index the parsed prose.
+pub const CHUNK_BASIS_PROSE: &str = "prose";
 /// Longest keyword phrase RAKE may return (longer candidates are usually clauses).
 const MAX_PHRASE_WORDS: usize = 4;
 
@@ -25,8 +27,8 @@ pub struct AnalysisOptions {
     pub words_per_minute: u32,
     /// How many keywords to report.
     pub keywords: usize,
-    /// Upper bound of a chunk, in characters.
-    pub chunk_chars: usize,
+    /// Upper bound of a chunk (tokens of the model, or characters).
+    pub chunk: ChunkSize,
 }
 
 impl Default for AnalysisOptions {
@@ -34,7 +36,7 @@ impl Default for AnalysisOptions {
         AnalysisOptions {
             words_per_minute: DEFAULT_WORDS_PER_MINUTE,
             keywords: DEFAULT_KEYWORDS,
-            chunk_chars: crate::chunk::DEFAULT_CHUNK_CHARS,
+            chunk: ChunkSize::default(),
         }
     }
 }
@@ -54,8 +56,11 @@ pub struct TextAnalysis {
     pub language: String,
     /// Top keyword phrases, best first.
     pub keywords: Vec<String>,
-    /// Bounded chunks on paragraph/sentence boundaries.
+    /// Bounded chunks of the prose on paragraph/sentence boundaries.
     pub chunks: Vec<Chunk>,
+    /// What the chunks' offsets index: `prose` (the text as parsed for its media type;
+    /// for plain text, the text itself).
+    pub chunk_basis: &'static str,
     /// How the text was read (`text/plain`, `text/markdown`, `text/html`).
     pub media_type: &'static str,
     /// The document's headings, in order (omitted when none).
@@ -71,8 +76,8 @@ pub fn analyze(text: &str, opts: &AnalysisOptions) -> TextAnalysis {
     analyze_as(text, MediaType::Plain, opts)
 }
 
-/// Analyses `text` read as `media_type`: counts, language and keywords over its
-/// prose; chunks over `text` itself (their offsets index the payload's text).
+/// Analyses `text` read as `media_type`: counts, language, keywords and chunks over
+/// its prose (chunk offsets index the prose, which the summarizer re-parses).
 pub fn analyze_as(text: &str, media_type: MediaType, opts: &AnalysisOptions) -> TextAnalysis {
     let doc = parse(text, media_type);
     let prose = doc.prose.as_str();
@@ -86,7 +91,8 @@ pub fn analyze_as(text: &str, media_type: MediaType, opts: &AnalysisOptions) -> 
         reading_time_s: (tokens.len() as u64 * 60).div_ceil(wpm),
         keywords: keywords(prose, &language, opts.keywords),
         language,
-        chunks: chunk_text(text, opts.chunk_chars),
+        chunks: chunk_prose(prose, &doc.sections, &opts.chunk),
+        chunk_basis: CHUNK_BASIS_PROSE,
         media_type: media_type.as_str(),
         outline: doc.outline,
         skipped: (media_type != MediaType::Plain).then_some(doc.skipped),

@@ -124,7 +124,11 @@ impl World {
             summarizer = summarizer.without_fallback();
         }
         let summarizer = Arc::new(summarizer);
-        let handler = SummarizeHandler::new(summarizer.clone(), 4000, 3);
+        let handler = SummarizeHandler::new(
+            summarizer.clone(),
+            fleet_analyzer::chunk::ChunkSize::chars(4000),
+            3,
+        );
         let shutdown = CancellationToken::new();
         let mut worker = Worker::new(cfg, "summarize").with_broker(broker.clone());
         if let Some(gate) = fleet_summarizer::pause_gate(&handler).filter(|_| gate) {
