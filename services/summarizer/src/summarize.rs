@@ -338,7 +338,10 @@ impl Summarizer {
             "Combine these partial summaries into one summary of at most {} sentences:\n\n{joined}",
             self.extractive.target_sentences
         );
-        let s = p.complete(SYSTEM_REDUCE, &reduce, deadline).await?;
+        // The reduce is retried like a chunk: failing it would cost the whole item.
+        let s = self
+            .call_with_retry(p, SYSTEM_REDUCE, &reduce, deadline)
+            .await?;
         ctx.progress(total, Some(total), &format!("reduced by {}", p.name()));
         Ok(Mapped {
             text: s,
