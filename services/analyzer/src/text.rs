@@ -157,9 +157,13 @@ const ABBREVIATIONS: [&str; 16] = [
 ///   not: UAX #29 breaks at every line break, which would cut hard-wrapped text
 ///   mid-sentence, so single breaks are read as spaces;
 /// - a period after a known abbreviation or a single letter (an initial) does not
-///   end a sentence ([`ABBREVIATIONS`]).
+///   end a sentence ([`ABBREVIATIONS`]);
+/// - a `!` glued to a word and followed by a lower-case word is a macro name in
+///   running text (`select! picks…`, inline code whose backticks the parser removed),
+///   not the end of a sentence; nor is a terminator with no space after it
+///   (`./README.md`).
 pub fn sentence_spans(text: &str) -> Vec<(usize, usize)> {
-    let mut spans = Vec::new();
+    let mut spans: Vec<(usize, usize)> = Vec::new();
     for (ps, pe) in paragraph_spans(text) {
         // Same byte length: '\n' and '\r' become ' ', so offsets carry over.
         let para: String = text[ps..pe]
@@ -175,11 +179,20 @@ pub fn sentence_spans(text: &str) -> Vec<(usize, usize)> {
             let lead = seg.len() - seg.trim_start().len();
             let start = *open.get_or_insert(off + lead);
             let end = off + trimmed.len();
-            if ends_with_abbreviation(&para[start..end]) {
+            // No space after the terminator (`./README.md`, `v1.2.x`): not a sentence end.
+            let glued = off + seg.len() < para.len() && !seg.ends_with(char::is_whitespace);
+            if glued || ends_with_abbreviation(&para[start..end]) {
+                continue;
+            }
+            open = None;
+            if let Some(last) = spans.last_mut().filter(|l| l.0 >= ps)
+                && macro_bang(&text[last.0..last.1])
+                && para[start..].starts_with(|c: char| c.is_lowercase() || "/|,;:)".contains(c))
+            {
+                last.1 = ps + end;
                 continue;
             }
             spans.push((ps + start, ps + end));
-            open = None;
         }
         if let Some(start) = open {
             let end = para.trim_end().len();
@@ -211,6 +224,15 @@ pub fn paragraph_spans(text: &str) -> Vec<(usize, usize)> {
         out.push((s, last_content_end));
     }
     out
+}
+
+/// Ends with `!` right after a letter, digit or `_` (`select!`, not `Oh dear !`).
+fn macro_bang(sentence: &str) -> bool {
+    sentence
+        .strip_suffix('!')
+        .and_then(|b| b.chars().last())
+        .is_some_and(|c| c.is_alphanumeric() || c == '_')
+        && !sentence.ends_with("!!")
 }
 
 fn ends_with_abbreviation(sentence: &str) -> bool {
@@ -268,6 +290,17 @@ mod tests {
         assert_eq!(
             sentences("A hard-wrapped\nline goes on. Use e.g. Fleet here."),
             vec!["A hard-wrapped\nline goes on.", "Use e.g. Fleet here."]
+        );
+        assert_eq!(
+            sentences("Call tokio::select! when needed. Oh dear! Oh dear!"),
+            vec!["Call tokio::select! when needed.", "Oh dear!", "Oh dear!"]
+        );
+        assert_eq!(
+            sentences("It reads ./docs and ./README.md first. Then counter! / gauge! calls."),
+            vec![
+                "It reads ./docs and ./README.md first.",
+                "Then counter! / gauge! calls."
+            ]
         );
     }
 

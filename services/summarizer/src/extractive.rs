@@ -66,6 +66,12 @@ pub fn rank(sentences: &[&str], stop: &HashSet<&str>) -> Vec<f64> {
         }
     }
     let out_sum: Vec<f64> = weights.iter().map(|row| row.iter().sum()).collect();
+    // Position prior (as PositionRank): the random jump favours early sentences, weight
+    // 1/sqrt(1 + i), scaled to mean 1. A document's opening usually says what it is about,
+    // while a short sentence deep in a list can be "central" by word overlap alone.
+    let prior: Vec<f64> = (0..n).map(|i| 1.0 / ((1 + i) as f64).sqrt()).collect();
+    let mean = prior.iter().sum::<f64>() / n.max(1) as f64;
+    let prior: Vec<f64> = prior.into_iter().map(|p| p / mean).collect();
     let mut scores = vec![1.0f64; n];
     for _ in 0..ITERATIONS {
         let next: Vec<f64> = (0..n)
@@ -74,7 +80,7 @@ pub fn rank(sentences: &[&str], stop: &HashSet<&str>) -> Vec<f64> {
                     .filter(|&j| out_sum[j] > 0.0 && weights[j][i] > 0.0)
                     .map(|j| weights[j][i] / out_sum[j] * scores[j])
                     .sum();
-                (1.0 - DAMPING) + DAMPING * incoming
+                (1.0 - DAMPING) * prior[i] + DAMPING * incoming
             })
             .collect();
         scores = next;

@@ -54,7 +54,8 @@ fn no_markup(what: &str, s: &str, mt: MediaType) {
         .match_indices("**")
         .any(|(i, _)| s[i + 2..].starts_with(char::is_alphabetic) && !s[..i].ends_with('*'));
     assert!(!strong, "strong emphasis in {what} {s:?}");
-    if mt != MediaType::Plain {
+    // A chunk may begin at a hard cut inside a long sentence, anywhere in its prose.
+    if mt != MediaType::Plain && what != "chunk" {
         assert!(!s.contains('\n'), "a line break in {what} {s:?}");
         assert!(
             !["# ", "- ", "* ", "| ", "> ", "+ "]
