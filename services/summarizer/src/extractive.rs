@@ -40,13 +40,23 @@ impl Default for ExtractiveOptions {
 /// TextRank scores of `sentences`: similarity is the word overlap (non-stop words)
 /// normalized by the log of both sentence lengths; 20 damped power iterations.
 pub fn rank(sentences: &[&str], stop: &HashSet<&str>) -> Vec<f64> {
-    let bags: Vec<HashSet<String>> = sentences
+    // Words as integer ids, each sentence a sorted set of ids: the pairwise overlap is a
+    // merge of two sorted lists, not string hashing per word pair.
+    let mut ids: std::collections::HashMap<String, u32> = std::collections::HashMap::new();
+    let bags: Vec<Vec<u32>> = sentences
         .iter()
         .map(|s| {
-            words(s)
+            let mut bag: Vec<u32> = words(s)
                 .into_iter()
                 .filter(|w| !stop.contains(w.as_str()))
-                .collect()
+                .map(|w| {
+                    let next = ids.len() as u32;
+                    *ids.entry(w).or_insert(next)
+                })
+                .collect();
+            bag.sort_unstable();
+            bag.dedup();
+            bag
         })
         .collect();
     let n = bags.len();
@@ -57,7 +67,7 @@ pub fn rank(sentences: &[&str], stop: &HashSet<&str>) -> Vec<f64> {
             if a.is_empty() || b.is_empty() {
                 continue;
             }
-            let overlap = a.iter().filter(|w| b.contains(*w)).count() as f64;
+            let overlap = sorted_overlap(a, b) as f64;
             if overlap > 0.0 {
                 let norm = ((a.len() + 1) as f64).ln() + ((b.len() + 1) as f64).ln();
                 weights[i][j] = overlap / norm;
@@ -86,6 +96,23 @@ pub fn rank(sentences: &[&str], stop: &HashSet<&str>) -> Vec<f64> {
         scores = next;
     }
     scores
+}
+
+/// Elements two sorted, deduplicated lists share.
+fn sorted_overlap(a: &[u32], b: &[u32]) -> usize {
+    let (mut i, mut j, mut n) = (0, 0, 0);
+    while i < a.len() && j < b.len() {
+        match a[i].cmp(&b[j]) {
+            std::cmp::Ordering::Less => i += 1,
+            std::cmp::Ordering::Greater => j += 1,
+            std::cmp::Ordering::Equal => {
+                n += 1;
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    n
 }
 
 /// Summarizes `text` read as `media_type`: whole sentences of its prose (Markdown
