@@ -6,18 +6,19 @@ use std::collections::HashMap;
 
 use serde::Serialize;
 
-use crate::chunk::{Chunk, chunk_text};
+use crate::chunk::{Chunk, ChunkSize, chunk_prose};
 use crate::document::{Heading, MediaType, Skipped, parse};
-use crate::text::{LANGUAGES, sentence_spans, stopwords, words};
+pub use crate::text::guess_language;
+use crate::text::{sentence_spans, stemmer, stopwords, words};
 
 /// Average silent reading speed used for `reading_time_s`.
 pub const DEFAULT_WORDS_PER_MINUTE: u32 = 230;
 /// Keywords reported per item: enough to tag an item, few enough to read.
 pub const DEFAULT_KEYWORDS: usize = 10;
+/// The `chunk_basis` of chunks whose offsets index the parsed prose.
+pub const CHUNK_BASIS_PROSE: &str = "prose";
 /// Longest keyword phrase RAKE may return (longer candidates are usually clauses).
 const MAX_PHRASE_WORDS: usize = 4;
-/// Stop words an item must contain before its language is guessed at all.
-const MIN_STOPWORD_HITS: usize = 3;
 
 /// Knobs of the built-in analysis.
 #[derive(Debug, Clone)]
@@ -26,8 +27,8 @@ pub struct AnalysisOptions {
     pub words_per_minute: u32,
     /// How many keywords to report.
     pub keywords: usize,
-    /// Upper bound of a chunk, in characters.
-    pub chunk_chars: usize,
+    /// Upper bound of a chunk (tokens of the model, or characters).
+    pub chunk: ChunkSize,
 }
 
 impl Default for AnalysisOptions {
@@ -35,7 +36,7 @@ impl Default for AnalysisOptions {
         AnalysisOptions {
             words_per_minute: DEFAULT_WORDS_PER_MINUTE,
             keywords: DEFAULT_KEYWORDS,
-            chunk_chars: crate::chunk::DEFAULT_CHUNK_CHARS,
+            chunk: ChunkSize::default(),
         }
     }
 }
@@ -55,8 +56,11 @@ pub struct TextAnalysis {
     pub language: String,
     /// Top keyword phrases, best first.
     pub keywords: Vec<String>,
-    /// Bounded chunks on paragraph/sentence boundaries.
+    /// Bounded chunks of the prose on paragraph/sentence boundaries.
     pub chunks: Vec<Chunk>,
+    /// What the chunks' offsets index: `prose` (the text as parsed for its media type;
+    /// for plain text, the text itself).
+    pub chunk_basis: &'static str,
     /// How the text was read (`text/plain`, `text/markdown`, `text/html`).
     pub media_type: &'static str,
     /// The document's headings, in order (omitted when none).
@@ -72,13 +76,13 @@ pub fn analyze(text: &str, opts: &AnalysisOptions) -> TextAnalysis {
     analyze_as(text, MediaType::Plain, opts)
 }
 
-/// Analyses `text` read as `media_type`: counts, language and keywords over its
-/// prose; chunks over `text` itself (their offsets index the payload's text).
+/// Analyses `text` read as `media_type`: counts, language, keywords and chunks over
+/// its prose (chunk offsets index the prose, which the summarizer re-parses).
 pub fn analyze_as(text: &str, media_type: MediaType, opts: &AnalysisOptions) -> TextAnalysis {
     let doc = parse(text, media_type);
     let prose = doc.prose.as_str();
     let tokens = words(prose);
-    let language = guess_language(&tokens);
+    let language = guess_language(prose);
     let wpm = u64::from(opts.words_per_minute.max(1));
     TextAnalysis {
         bytes: text.len(),
@@ -87,27 +91,11 @@ pub fn analyze_as(text: &str, media_type: MediaType, opts: &AnalysisOptions) -> 
         reading_time_s: (tokens.len() as u64 * 60).div_ceil(wpm),
         keywords: keywords(prose, &language, opts.keywords),
         language,
-        chunks: chunk_text(text, opts.chunk_chars),
+        chunks: chunk_prose(prose, &doc.sections, &opts.chunk),
+        chunk_basis: CHUNK_BASIS_PROSE,
         media_type: media_type.as_str(),
         outline: doc.outline,
         skipped: (media_type != MediaType::Plain).then_some(doc.skipped),
-    }
-}
-
-/// Guesses the language by stop-word frequency; `unknown` when too few stop words match.
-pub fn guess_language(tokens: &[String]) -> String {
-    let mut best = ("unknown", 0usize);
-    for (code, _) in LANGUAGES {
-        let set = stopwords(code);
-        let hits = tokens.iter().filter(|t| set.contains(t.as_str())).count();
-        if hits > best.1 {
-            best = (code, hits);
-        }
-    }
-    if best.1 >= MIN_STOPWORD_HITS && best.1 * 20 >= tokens.len() {
-        best.0.to_owned()
-    } else {
-        "unknown".to_owned()
     }
 }
 
@@ -145,22 +133,56 @@ pub fn keywords(text: &str, language: &str, n: usize) -> Vec<String> {
             *degree.entry(w).or_default() += p.len() as f64;
         }
     }
-    let mut scored: Vec<(String, f64, usize)> = Vec::new();
-    let mut seen: HashMap<String, usize> = HashMap::new();
+    // Phrases are grouped by their stems ("message queues" and "message queue" are one
+    // keyword), shown as the group's most frequent surface form (ties: first seen).
+    let stem = stemmer(language);
+    let key = |p: &[String]| -> String {
+        p.iter()
+            .map(|w| stem.as_ref().map_or(w.clone(), |s| s.stem(w).into_owned()))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    struct Group {
+        score: f64,
+        first: usize,
+        count: usize,
+        forms: Vec<(String, usize)>,
+    }
+    let mut groups: HashMap<String, Group> = HashMap::new();
     for (i, p) in phrases.iter().enumerate() {
-        let phrase = p.join(" ");
-        if seen.contains_key(&phrase) {
-            continue;
-        }
         let score: f64 = p
             .iter()
             .map(|w| degree[w.as_str()] / freq[w.as_str()])
             .sum();
-        // Repetition is evidence: a phrase seen k times gets a mild boost.
-        let repeats = phrases.iter().filter(|q| *q == p).count() as f64;
-        seen.insert(phrase.clone(), i);
-        scored.push((phrase, score * (1.0 + repeats.ln()), i));
+        let g = groups.entry(key(p)).or_insert(Group {
+            score,
+            first: i,
+            count: 0,
+            forms: Vec::new(),
+        });
+        g.count += 1;
+        g.score = g.score.max(score);
+        let phrase = p.join(" ");
+        match g.forms.iter_mut().find(|(f, _)| *f == phrase) {
+            Some((_, n)) => *n += 1,
+            None => g.forms.push((phrase, 1)),
+        }
     }
+    let mut scored: Vec<(String, f64, usize)> = groups
+        .into_values()
+        .map(|g| {
+            // Repetition is evidence: a phrase seen k times gets a mild boost.
+            let score = g.score * (1.0 + (g.count as f64).ln());
+            let best = g
+                .forms
+                .iter()
+                .enumerate()
+                .max_by(|(ia, a), (ib, b)| a.1.cmp(&b.1).then(ib.cmp(ia)))
+                .map(|(_, f)| f.0.clone())
+                .unwrap_or_default();
+            (best, score, g.first)
+        })
+        .collect();
     scored.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)));
     scored.into_iter().take(n).map(|(p, _, _)| p).collect()
 }
@@ -192,17 +214,9 @@ mod tests {
     }
 
     #[test]
-    fn language_guess() {
-        let de = "Der Hund und die Katze sind nicht im Haus, aber sie wird bald auch da sein.";
-        let fr = "Le chat est dans la maison et il ne veut pas sortir avec les enfants.";
-        let es = "El perro y los gatos están en la casa, pero no quieren salir con ella.";
-        let nl = "De hond en het kind zijn niet op de boot, maar ook niet bij de haven.";
-        let guess = |t: &str| guess_language(&words(t));
-        assert_eq!(guess(de), "de");
-        assert_eq!(guess(fr), "fr");
-        assert_eq!(guess(es), "es");
-        assert_eq!(guess(nl), "nl");
-        assert_eq!(guess("zxq vbn mlk qwe"), "unknown");
+    fn keywords_group_by_stem() {
+        let t = "Message queues. A message queue. The message queues. Brokers.";
+        assert_eq!(keywords(t, "en", 10), ["message queues", "brokers"]);
     }
 
     #[test]

@@ -10,7 +10,7 @@ use fleet_runtime::RuntimeConfig;
 use serde::{Deserialize, Deserializer};
 
 use crate::analysis::{AnalysisOptions, DEFAULT_KEYWORDS, DEFAULT_WORDS_PER_MINUTE};
-use crate::chunk::DEFAULT_CHUNK_CHARS;
+use crate::chunk::{ChunkSize, DEFAULT_CHUNK_CHARS, DEFAULT_CHUNK_MODEL};
 
 /// Default per-analyzer timeout: a command analyzer is a quick external check.
 pub const DEFAULT_ANALYZER_TIMEOUT: Duration = Duration::from_secs(30);
@@ -31,9 +31,20 @@ pub struct Config {
     #[arg(long, env = "FLEET_ANALYZERS_CONFIG", help_heading = "Analyzer")]
     pub analyzers_config: Option<PathBuf>,
 
-    /// Upper bound of a chunk handed to the summarizer, in characters.
+    /// Upper bound of a chunk handed to the summarizer, in characters (used when
+    /// FLEET_CHUNK_TOKENS is not set).
     #[arg(long, env = "FLEET_CHUNK_CHARS", default_value_t = DEFAULT_CHUNK_CHARS, help_heading = "Analyzer")]
     pub chunk_chars: usize,
+
+    /// Upper bound of a chunk in tokens of FLEET_CHUNK_MODEL's encoding; unset: chunks are
+    /// sized in characters (FLEET_CHUNK_CHARS).
+    #[arg(long, env = "FLEET_CHUNK_TOKENS", help_heading = "Analyzer")]
+    pub chunk_tokens: Option<usize>,
+
+    /// Model whose tokenizer counts FLEET_CHUNK_TOKENS (an OpenAI model name, e.g. gpt-4o,
+    /// gpt-4; pick the closest for other models).
+    #[arg(long, env = "FLEET_CHUNK_MODEL", default_value = DEFAULT_CHUNK_MODEL, help_heading = "Analyzer")]
+    pub chunk_model: String,
 
     /// Keywords reported per item.
     #[arg(long, env = "FLEET_KEYWORDS", default_value_t = DEFAULT_KEYWORDS, help_heading = "Analyzer")]
@@ -45,13 +56,14 @@ pub struct Config {
 }
 
 impl Config {
-    /// The built-in analysis knobs.
-    pub fn analysis(&self) -> AnalysisOptions {
-        AnalysisOptions {
+    /// The built-in analysis knobs; an error names a chunk model without a tokenizer.
+    pub fn analysis(&self) -> anyhow::Result<AnalysisOptions> {
+        Ok(AnalysisOptions {
             words_per_minute: self.words_per_minute,
             keywords: self.keywords,
-            chunk_chars: self.chunk_chars,
-        }
+            chunk: ChunkSize::from_settings(self.chunk_chars, self.chunk_tokens, &self.chunk_model)
+                .map_err(anyhow::Error::msg)?,
+        })
     }
 
     /// Loads the command analyzers (none without `--analyzers-config`).

@@ -146,6 +146,9 @@ pub struct Document {
     pub outline: Vec<Heading>,
     /// What was kept out of the prose.
     pub skipped: Skipped,
+    /// Byte offsets into `prose` where a section under a heading begins (chunks start there
+    /// where they can).
+    pub sections: Vec<usize>,
 }
 
 /// Parses `text` as `media_type`.
@@ -158,6 +161,7 @@ pub fn parse(text: &str, media_type: MediaType) -> Document {
                 prose: text.to_owned(),
                 outline: Vec::new(),
                 skipped: Skipped::default(),
+                sections: Vec::new(),
             };
         }
         MediaType::Markdown => markdown(text, &mut b),
@@ -169,6 +173,7 @@ pub fn parse(text: &str, media_type: MediaType) -> Document {
         prose: b.prose,
         outline: b.outline,
         skipped: b.skipped,
+        sections: b.sections,
     }
 }
 
@@ -182,6 +187,10 @@ struct Builder {
     skipped: Skipped,
     /// Depth of elements whose text stays out of the prose.
     skip: usize,
+    /// Prose offsets of the first paragraph after each heading.
+    sections: Vec<usize>,
+    /// A heading ended and no paragraph followed yet.
+    section_pending: bool,
 }
 
 impl Builder {
@@ -213,6 +222,9 @@ impl Builder {
             if !self.prose.is_empty() {
                 self.prose.push_str("\n\n");
             }
+            if std::mem::take(&mut self.section_pending) && !self.prose.is_empty() {
+                self.sections.push(self.prose.len());
+            }
             self.prose.push_str(p);
         }
         self.para.clear();
@@ -224,6 +236,7 @@ impl Builder {
     }
 
     fn end_heading(&mut self) {
+        self.section_pending = true;
         if let Some((level, h)) = self.heading.take() {
             let h = h.trim();
             let used: usize = self.outline.iter().map(|h| h.text.len()).sum();

@@ -20,7 +20,7 @@
 //!               "media_type": "text/markdown",
 //!               "outline": [{"level": 1, "text": "Fleet"}],
 //!               "skipped": {"code_blocks": 3, "tables": 2, "front_matter": 0, "boilerplate": 0},
-//!               "chunks": [{"index": 0, "start": 0, "end": 1234}],
+//!               "chunks": [{"index": 0, "start": 0, "end": 1234}], "chunk_basis": "prose",
 //!               "analyzers": {"word_count": {"ok": true, "exit_code": 0, "output": 200,
 //!                             "reason": null, "stderr_tail": "", "error": null,
 //!                             "duration_ms": 3}},
@@ -35,8 +35,11 @@
 //! is not sent: the summarizer re-parses `text` (cheap) rather than every item
 //! growing by a second copy of its text.
 //!
-//! Chunks are byte offsets into `text` (no copies), so the output is the input
-//! plus a bounded analysis: the coordinator's item limit relies on that.
+//! Chunks are byte offsets into the prose (`chunk_basis: "prose"`; for plain
+//! text the prose is `text` itself), not copies, so the output is the input plus
+//! a bounded analysis: the coordinator's item limit relies on that. They are
+//! sized in tokens of `FLEET_CHUNK_MODEL` when `FLEET_CHUNK_TOKENS` is set,
+//! else in characters (`FLEET_CHUNK_CHARS`).
 //!
 //! An optional command analyzer that fails is listed in `failed_analyzers`
 //! (the result is partial); a required one fails the job: retryable, or
@@ -64,15 +67,18 @@ pub const STAGE: &str = "analyze";
 /// Runs the analyzer until `shutdown`, then drains (DESIGN §5 step 9).
 pub async fn run(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     // Every configuration error at once: the runtime's and the analyzers file's.
-    let analyzers = config
-        .runtime
-        .validate_with(None, config.load_analyzers())?;
+    let (analyzers, opts) = config.runtime.validate_with(
+        None,
+        config
+            .load_analyzers()
+            .and_then(|a| Ok((a, config.analysis()?))),
+    )?;
     tracing::info!(
         analyzers = analyzers.len(),
         names = ?analyzers.iter().map(|a| a.name.as_str()).collect::<Vec<_>>(),
         "command analyzers loaded"
     );
-    let handler = AnalyzeHandler::new(config.analysis(), analyzers);
+    let handler = AnalyzeHandler::new(opts, analyzers);
     fleet_runtime::Worker::new(config.runtime, STAGE)
         .run(handler, shutdown)
         .await

@@ -151,7 +151,7 @@ async fn run_in(
         .context("analyzer configuration (check FLEET_* variables)")?;
     ac.analyzers_config = None;
     demo_runtime(&mut ac.runtime);
-    let handler = fleet_analyzer::AnalyzeHandler::new(ac.analysis(), Vec::new());
+    let handler = fleet_analyzer::AnalyzeHandler::new(ac.analysis()?, Vec::new());
     let worker =
         fleet_runtime::Worker::new(ac.runtime, fleet_analyzer::STAGE).with_broker(broker.clone());
     let stop = shutdown.clone();

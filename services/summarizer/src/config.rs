@@ -94,6 +94,20 @@ pub struct Config {
     #[arg(long, env = "FLEET_CHUNK_CHARS", default_value_t = fleet_analyzer::chunk::DEFAULT_CHUNK_CHARS, help_heading = "Summarizer")]
     pub chunk_chars: usize,
 
+    /// Chunk size for long items without analysis chunks, in tokens of FLEET_CHUNK_MODEL's
+    /// encoding; unset: characters (FLEET_CHUNK_CHARS).
+    #[arg(long, env = "FLEET_CHUNK_TOKENS", help_heading = "Summarizer")]
+    pub chunk_tokens: Option<usize>,
+
+    /// Model whose tokenizer counts FLEET_CHUNK_TOKENS (an OpenAI model name, e.g. gpt-4o).
+    #[arg(long, env = "FLEET_CHUNK_MODEL", default_value = fleet_analyzer::chunk::DEFAULT_CHUNK_MODEL, help_heading = "Summarizer")]
+    pub chunk_model: String,
+
+    /// Retries of a failed chunk call within one attempt (bounded by the attempt's
+    /// deadline); a chunk still failing is summarized extractively (a `mixed` summary).
+    #[arg(long, env = "FLEET_CHUNK_RETRIES", default_value_t = DEFAULT_CHUNK_RETRIES, help_heading = "Summarizer")]
+    pub chunk_retries: u32,
+
     /// Chunks of one item summarized at once (map step of long items).
     #[arg(long, env = "FLEET_MAP_CONCURRENCY", default_value_t = DEFAULT_MAP_CONCURRENCY, help_heading = "Summarizer")]
     pub map_concurrency: usize,
@@ -104,7 +118,22 @@ pub struct Config {
     pub extractive_fallback: bool,
 }
 
+/// Default retries of a failed chunk call: at a 15 % per-request failure rate two retries
+/// leave about 1 chunk in 300 to the extractive fallback.
+pub const DEFAULT_CHUNK_RETRIES: u32 = 2;
+
 impl Config {
+    /// The chunk bound for items without analysis chunks; an error names a model
+    /// without a tokenizer.
+    pub fn chunk_size(&self) -> anyhow::Result<fleet_analyzer::chunk::ChunkSize> {
+        fleet_analyzer::chunk::ChunkSize::from_settings(
+            self.chunk_chars,
+            self.chunk_tokens,
+            &self.chunk_model,
+        )
+        .map_err(anyhow::Error::msg)
+    }
+
     /// The extractive summary target.
     pub fn extractive(&self) -> ExtractiveOptions {
         ExtractiveOptions {

@@ -4,8 +4,9 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use fleet_analyzer::chunk::chunk_text;
-use fleet_analyzer::document::MediaType;
+use fleet_analyzer::analysis::CHUNK_BASIS_PROSE;
+use fleet_analyzer::chunk::{ChunkSize, chunk_prose};
+use fleet_analyzer::document::{MediaType, parse};
 use fleet_runtime::{
     Degradation, DegradationKind, Handler, JobContext, JobEnvelope, JobError, Output,
 };
@@ -17,21 +18,21 @@ use crate::summarize::{Item, Summarizer};
 #[derive(Debug, Clone)]
 pub struct SummarizeHandler {
     summarizer: Arc<Summarizer>,
-    chunk_chars: usize,
+    chunk: ChunkSize,
     max_attempts: u32,
 }
 
 impl SummarizeHandler {
-    /// A handler over `summarizer`; `chunk_chars` chunks items without analysis chunks;
-    /// `max_attempts` is the service's attempt ceiling (to spot a job's last attempt).
+    /// A handler over `summarizer`; `chunk` bounds the chunks of items without analysis
+    /// chunks; `max_attempts` is the service's attempt ceiling (to spot a job's last attempt).
     pub fn new(
         summarizer: Arc<Summarizer>,
-        chunk_chars: usize,
+        chunk: ChunkSize,
         max_attempts: u32,
     ) -> SummarizeHandler {
         SummarizeHandler {
             summarizer,
-            chunk_chars,
+            chunk,
             max_attempts,
         }
     }
@@ -42,17 +43,16 @@ impl SummarizeHandler {
     }
 }
 
-/// The chunk texts of `payload.analysis.chunks`, if any: `text[start..end]` by
-/// the byte offsets the analyzer sends (a chunk's own `text`, from older
+/// The chunk texts of `analysis.chunks` (given as `chunks`), if any: `text[start..end]`
+/// by the byte offsets the analyzer sends (a chunk's own `text`, from older
 /// analyzers, is used when present).
-fn analysis_chunks(payload: &Value, text: &str) -> Option<Vec<String>> {
+fn analysis_chunks(chunks: &Value, text: &str) -> Option<Vec<String>> {
     let offset = |c: &Value, k: &str| {
         c.get(k)
             .and_then(Value::as_u64)
             .and_then(|n| usize::try_from(n).ok())
     };
-    let chunks: Vec<String> = payload
-        .pointer("/analysis/chunks")?
+    let chunks: Vec<String> = chunks
         .as_array()?
         .iter()
         .filter_map(|c| match c.get("text").and_then(Value::as_str) {
@@ -73,24 +73,40 @@ impl Handler for SummarizeHandler {
             .get("text")
             .and_then(Value::as_str)
             .ok_or_else(|| JobError::permanent("payload.text is missing or not a string"))?;
-        let chunks = match analysis_chunks(&job.payload, text) {
-            Some(c) => c,
-            None => chunk_text(text, self.chunk_chars)
-                .into_iter()
-                .map(|c| c.text)
-                .collect(),
-        };
-        let item = Item {
-            text: Arc::from(text),
-            chunks,
-            // The analyzer's reading wins; without an analysis, the same rules.
-            media_type: job
-                .payload
-                .pointer("/analysis/media_type")
-                .and_then(Value::as_str)
-                .and_then(MediaType::from_name)
-                .unwrap_or_else(|| MediaType::of_item(job.payload.get("metadata"), text)),
-        };
+        // The analyzer's reading wins; without an analysis, the same rules.
+        let media_type = job
+            .payload
+            .pointer("/analysis/media_type")
+            .and_then(Value::as_str)
+            .and_then(MediaType::from_name)
+            .unwrap_or_else(|| MediaType::of_item(job.payload.get("metadata"), text));
+        let (t, chunk) = (Arc::<str>::from(text), self.chunk.clone());
+        let prose_basis = job
+            .payload
+            .pointer("/analysis/chunk_basis")
+            .and_then(Value::as_str)
+            == Some(CHUNK_BASIS_PROSE);
+        let sent = job.payload.pointer("/analysis/chunks").cloned();
+        // Parsing and token counting are CPU work: off the reactor.
+        let item = ctx
+            .blocking(move || {
+                let doc = parse(&t, media_type);
+                let chunks = match sent
+                    .as_ref()
+                    .and_then(|c| analysis_chunks(c, if prose_basis { &doc.prose } else { &t }))
+                {
+                    Some(c) => c,
+                    None => chunk_prose(&doc.prose, &doc.sections, &chunk)
+                        .into_iter()
+                        .map(|c| c.text)
+                        .collect(),
+                };
+                Item {
+                    text: Arc::from(doc.prose),
+                    chunks,
+                }
+            })
+            .await?;
         let last_attempt = ctx.attempt() >= job.max_attempts.min(self.max_attempts);
         let summary = self.summarizer.summarize(&item, ctx, last_attempt).await?;
         tracing::debug!(job_id = %job.job_id, provider = %summary.provider, fallback = summary.fallback, "summarized");
@@ -104,11 +120,20 @@ impl Handler for SummarizeHandler {
                 .map_err(|e| JobError::Retryable(format!("serializing the summary: {e}")))?,
         );
         let out = Output::new(Value::Object(payload));
-        // A fallback summary is a success, but the coordinator counts the item as degraded.
+        // A fallback or mixed summary is a success, but the coordinator counts the item
+        // as degraded.
         Ok(if summary.fallback {
             out.degraded(Degradation::new(
                 DegradationKind::SummaryFallback,
                 &summary.provider,
+            ))
+        } else if summary.mixed {
+            out.degraded(Degradation::new(
+                DegradationKind::SummaryMixed,
+                &format!(
+                    "{}: {} of {} chunks extractive",
+                    summary.provider, summary.extractive_chunks, summary.chunks
+                ),
             ))
         } else {
             out
@@ -124,17 +149,18 @@ mod tests {
     #[test]
     fn chunks_are_sliced_by_offsets_or_taken_as_sent() {
         let text = "héllo world. second part";
-        let by_offsets = json!({"analysis": {"chunks": [
+        let by_offsets = json!({"chunks": [
             {"index": 0, "start": 0, "end": 13},
             {"index": 1, "start": 14, "end": 25},
             {"index": 2, "start": 3, "end": 99}
-        ]}});
+        ]});
         assert_eq!(
-            analysis_chunks(&by_offsets, text).unwrap(),
+            analysis_chunks(&by_offsets["chunks"], text).unwrap(),
             ["héllo world.", "second part"]
         );
-        let with_text = json!({"analysis": {"chunks": [{"index": 0, "start": 0, "end": 1, "text": "as sent"}]}});
+        let with_text = json!([{"index": 0, "start": 0, "end": 1, "text": "as sent"}]);
         assert_eq!(analysis_chunks(&with_text, text).unwrap(), ["as sent"]);
         assert!(analysis_chunks(&json!({}), text).is_none());
+        assert!(analysis_chunks(&json!([]), text).is_none());
     }
 }

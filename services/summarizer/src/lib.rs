@@ -7,8 +7,10 @@
 //! # Payload contract
 //!
 //! Input (the `summarize` job's payload, from the analyzer): `{"text", "metadata",
-//! "analysis": {…, "chunks": [{index, start, end, text}], …}}`. Only `text` is
-//! required; without `analysis.chunks` the item is chunked here.
+//! "analysis": {…, "chunks": [{index, start, end}], "chunk_basis": "prose", …}}`.
+//! Only `text` is required; without `analysis.chunks` the item's prose is chunked
+//! here. Chunk offsets index the prose (the text parsed for its media type) when
+//! `chunk_basis` is `prose`, else (older analyzers) the text.
 //!
 //! Output (the next job's payload, normally `write`): the input object, every
 //! field kept (including `skipped_stages`), plus `summary`:
@@ -16,8 +18,14 @@
 //! ```json
 //! {"text": "...", "metadata": {...}, "analysis": {...},
 //!  "summary": {"text": "...", "provider": "extractive", "fallback": true,
-//!              "fallback_reason": "local: timed out: ...", "chunks": 1, "duration_ms": 12}}
+//!              "fallback_reason": "local: timed out: ...", "chunks": 1,
+//!              "mixed": false, "extractive_chunks": 0, "duration_ms": 12}}
 //! ```
+//!
+//! A failed chunk call is retried within the attempt (`FLEET_CHUNK_RETRIES`,
+//! bounded by the deadline); a chunk still failing is summarized extractively
+//! and the summary is `mixed` (`extractive_chunks` says how many), with the
+//! degradation `summary_mixed`: one bad call costs one chunk, not the item.
 //!
 //! `provider` is `extractive` or a configured provider's name; `fallback` is
 //! true when a configured provider failed (error, timeout, open breaker) and
@@ -60,13 +68,14 @@ pub fn build_handler(config: &Config) -> anyhow::Result<SummarizeHandler> {
             "summary providers (no extractive fallback: intake pauses while none is usable)"
         }
     );
-    let mut summarizer = Summarizer::new(providers, config.extractive(), config.map_concurrency);
+    let mut summarizer = Summarizer::new(providers, config.extractive(), config.map_concurrency)
+        .with_chunk_retries(config.chunk_retries);
     if !config.extractive_fallback {
         summarizer = summarizer.without_fallback();
     }
     Ok(SummarizeHandler::new(
         Arc::new(summarizer),
-        config.chunk_chars,
+        config.chunk_size()?,
         config.runtime.max_attempts,
     ))
 }

@@ -14,7 +14,6 @@ use tokio::time::Instant;
 use crate::extractive::{self, ExtractiveOptions};
 use crate::openai::{CallError, OpenAiProvider};
 use crate::telemetry;
-use fleet_analyzer::document::MediaType;
 
 /// The provider name of the built-in summarizer.
 pub const EXTRACTIVE: &str = "extractive";
@@ -37,20 +36,35 @@ pub struct Summary {
     pub fallback_reason: Option<String>,
     /// Chunks summarized (1 for a direct summary).
     pub chunks: usize,
+    /// True when some chunks' LLM calls kept failing and those chunks were summarized
+    /// extractively (the rest by `provider`).
+    pub mixed: bool,
+    /// Chunks summarized extractively in a mixed summary (0 otherwise).
+    pub extractive_chunks: usize,
     /// Wall time of the whole summarization.
     pub duration_ms: u64,
 }
 
-/// What to summarize: the item text and its chunks (from the analysis, or computed).
+/// What to summarize: the item's prose and its chunks (from the analysis, or computed).
 #[derive(Debug, Clone)]
 pub struct Item {
-    /// The whole text.
+    /// The whole prose (the text parsed for its media type: no Markdown or HTML syntax).
     pub text: Arc<str>,
     /// Its chunks, in order (one chunk: summarized directly).
     pub chunks: Vec<String>,
-    /// How the text is read: the extractive summary picks sentences of its prose only.
-    pub media_type: MediaType,
 }
+
+/// An LLM summary: its text, chunks mapped, and how many of those were extractive.
+struct Mapped {
+    text: String,
+    chunks: usize,
+    extractive_chunks: usize,
+}
+
+/// First delay between retries of a chunk call (full jitter, doubling).
+const CHUNK_RETRY_BASE: Duration = Duration::from_millis(100);
+/// Longest delay between retries of a chunk call.
+const CHUNK_RETRY_MAX: Duration = Duration::from_secs(2);
 
 /// Summaries through the configured providers, then `extractive`.
 #[derive(Debug)]
@@ -59,6 +73,7 @@ pub struct Summarizer {
     extractive: ExtractiveOptions,
     map_concurrency: usize,
     fallback: bool,
+    chunk_retries: u32,
 }
 
 const SYSTEM_MAP: &str = "You summarize documents. Answer with the summary only: plain prose, \
@@ -78,7 +93,14 @@ impl Summarizer {
             extractive,
             map_concurrency: map_concurrency.max(1),
             fallback: true,
+            chunk_retries: crate::config::DEFAULT_CHUNK_RETRIES,
         }
+    }
+
+    /// Retries of a failed chunk call within one attempt (0: none).
+    pub fn with_chunk_retries(mut self, retries: u32) -> Summarizer {
+        self.chunk_retries = retries;
+        self
     }
 
     /// Without the extractive fallback: when every provider fails, the job fails (retryable).
@@ -139,8 +161,11 @@ impl Summarizer {
                 continue;
             }
             match self.with_provider(p, item, ctx, call_deadline).await {
-                Ok((text, chunks)) => {
-                    return Ok(self.done(text, p.name(), failed, reasons, chunks, started));
+                Ok(m) => {
+                    let mut s = self.done(m.text, p.name(), failed, reasons, m.chunks, started);
+                    s.mixed = m.extractive_chunks > 0;
+                    s.extractive_chunks = m.extractive_chunks;
+                    return Ok(s);
                 }
                 Err(CallError::RateLimited {
                     retry_after: Some(delay),
@@ -170,9 +195,9 @@ impl Summarizer {
                 reasons.join("; ")
             )));
         }
-        let (text, opts, media_type) = (item.text.clone(), self.extractive, item.media_type);
+        let (text, opts) = (item.text.clone(), self.extractive);
         let summary = ctx
-            .blocking(move || extractive::summarize_document(&text, media_type, &opts))
+            .blocking(move || extractive::summarize(&text, &opts))
             .await?;
         ctx.progress(1, Some(1), "extractive summary");
         Ok(self.done(summary, EXTRACTIVE, failed, reasons, 1, started))
@@ -195,24 +220,72 @@ impl Summarizer {
             fallback: failed,
             fallback_reason: (!reasons.is_empty()).then(|| reasons.join("; ")),
             chunks,
+            mixed: false,
+            extractive_chunks: 0,
             duration_ms: started.elapsed().as_millis() as u64,
         }
     }
 
+    /// One call, retried on failure (full-jitter backoff) while retries remain and the
+    /// next try can start before `deadline`. An open breaker is not retried.
+    async fn call_with_retry(
+        &self,
+        p: &OpenAiProvider,
+        system: &str,
+        user: &str,
+        deadline: Instant,
+    ) -> Result<String, CallError> {
+        let mut tries = 0u32;
+        loop {
+            let err = match p.complete(system, user, deadline).await {
+                Ok(s) => return Ok(s),
+                Err(e) => e,
+            };
+            tries += 1;
+            if tries > self.chunk_retries || matches!(err, CallError::BreakerOpen) {
+                return Err(err);
+            }
+            let delay = match &err {
+                CallError::RateLimited {
+                    retry_after: Some(d),
+                } => *d,
+                _ => fleet_runtime::backoff::full_jitter(
+                    tries,
+                    CHUNK_RETRY_BASE,
+                    CHUNK_RETRY_MAX,
+                    &mut rand::rng(),
+                ),
+            };
+            if Instant::now() + delay >= deadline {
+                return Err(err);
+            }
+            tracing::debug!(provider = %p.name(), error = %err, try_ = tries, "chunk call failed; retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
     /// Direct summary, or map (chunks, bounded concurrency, progress each) then reduce.
+    /// Each chunk call is retried within the attempt; a chunk whose calls keep failing is
+    /// summarized extractively (unless every chunk failed: then the provider failed).
     async fn with_provider(
         &self,
         p: &OpenAiProvider,
         item: &Item,
         ctx: &JobContext,
         deadline: Instant,
-    ) -> Result<(String, usize), CallError> {
+    ) -> Result<Mapped, CallError> {
         if item.chunks.len() <= 1 {
+            // A direct summary is the whole item: a failure goes to the next provider (and
+            // a 429 to the job's retry) as before, not retried here.
             let s = p
                 .complete(SYSTEM_MAP, &self.prompt(&item.text), deadline)
                 .await?;
             ctx.progress(1, Some(1), &format!("summarized by {}", p.name()));
-            return Ok((s, 1));
+            return Ok(Mapped {
+                text: s,
+                chunks: 1,
+                extractive_chunks: 0,
+            });
         }
         let total = item.chunks.len() as u64 + 1;
         let mut mapped: Vec<Option<String>> = vec![None; item.chunks.len()];
@@ -222,13 +295,22 @@ impl Summarizer {
         let mut calls = futures::stream::iter(0..chunks.len())
             .map(move |i| async move {
                 let prompt = self.prompt(&chunks[i]);
-                (i, p.complete(SYSTEM_MAP, &prompt, deadline).await)
+                (
+                    i,
+                    self.call_with_retry(p, SYSTEM_MAP, &prompt, deadline).await,
+                )
             })
             .buffer_unordered(self.map_concurrency);
         let mut done = 0u64;
+        let mut failed: Vec<(usize, CallError)> = Vec::new();
         while let Some((i, r)) = calls.next().await {
-            // The first failing chunk fails this provider; dropping `calls` stops the others.
-            mapped[i] = Some(r?);
+            match r {
+                Ok(s) => mapped[i] = Some(s),
+                Err(e) => {
+                    tracing::warn!(provider = %p.name(), chunk = i, error = %e, "chunk call failed after retries; summarizing it extractively");
+                    failed.push((i, e));
+                }
+            }
             done += 1;
             ctx.progress(
                 done,
@@ -237,17 +319,34 @@ impl Summarizer {
             );
         }
         drop(calls);
+        if failed.len() == chunks.len() {
+            // Nothing came from this provider: the next one (or extractive) takes the item.
+            return Err(failed.swap_remove(0).1);
+        }
+        for (i, _) in &failed {
+            // One chunk (bounded by the chunk size): a few milliseconds of TextRank, so it
+            // runs inline rather than through the blocking pool.
+            mapped[*i] = Some(extractive::summarize(&chunks[*i], &self.extractive));
+        }
         let joined = mapped
             .into_iter()
             .flatten()
+            .filter(|s| !s.is_empty())
             .collect::<Vec<_>>()
             .join("\n\n");
         let reduce = format!(
             "Combine these partial summaries into one summary of at most {} sentences:\n\n{joined}",
             self.extractive.target_sentences
         );
-        let s = p.complete(SYSTEM_REDUCE, &reduce, deadline).await?;
+        // The reduce is retried like a chunk: failing it would cost the whole item.
+        let s = self
+            .call_with_retry(p, SYSTEM_REDUCE, &reduce, deadline)
+            .await?;
         ctx.progress(total, Some(total), &format!("reduced by {}", p.name()));
-        Ok((s, item.chunks.len()))
+        Ok(Mapped {
+            text: s,
+            chunks: item.chunks.len(),
+            extractive_chunks: failed.len(),
+        })
     }
 }

@@ -93,6 +93,8 @@ pub enum DegradationKind {
     AnalyzersFailed,
     /// A fallback provider produced the summary.
     SummaryFallback,
+    /// Some chunks of an LLM summary failed and were summarized extractively.
+    SummaryMixed,
     /// An optional stage failed and was skipped.
     StageSkipped,
     /// A kind this build does not know (sent by a newer worker).
@@ -106,6 +108,7 @@ impl DegradationKind {
         match self {
             DegradationKind::AnalyzersFailed => "analyzers_failed",
             DegradationKind::SummaryFallback => "summary_fallback",
+            DegradationKind::SummaryMixed => "summary_mixed",
             DegradationKind::StageSkipped => "stage_skipped",
             DegradationKind::Other => "other",
         }
@@ -143,6 +146,7 @@ impl std::fmt::Display for Degradation {
         let what = match self.kind {
             DegradationKind::AnalyzersFailed => "analyzers",
             DegradationKind::SummaryFallback => "summary by fallback",
+            DegradationKind::SummaryMixed => "summary mixed",
             DegradationKind::StageSkipped => "skipped",
             DegradationKind::Other => "degraded",
         };

@@ -75,6 +75,18 @@ impl World {
         fallback: bool,
         gate: bool,
     ) -> World {
+        World::start_retrying(url, providers, concurrency, fallback, gate, 2).await
+    }
+
+    /// As [`World::start_on`], with `chunk_retries` retries of a failed chunk call.
+    pub async fn start_retrying(
+        url: &str,
+        providers: Vec<ProviderConfig>,
+        concurrency: u32,
+        fallback: bool,
+        gate: bool,
+        chunk_retries: u32,
+    ) -> World {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(
                 tracing_subscriber::EnvFilter::try_from_default_env()
@@ -119,12 +131,17 @@ impl World {
             .map(|p| OpenAiProvider::new(p).map(Arc::new))
             .collect::<anyhow::Result<Vec<_>>>()
             .expect("providers");
-        let mut summarizer = Summarizer::new(providers, ExtractiveOptions::default(), 2);
+        let mut summarizer = Summarizer::new(providers, ExtractiveOptions::default(), 2)
+            .with_chunk_retries(chunk_retries);
         if !fallback {
             summarizer = summarizer.without_fallback();
         }
         let summarizer = Arc::new(summarizer);
-        let handler = SummarizeHandler::new(summarizer.clone(), 4000, 3);
+        let handler = SummarizeHandler::new(
+            summarizer.clone(),
+            fleet_analyzer::chunk::ChunkSize::chars(4000),
+            3,
+        );
         let shutdown = CancellationToken::new();
         let mut worker = Worker::new(cfg, "summarize").with_broker(broker.clone());
         if let Some(gate) = fleet_summarizer::pause_gate(&handler).filter(|_| gate) {
