@@ -61,6 +61,9 @@ pub const DEFAULT_API_MAX_CONCURRENT_REQUESTS: usize = 64;
 /// Default simultaneous event streams (each polls the database twice a second).
 pub const DEFAULT_API_MAX_EVENT_STREAMS: usize = 256;
 
+/// Default retention of finalized pipelines: a month of history for reports and DLQ replay.
+pub const DEFAULT_RETENTION: &str = "30d";
+
 /// How the API authenticates (`FLEET_API_AUTH`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ApiAuth {
@@ -192,6 +195,10 @@ pub struct Config {
     /// Simultaneous event streams (GET /v1/pipelines/{id}/events); more are answered 503.
     #[arg(long, env = "FLEET_API_MAX_EVENT_STREAMS", default_value_t = DEFAULT_API_MAX_EVENT_STREAMS)]
     pub api_max_event_streams: usize,
+
+    /// Finalized pipelines older than this are deleted with their items, jobs, events and dead letters (`0`/`off`: never).
+    #[arg(long, env = "FLEET_RETENTION", default_value = DEFAULT_RETENTION, value_parser = crate::retention::parse)]
+    pub retention: crate::retention::Keep,
 
     /// Database connections in the pool (PostgreSQL).
     #[arg(long, env = "FLEET_DATABASE_POOL", default_value_t = 8)]

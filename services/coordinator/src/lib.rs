@@ -30,6 +30,7 @@ pub mod outbox;
 pub mod park;
 pub mod plan;
 pub mod report;
+pub mod retention;
 pub mod schema;
 pub mod stall;
 pub mod submit;
@@ -239,6 +240,7 @@ pub async fn start(
         stall_windows: app.config.stall_window.iter().cloned().collect(),
         stages: app.stages(),
         started_at: app.started_at,
+        retention: app.config.retention,
     };
     let sweeper = sweeper::run(
         app.store.clone(),

@@ -49,10 +49,17 @@ pub const API_EVENT_STREAMS_REFUSED: &str = "fleet_api_event_streams_refused_tot
 /// Counter: API requests answered 503 because they ran past FLEET_API_REQUEST_TIMEOUT.
 pub const API_REQUEST_TIMEOUTS: &str = "fleet_api_request_timeouts_total";
 
+/// Counter `{table}`: rows deleted by retention (FLEET_RETENTION).
+pub const RETENTION_DELETED: &str = "fleet_retention_deleted_total";
+
 /// Registers HELP text for every coordinator metric.
 pub fn describe() {
     describe_gauge!(PIPELINES, "Pipelines in the store, by state.");
     describe_gauge!(API_EVENT_STREAMS, "Event streams (SSE) open now.");
+    describe_counter!(
+        RETENTION_DELETED,
+        "Rows deleted by retention (finalized pipelines older than FLEET_RETENTION), by table."
+    );
     describe_counter!(
         API_EVENT_STREAMS_REFUSED,
         "Event streams refused with 503 because FLEET_API_MAX_EVENT_STREAMS were open."
