@@ -52,8 +52,9 @@ pub fn capped_streams(router: Router<App>, config: &Config) -> Router<App> {
 pub fn body_limit(router: Router, limit: usize) -> Router {
     router
         .layer(RequestBodyLimitLayer::new(limit))
-        // Outer: tower-http's 413 is plain text; every API error is JSON.
-        .layer(middleware::map_response_with_state(limit, json_413))
+        // Outer: tower-http's 413 and axum's extractor rejections are plain text; every API
+        // error is JSON.
+        .layer(middleware::map_response_with_state(limit, json_errors))
 }
 
 async fn request_timeout(State(limit): State<Duration>, req: Request, next: Next) -> Response {
@@ -126,13 +127,38 @@ async fn stream_cap(State(cap): State<StreamCap>, req: Request, next: Next) -> R
     })
 }
 
-async fn json_413(State(limit): State<usize>, resp: Response) -> Response {
+/// Largest plain-text rejection body turned into a JSON error (axum's are one line).
+const REJECTION_TEXT: usize = 64 * 1024;
+
+async fn json_errors(State(limit): State<usize>, resp: Response) -> Response {
     let json = resp
         .headers()
         .get(header::CONTENT_TYPE)
         .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
-    if resp.status() != StatusCode::PAYLOAD_TOO_LARGE || json {
+    if !resp.status().is_client_error() || json {
         return resp;
     }
-    super::too_large(limit).into_response()
+    if resp.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return super::too_large(limit).into_response();
+    }
+    // An extractor's rejection (bad path, query or body): plain text from axum. A 422 (well-
+    // formed JSON of the wrong shape) is a 400 like every other invalid request here.
+    let status = match resp.status() {
+        StatusCode::UNPROCESSABLE_ENTITY => StatusCode::BAD_REQUEST,
+        s => s,
+    };
+    let text = axum::body::to_bytes(resp.into_body(), REJECTION_TEXT)
+        .await
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default();
+    ApiError::new(
+        status,
+        if text.is_empty() {
+            "invalid request".to_owned()
+        } else {
+            text
+        },
+        "see GET /v1/openapi.yaml for the parameters and bodies each endpoint accepts",
+    )
+    .into_response()
 }
