@@ -46,6 +46,24 @@ pub const DEFAULT_CONTROL_MAX_ATTEMPTS: u32 = 20;
 /// How long a cancellation is re-broadcast on RabbitMQ (which keeps no messages for late subscribers).
 pub const DEFAULT_CANCEL_REBROADCAST: &str = "1h";
 
+/// Default longest a client may take to send request headers (slow-loris bound; also closes
+/// idle keep-alive connections after this long).
+pub const DEFAULT_API_HEADER_TIMEOUT: &str = "10s";
+/// Default longest an API request may run (event streams excepted): longer than any statement
+/// timeout plus a pool checkout, so a slow database answers 503 rather than hanging the client.
+pub const DEFAULT_API_REQUEST_TIMEOUT: &str = "30s";
+/// Default API connections served at once (more get a 503 and are closed): well below the
+/// container's file-descriptor limit.
+pub const DEFAULT_API_MAX_CONNECTIONS: usize = 1024;
+/// Default API requests handled at once (event streams excepted; more wait, within the
+/// request timeout): a few per database connection, so API load cannot starve ingestion.
+pub const DEFAULT_API_MAX_CONCURRENT_REQUESTS: usize = 64;
+/// Default simultaneous event streams (each polls the database twice a second).
+pub const DEFAULT_API_MAX_EVENT_STREAMS: usize = 256;
+
+/// Default retention of finalized pipelines: a month of history for reports and DLQ replay.
+pub const DEFAULT_RETENTION: &str = "30d";
+
 /// How the API authenticates (`FLEET_API_AUTH`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum ApiAuth {
@@ -162,6 +180,30 @@ pub struct Config {
     /// First retry delay of an outbox row that failed to publish; doubles per attempt up to 1 min.
     #[arg(long, env = "FLEET_OUTBOX_RETRY_BACKOFF", default_value = DEFAULT_OUTBOX_RETRY_BACKOFF, value_parser = humantime::parse_duration)]
     pub outbox_retry_backoff: Duration,
+
+    /// Longest a client may take to send a request's headers; idle keep-alive connections close after it too.
+    #[arg(long, env = "FLEET_API_HEADER_TIMEOUT", default_value = DEFAULT_API_HEADER_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub api_header_timeout: Duration,
+
+    /// Longest an API request may run before it is answered 503 (event streams are not cut).
+    #[arg(long, env = "FLEET_API_REQUEST_TIMEOUT", default_value = DEFAULT_API_REQUEST_TIMEOUT, value_parser = humantime::parse_duration)]
+    pub api_request_timeout: Duration,
+
+    /// API connections served at once; more are answered 503 and closed.
+    #[arg(long, env = "FLEET_API_MAX_CONNECTIONS", default_value_t = DEFAULT_API_MAX_CONNECTIONS)]
+    pub api_max_connections: usize,
+
+    /// API requests handled at once (event streams not counted); more wait within the request timeout.
+    #[arg(long, env = "FLEET_API_MAX_CONCURRENT_REQUESTS", default_value_t = DEFAULT_API_MAX_CONCURRENT_REQUESTS)]
+    pub api_max_concurrent_requests: usize,
+
+    /// Simultaneous event streams (GET /v1/pipelines/{id}/events); more are answered 503.
+    #[arg(long, env = "FLEET_API_MAX_EVENT_STREAMS", default_value_t = DEFAULT_API_MAX_EVENT_STREAMS)]
+    pub api_max_event_streams: usize,
+
+    /// Finalized pipelines older than this are deleted with their items, jobs, events and dead letters (`0`/`off`: never).
+    #[arg(long, env = "FLEET_RETENTION", default_value = DEFAULT_RETENTION, value_parser = crate::retention::parse)]
+    pub retention: crate::retention::Keep,
 
     /// Database connections in the pool (PostgreSQL).
     #[arg(long, env = "FLEET_DATABASE_POOL", default_value_t = 8)]
@@ -287,6 +329,29 @@ impl Config {
         }
         if self.item_limit() > self.max_body_bytes {
             errs.push("the item limit must not exceed FLEET_MAX_BODY_BYTES".into());
+        }
+        for (name, zero) in [
+            (
+                "FLEET_API_HEADER_TIMEOUT",
+                self.api_header_timeout.is_zero(),
+            ),
+            (
+                "FLEET_API_REQUEST_TIMEOUT",
+                self.api_request_timeout.is_zero(),
+            ),
+            ("FLEET_API_MAX_CONNECTIONS", self.api_max_connections == 0),
+            (
+                "FLEET_API_MAX_CONCURRENT_REQUESTS",
+                self.api_max_concurrent_requests == 0,
+            ),
+            (
+                "FLEET_API_MAX_EVENT_STREAMS",
+                self.api_max_event_streams == 0,
+            ),
+        ] {
+            if zero {
+                errs.push(format!("{name} must be positive"));
+            }
         }
         errs.extend(self.auth_errors());
         if errs.is_empty() {

@@ -31,6 +31,7 @@ pub mod park;
 pub mod plan;
 pub mod replay_limit;
 pub mod report;
+pub mod retention;
 pub mod schema;
 pub mod stall;
 pub mod submit;
@@ -172,6 +173,10 @@ fn warn_if_open(config: &Config, addr: std::net::SocketAddr) {
     }
 }
 
+/// Longest shutdown waits for API requests in flight; open event streams are then cut
+/// (clients reconnect to another replica and resume from the store).
+const API_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
 /// Starts every part and returns once the API and admin servers listen.
 pub async fn start(
     config: Config,
@@ -206,13 +211,17 @@ pub async fn start(
         })?;
     let api_addr = listener.local_addr()?;
     warn_if_open(&config, api_addr);
+    let api_limits = fleet_runtime::serve::ServeLimits {
+        header_timeout: config.api_header_timeout,
+        max_connections: config.api_max_connections,
+        shutdown_grace: API_SHUTDOWN_GRACE,
+    };
     let app = App::new(store, broker, config);
 
     let router = api::router(app.clone());
     let stop = shutdown.clone();
     tasks.spawn("api", async move {
-        axum::serve(listener, router)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
+        fleet_runtime::serve::serve(listener, router, "api", api_limits, stop)
             .await
             .with_context(|| format!("the API server on {api_addr} stopped"))
     });
@@ -234,6 +243,7 @@ pub async fn start(
         stall_windows: app.config.stall_window.iter().cloned().collect(),
         stages: app.stages(),
         started_at: app.started_at,
+        retention: app.config.retention,
     };
     let sweeper = sweeper::run(
         app.store.clone(),

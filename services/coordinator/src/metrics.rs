@@ -42,9 +42,32 @@ pub const OUTBOX_ABANDONED: &str = "fleet_outbox_abandoned_total";
 /// Gauge `{state}`: unpublished outbox rows: `pending`, `retrying` (backing off), `abandoned`.
 pub const OUTBOX_ROWS: &str = "fleet_outbox_rows";
 
+/// Gauge: event streams (SSE) open now.
+pub const API_EVENT_STREAMS: &str = "fleet_api_event_streams";
+/// Counter: event streams refused (503) because FLEET_API_MAX_EVENT_STREAMS were open.
+pub const API_EVENT_STREAMS_REFUSED: &str = "fleet_api_event_streams_refused_total";
+/// Counter: API requests answered 503 because they ran past FLEET_API_REQUEST_TIMEOUT.
+pub const API_REQUEST_TIMEOUTS: &str = "fleet_api_request_timeouts_total";
+
+/// Counter `{table}`: rows deleted by retention (FLEET_RETENTION).
+pub const RETENTION_DELETED: &str = "fleet_retention_deleted_total";
+
 /// Registers HELP text for every coordinator metric.
 pub fn describe() {
     describe_gauge!(PIPELINES, "Pipelines in the store, by state.");
+    describe_gauge!(API_EVENT_STREAMS, "Event streams (SSE) open now.");
+    describe_counter!(
+        RETENTION_DELETED,
+        "Rows deleted by retention (finalized pipelines older than FLEET_RETENTION), by table."
+    );
+    describe_counter!(
+        API_EVENT_STREAMS_REFUSED,
+        "Event streams refused with 503 because FLEET_API_MAX_EVENT_STREAMS were open."
+    );
+    describe_counter!(
+        API_REQUEST_TIMEOUTS,
+        "API requests answered 503 because they ran past FLEET_API_REQUEST_TIMEOUT."
+    );
     describe_counter!(PIPELINES_FINALIZED, "Pipelines finalized, by final state.");
     describe_counter!(PIPELINES_SUBMITTED, "New pipelines accepted.");
     describe_gauge!(

@@ -45,6 +45,8 @@ pub struct SweepConfig {
     pub stages: Vec<String>,
     /// When this coordinator started (start-up grace).
     pub started_at: Millis,
+    /// Finalized pipelines older than this are deleted (`None`: kept for ever).
+    pub retention: Option<Duration>,
 }
 
 /// What one sweep did.
@@ -480,6 +482,7 @@ pub async fn run(
     let bound = (tick * 10).clamp(Duration::from_secs(5), Duration::from_secs(60));
     // Stages reported as all-parked, so each change is logged once, not every tick.
     let mut parked: BTreeMap<String, i64> = BTreeMap::new();
+    let mut last_retention: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -509,6 +512,27 @@ pub async fn run(
             }
         }
         metrics::histogram!(m::SWEEP_DURATION).record(started.elapsed().as_secs_f64());
+        if let Some(keep) = cfg.retention
+            && last_retention.is_none_or(|t: Instant| t.elapsed() >= crate::retention::EVERY)
+        {
+            last_retention = Some(Instant::now());
+            match tokio::time::timeout(bound, crate::retention::prune(&store, keep)).await {
+                Ok(Ok(p)) if p.pipelines > 0 || p.rows > 0 => {
+                    tracing::info!(
+                        pipelines = p.pipelines,
+                        rows = p.rows,
+                        "retention deleted old finalized pipelines"
+                    );
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "retention failed; it runs again in a minute")
+                }
+                Err(_) => {
+                    tracing::warn!(limit = ?bound, "retention timed out; it runs again in a minute")
+                }
+            }
+        }
     }
 }
 

@@ -205,6 +205,7 @@ async fn concurrent_ingestion_and_sweeps_never_deadlock() {
         stall_windows: Default::default(),
         stages: vec![STAGE.into()],
         started_at: 0,
+        retention: None,
     };
     let errors = Arc::new(Errors::default());
     let mut finalized = 0usize;

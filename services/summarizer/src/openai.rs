@@ -20,6 +20,14 @@ use crate::telemetry;
 /// Bytes of an error body quoted in an error message.
 const ERROR_BODY_QUOTE: usize = 200;
 /// Retry-After values above this are clamped (a misbehaving server must not park a job for a day).
+/// Largest answer read from an LLM endpoint (a JSON completion, or a whole SSE stream): far
+/// above any summary; a bigger one is a misbehaving endpoint, failed as `malformed` rather
+/// than read until the summarizer runs out of memory.
+pub const MAX_RESPONSE_BYTES: usize = 4 * 1024 * 1024;
+/// Longest SSE line kept while assembling a stream (one chunk is a few hundred bytes).
+pub const MAX_SSE_LINE_BYTES: usize = 64 * 1024;
+/// Bytes of an error body read to quote it (only the first ERROR_BODY_QUOTE characters are kept).
+const ERROR_BODY_READ: usize = 8 * 1024;
 const MAX_RETRY_AFTER: Duration = Duration::from_secs(600);
 
 /// Why a provider call failed.
@@ -262,11 +270,12 @@ impl OpenAiProvider {
             return Err(CallError::RateLimited { retry_after });
         }
         if !status.is_success() {
-            let text = tokio::time::timeout(self.cfg.idle_read_timeout, resp.text())
-                .await
-                .ok()
-                .and_then(Result::ok)
-                .unwrap_or_default();
+            let text = tokio::time::timeout(
+                self.cfg.idle_read_timeout,
+                read_prefix(resp, ERROR_BODY_READ),
+            )
+            .await
+            .unwrap_or_default();
             return Err(CallError::Http {
                 status: status.as_u16(),
                 body: quote(&text),
@@ -280,7 +289,7 @@ impl OpenAiProvider {
         if is_sse {
             self.read_stream(resp).await
         } else {
-            let bytes = resp.bytes().await.map_err(transport)?;
+            let bytes = read_capped(resp, MAX_RESPONSE_BYTES).await?;
             parse_completion(&bytes)
         }
     }
@@ -289,6 +298,7 @@ impl OpenAiProvider {
     async fn read_stream(&self, resp: reqwest::Response) -> Result<String, CallError> {
         let mut stream = resp.bytes_stream();
         let mut sse = SseAssembler::default();
+        let mut read = 0usize;
         loop {
             let next = tokio::time::timeout(self.cfg.idle_read_timeout, stream.next())
                 .await
@@ -302,6 +312,10 @@ impl OpenAiProvider {
                 None => return sse.finish(),
                 Some(Err(e)) => return Err(transport(e)),
                 Some(Ok(bytes)) => {
+                    read += bytes.len();
+                    if read > MAX_RESPONSE_BYTES {
+                        return Err(too_long(MAX_RESPONSE_BYTES));
+                    }
                     if sse.feed(&bytes)? {
                         return sse.finish();
                     }
@@ -309,6 +323,37 @@ impl OpenAiProvider {
             }
         }
     }
+}
+
+/// The whole body, failing `Malformed` once it passes `cap` bytes (nothing past it is read).
+async fn read_capped(mut resp: reqwest::Response, cap: usize) -> Result<Vec<u8>, CallError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(transport)? {
+        if body.len() + chunk.len() > cap {
+            return Err(too_long(cap));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+/// At most the first `max` bytes of the body, as text (errors: what was read so far).
+async fn read_prefix(mut resp: reqwest::Response, max: usize) -> String {
+    let mut body = Vec::new();
+    while body.len() < max {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(max);
+    String::from_utf8_lossy(&body).into_owned()
+}
+
+fn too_long(cap: usize) -> CallError {
+    CallError::Malformed(format!(
+        "the answer exceeds {cap} bytes; the endpoint misbehaves"
+    ))
 }
 
 fn transport(e: reqwest::Error) -> CallError {
@@ -359,6 +404,11 @@ impl SseAssembler {
     pub fn feed(&mut self, bytes: &[u8]) -> Result<bool, CallError> {
         for &b in bytes {
             if b != b'\n' {
+                if self.line.len() >= MAX_SSE_LINE_BYTES {
+                    return Err(CallError::Malformed(format!(
+                        "a stream line exceeds {MAX_SSE_LINE_BYTES} bytes; the endpoint misbehaves"
+                    )));
+                }
                 self.line.push(b);
                 continue;
             }

@@ -324,3 +324,40 @@ async fn long_items_are_mapped_and_reduced_with_progress_and_routed_by_length() 
     );
     w.stop().await;
 }
+
+#[tokio::test]
+async fn endless_answers_are_cut_at_the_size_cap() {
+    let a = Stub::start(Reply::EndlessJson).await;
+    let b = Stub::start(Reply::EndlessStream).await;
+    let pa = provider("json", &a, |p| p.request_timeout = Duration::from_secs(30));
+    let pb = provider("sse", &b, |p| p.request_timeout = Duration::from_secs(30));
+    let mut w = World::start(vec![pa, pb], 2).await;
+    let started = Instant::now();
+    w.submit("e1", TEXT, 60_000).await;
+    let out = w.next_output(Duration::from_secs(30)).await;
+    let took = started.elapsed();
+    assert_eq!(summary(&out)["provider"], "extractive");
+    let reason = summary(&out)["fallback_reason"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let cap = fleet_summarizer::openai::MAX_RESPONSE_BYTES;
+    // Both answers were cut by size (not by the 30 s request timeout).
+    assert!(
+        reason.contains(&format!(
+            "json: malformed response: the answer exceeds {cap} bytes"
+        )),
+        "{reason}"
+    );
+    assert!(
+        reason.contains(&format!(
+            "sse: malformed response: the answer exceeds {cap} bytes"
+        )),
+        "{reason}"
+    );
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    eprintln!("two endless answers cut at {cap} bytes in {took:?}");
+    assert_eq!(w.provider(0).in_flight(), 0);
+    assert_eq!(w.provider(1).in_flight(), 0);
+    w.stop().await;
+}

@@ -3,11 +3,11 @@
 //! | stream | subjects | retention | consumers |
 //! |---|---|---|---|
 //! | `<P>_JOBS` | `<p>.jobs.>` | WorkQueue, dedup window 2 min | `<stage>` per stage (filter `<p>.jobs.<stage>`) |
-//! | `<P>_DLQ` | `<p>.dlq.>` | limits | `dlq-<stage>` per stage (filter `<p>.dlq.<stage>`) |
+//! | `<P>_DLQ` | `<p>.dlq.>` | limits, `max_age` [`ARCHIVE_MAX_AGE`] | `dlq-<stage>` per stage (filter `<p>.dlq.<stage>`) |
 //! | `<P>_EVENTS` | `<p>.events.>` | WorkQueue | `coordinator` |
 //! | `<P>_SUBMIT` | `<p>.submit` | WorkQueue, dedup window 2 min | `coordinator` |
 //! | `<P>_CONTROL` | `<p>.control.>` | limits, 1 message per subject, `max_age` [`control::RETENTION`] | none (ephemeral ordered per subscriber) |
-//! | `<P>_PIPELINES` | `<p>.pipelines.>` | limits | none |
+//! | `<P>_PIPELINES` | `<p>.pipelines.>` | limits, `max_age` [`ARCHIVE_MAX_AGE`] | none |
 //! | `<P>_RETRY` | `<p>.retry.<stage>.<delay>` | WorkQueue, dedup window 2 min | `retry-<stage>-<delay>` per stage and ladder step (see [`crate::retry`]) |
 //! | `<P>_BACKSTOP` | `$JS.EVENT.ADVISORY.CONSUMER.MAX_DELIVERIES.<P>_JOBS.>` | WorkQueue | `backstop-<stage>` per stage |
 //! | `<P>_PARKED` | `<p>.parked.>` (`<p>.parked.<origin subject>`) | WorkQueue | `replay` |
@@ -78,6 +78,12 @@ pub fn max_deliveries_subject(names: &Names, stage: &str) -> String {
     )
 }
 
+/// Age limit of the streams that would otherwise only grow (Limits retention: acked messages
+/// stay): `<P>_DLQ` (every dead letter is archived in the coordinator's store within seconds)
+/// and `<P>_PIPELINES` (finalization notices for live subscribers). A stream declared before
+/// this limit existed gets it in place (see [`declare_stream`]).
+pub const ARCHIVE_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
 /// The streams of a prefix, with their configs.
 pub(crate) fn stream_configs(names: &Names) -> Vec<stream::Config> {
     let p = names.prefix();
@@ -95,11 +101,14 @@ pub(crate) fn stream_configs(names: &Names) -> Vec<stream::Config> {
             vec![format!("{p}.jobs.>")],
             RetentionPolicy::WorkQueue,
         ),
-        base(
-            names.dlq_stream(),
-            vec![format!("{p}.dlq.>")],
-            RetentionPolicy::Limits,
-        ),
+        stream::Config {
+            max_age: ARCHIVE_MAX_AGE,
+            ..base(
+                names.dlq_stream(),
+                vec![format!("{p}.dlq.>")],
+                RetentionPolicy::Limits,
+            )
+        },
         base(
             names.events_stream(),
             vec![format!("{p}.events.>")],
@@ -121,11 +130,14 @@ pub(crate) fn stream_configs(names: &Names) -> Vec<stream::Config> {
                 RetentionPolicy::Limits,
             )
         },
-        base(
-            names.pipelines_stream(),
-            vec![format!("{p}.pipelines.>")],
-            RetentionPolicy::Limits,
-        ),
+        stream::Config {
+            max_age: ARCHIVE_MAX_AGE,
+            ..base(
+                names.pipelines_stream(),
+                vec![format!("{p}.pipelines.>")],
+                RetentionPolicy::Limits,
+            )
+        },
         // WorkQueue: an advisory is deleted once handled, and each stage's consumer filters its
         // own subject, so the consumers never overlap (a WorkQueue requirement).
         base(
@@ -568,7 +580,9 @@ mod tests {
         assert_eq!(streams[4].name, "AB_CONTROL");
         assert_eq!(streams[4].max_messages_per_subject, 1);
         assert_eq!(streams[4].max_age, control::RETENTION);
-        assert!(streams[..4].iter().all(|s| s.max_age.is_zero()));
+        assert_eq!(streams[1].max_age, ARCHIVE_MAX_AGE);
+        assert_eq!(streams[5].max_age, ARCHIVE_MAX_AGE);
+        assert!([0, 2, 3].iter().all(|&i| streams[i].max_age.is_zero()));
         let mut old = streams[4].clone();
         old.max_age = Duration::ZERO;
         let d = stream_drift(&streams[4], &old);

@@ -486,6 +486,37 @@ async fn control_stream_without_max_age_gets_one_in_place() {
     f.cleanup().await;
 }
 
+/// A dead-letter stream made before it had an age limit (it only grew) gets one in place,
+/// without drift and without losing what it holds.
+#[tokio::test]
+async fn dlq_stream_without_max_age_gets_one_in_place() {
+    let topo = topology(Duration::from_secs(10), 5);
+    let client = async_nats::connect(common::url()).await.expect("connect");
+    let js = async_nats::jetstream::new(client);
+    let name = topo.names.dlq_stream();
+    js.create_stream(async_nats::jetstream::stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{}.dlq.>", topo.names.prefix())],
+        storage: async_nats::jetstream::stream::StorageType::File,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .expect("create an old DLQ stream");
+    js.publish(format!("{}.dlq.s", topo.names.prefix()), "kept".into())
+        .await
+        .expect("publish")
+        .await
+        .expect("ack");
+    let f = Fixture::declare(topo).await;
+    assert_eq!(f.broker.config_drift_count(), 0, "updated, not drifted");
+    let mut stream = js.get_stream(&name).await.expect("DLQ stream");
+    let info = stream.info().await.expect("stream info");
+    assert_eq!(info.config.max_age, fleet_nats::topology::ARCHIVE_MAX_AGE);
+    assert_eq!(info.state.messages, 1, "nothing lost");
+    f.cleanup().await;
+}
+
 #[tokio::test]
 async fn consumer_with_other_ack_wait_is_reported_not_fatal() {
     let f = Fixture::new(Duration::from_secs(2)).await;

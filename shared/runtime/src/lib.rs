@@ -31,6 +31,7 @@ pub mod pause;
 pub mod process;
 pub mod resubscribe;
 pub mod secret;
+pub mod serve;
 pub mod settle;
 pub mod shared;
 pub mod shutdown;

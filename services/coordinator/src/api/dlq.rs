@@ -161,8 +161,15 @@ pub async fn list(
 /// `GET /v1/dlq/{id}`: the summary plus headers and body.
 pub async fn show(
     State(app): State<App>,
-    Path(id): Path<i64>,
+    Path(id): Path<String>,
 ) -> Result<Json<serde_json::Value>, ApiError> {
+    // Parsed here, not by the extractor, so a bad id is a JSON 400 like every other error.
+    let id: i64 = id.parse().map_err(|_| {
+        ApiError::bad_request(
+            format!("`{id}` is not a dead-letter id"),
+            "dead-letter ids are positive integers; list them with GET /v1/dlq",
+        )
+    })?;
     let row = app
         .store
         .query_opt(

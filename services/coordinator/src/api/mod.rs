@@ -1,6 +1,7 @@
 //! The HTTP API (axum): routes, bearer-token auth, body limits, JSON errors.
 
 pub(crate) mod auth;
+mod bounds;
 pub(crate) mod dlq;
 mod limits;
 mod nul;
@@ -25,7 +26,7 @@ pub const OPENAPI: &str = include_str!("../../openapi.yaml");
 /// The API router over `app`.
 pub fn router(app: App) -> Router {
     let limit = app.config.max_body_bytes;
-    let protected = Router::new()
+    let requests = Router::new()
         .route(
             "/v1/pipelines",
             post(pipelines::create).get(pipelines::list),
@@ -35,13 +36,15 @@ pub fn router(app: App) -> Router {
         .route("/v1/pipelines/{id}/items", post(open::append))
         .route("/v1/pipelines/{id}/seal", post(open::seal))
         .route("/v1/limits", get(limits::show))
-        .route("/v1/pipelines/{id}/events", get(sse::events))
         .route("/v1/dlq", get(dlq::list))
         .route("/v1/dlq/replay", post(dlq::replay))
         .route("/v1/dlq/purge", post(dlq::purge))
         .route("/v1/dlq/{id}", get(dlq::show))
         .route("/v1/queues", get(queues::list))
-        .route("/v1/parked/replay", post(parked::replay))
+        .route("/v1/parked/replay", post(parked::replay));
+    let streams = Router::new().route("/v1/pipelines/{id}/events", get(sse::events));
+    let protected = bounds::bounded_requests(requests, &app.config)
+        .merge(bounds::capped_streams(streams, &app.config))
         // Inner to auth: an unauthenticated body is never read.
         .route_layer(axum::middleware::from_fn_with_state(
             app.clone(),
@@ -51,13 +54,14 @@ pub fn router(app: App) -> Router {
             auth::Tokens::new(&app.config),
             auth::auth,
         ));
-    Router::new()
+    let api = Router::new()
         .route("/v1/openapi.yaml", get(openapi))
         .merge(protected)
         .merge(crate::ui::router(&app))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(limit))
-        .with_state(app)
+        .with_state(app);
+    bounds::body_limit(api, limit)
 }
 
 async fn openapi() -> impl IntoResponse {
@@ -75,10 +79,7 @@ async fn not_found() -> ApiError {
 /// Maps a body rejection (too large, unreadable) to a JSON error.
 pub(crate) fn body_error(e: &axum::extract::rejection::BytesRejection, limit: usize) -> ApiError {
     if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-        ApiError::too_large(
-            format!("the request body exceeds the limit of {limit} bytes"),
-            "send the items in batches: create the pipeline with \"open\": true, POST /v1/pipelines/{id}/items per batch, then POST /v1/pipelines/{id}/seal (fleetctl submit does this by itself); see GET /v1/limits",
-        )
+        too_large(limit)
     } else {
         ApiError::new(
             e.status(),
@@ -86,4 +87,12 @@ pub(crate) fn body_error(e: &axum::extract::rejection::BytesRejection, limit: us
             "resend the request",
         )
     }
+}
+
+/// The 413 for a body over FLEET_MAX_BODY_BYTES.
+pub(crate) fn too_large(limit: usize) -> ApiError {
+    ApiError::too_large(
+        format!("the request body exceeds the limit of {limit} bytes"),
+        "send the items in batches: create the pipeline with \"open\": true, POST /v1/pipelines/{id}/items per batch, then POST /v1/pipelines/{id}/seal (fleetctl submit does this by itself); see GET /v1/limits",
+    )
 }

@@ -27,12 +27,20 @@ pub struct ReplayRequest {
 /// `POST /v1/parked/replay` → `{replayed, parked}` (what moved, what is still parked).
 pub async fn replay(
     State(app): State<App>,
-    body: Option<Json<ReplayRequest>>,
+    body: axum::body::Bytes,
 ) -> Result<Json<serde_json::Value>, ApiError> {
-    let max = body
-        .and_then(|Json(b)| b.max)
-        .unwrap_or(MAX_REPLAY)
-        .min(MAX_REPLAY);
+    // The body is optional; one that is there must be valid (a JSON 400, not axum's bare 422).
+    let req: ReplayRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        ReplayRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::bad_request(
+                format!("the body is not a replay request: {e}"),
+                "send {\"max\": N} with N a non-negative integer, or no body",
+            )
+        })?
+    };
+    let max = req.max.unwrap_or(MAX_REPLAY).min(MAX_REPLAY);
     let replayed = tokio::time::timeout(REPLAY_TIMEOUT, app.broker.replay_parked(max))
         .await
         .map_err(|_| {

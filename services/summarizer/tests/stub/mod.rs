@@ -1,6 +1,6 @@
 //! A stub OpenAI-compatible server on loopback whose replies each test scripts:
 //! answer (JSON or SSE), answer slowly, an HTTP status (429 with Retry-After,
-//! 500), malformed JSON, a stream that stalls mid-way, or a hang.
+//! 500), malformed JSON, a stream that stalls mid-way, a hang, or an endless answer.
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -33,6 +33,10 @@ pub enum Reply {
     StallMidStream,
     /// Never answers.
     Hang,
+    /// 200 with a JSON completion whose content never ends (an endless body).
+    EndlessJson,
+    /// An SSE stream of content chunks that never finishes.
+    EndlessStream,
 }
 
 #[derive(Default)]
@@ -202,5 +206,27 @@ async fn complete(
             )))
         }
         Reply::Hang => std::future::pending().await,
+        Reply::EndlessJson => {
+            let head = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from_static(
+                b"{\"choices\":[{\"message\":{\"content\":\"",
+            ))]);
+            let filler = bytes::Bytes::from(vec![b'a'; 64 * 1024]);
+            let body = futures::StreamExt::chain(
+                head,
+                futures::stream::repeat_with(move || Ok(filler.clone())),
+            );
+            let mut r = Response::new(Body::from_stream(body));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            r
+        }
+        Reply::EndlessStream => {
+            let piece = chunk(&"word ".repeat(200), false);
+            sse(Body::from_stream(futures::stream::repeat_with(move || {
+                Ok::<_, std::io::Error>(piece.clone())
+            })))
+        }
     }
 }

@@ -17,6 +17,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use super::names;
 use crate::breaker::BreakerState;
 use crate::pause::IntakeGate;
+use crate::serve::ServeLimits;
 use crate::supervise::Supervisor;
 
 /// Shared health flags the runtime sets and the admin server reads.
@@ -184,6 +185,7 @@ pub fn prometheus() -> anyhow::Result<PrometheusHandle> {
         .install_recorder()
         .map_err(|e| anyhow::anyhow!("cannot install the metrics recorder: {e}"))?;
     names::describe();
+    crate::serve::describe();
     Ok(HANDLE.get_or_init(|| handle).clone())
 }
 
@@ -222,8 +224,7 @@ impl AdminServer {
             .with_state(state);
         let stop = sup.last_token();
         sup.spawn_last("admin", async move {
-            axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await })
+            crate::serve::serve(listener, app, "admin", ServeLimits::ADMIN, stop)
                 .await
                 .map_err(|e| anyhow::anyhow!("the admin server on {addr} stopped: {e}"))
         });
