@@ -24,6 +24,9 @@ pub struct AmqpOptions {
     pub heartbeat: Duration,
     /// The broker's global `consumer_timeout`, for [`AmqpOptions::check_attempt_timeout`].
     pub consumer_timeout: Duration,
+    /// Replicas of each new quorum queue (`x-quorum-initial-group-size`); `None` leaves it
+    /// to the broker's default, which differs between RabbitMQ versions and settings.
+    pub quorum_group_size: Option<u16>,
 }
 
 impl Default for AmqpOptions {
@@ -34,6 +37,7 @@ impl Default for AmqpOptions {
             confirm_timeout: DEFAULT_CONFIRM_TIMEOUT,
             heartbeat: DEFAULT_HEARTBEAT,
             consumer_timeout: DEFAULT_CONSUMER_TIMEOUT,
+            quorum_group_size: None,
         }
     }
 }

@@ -19,6 +19,7 @@ pub async fn connect(cfg: &RuntimeConfig) -> Result<Arc<dyn Broker>, BrokerError
                 confirm_timeout: cfg.confirm_timeout,
                 heartbeat: cfg.broker_heartbeat,
                 consumer_timeout: cfg.rabbitmq_consumer_timeout,
+                quorum_group_size: cfg.quorum_group_size,
                 ..fleet_amqp::AmqpOptions::default()
             };
             Ok(Arc::new(fleet_amqp::connect(url, opts).await?))
