@@ -220,10 +220,10 @@ impl RuntimeConfig {
                 fleet_protocol::redact::redact_url(&self.broker_url)
             ));
         }
-        if matches!(scheme, "amqp" | "amqps") {
-            if let Err(e) = fleet_amqp::check_urls(&self.broker_url) {
-                errs.push(format!("FLEET_BROKER_URL: {e}"));
-            }
+        if matches!(scheme, "amqp" | "amqps")
+            && let Err(e) = fleet_amqp::check_urls(&self.broker_url)
+        {
+            errs.push(format!("FLEET_BROKER_URL: {e}"));
         }
         if self.quorum_group_size == Some(0) {
             errs.push(
