@@ -66,6 +66,8 @@ pub struct World {
     pub store: Store,
     /// Shared attempt limits.
     pub limits: Limits,
+    /// More runtime flags every process gets (e.g. `--quorum-group-size=3` on a cluster).
+    pub extra_args: Vec<String>,
     /// The current coordinator's API address.
     pub api: Option<SocketAddr>,
     dir: PathBuf,
@@ -96,14 +98,26 @@ impl World {
 
     /// A fresh world whose processes all use `limits`.
     pub async fn with_limits(backend: Backend, tag: &str, limits: Limits) -> World {
-        init_logs();
-        procs::check_binaries();
-        let prefix = unique_prefix(tag);
         let url = match backend {
             Backend::Rabbit => fleet_test_support::amqp_url(),
             Backend::Nats => fleet_test_support::nats_url(),
             Backend::Memory => panic!("the fault tests run separate processes on a real broker"),
         };
+        World::on(backend, tag, limits, url, Vec::new()).await
+    }
+
+    /// A world on the broker at `url` (e.g. a cluster's comma-separated node list) whose
+    /// processes all get `extra_args` besides the shared runtime flags.
+    pub async fn on(
+        backend: Backend,
+        tag: &str,
+        limits: Limits,
+        url: String,
+        extra_args: Vec<String>,
+    ) -> World {
+        init_logs();
+        procs::check_binaries();
+        let prefix = unique_prefix(tag);
         let base = fleet_test_support::postgres_url();
         let schema = prefix.replace('-', "_");
         let admin = Store::connect(
@@ -125,7 +139,7 @@ impl World {
         )
         .await
         .expect("the schema's store");
-        let cfg = control_config(&url, &prefix);
+        let cfg = control_config_with(&url, &prefix, &extra_args);
         let control = fleet_runtime::connect::connect(&cfg)
             .await
             .unwrap_or_else(|e| panic!("cannot reach the {backend:?} broker at {url}: {e}"));
@@ -140,6 +154,7 @@ impl World {
             control,
             store,
             limits,
+            extra_args,
             api: None,
             dir,
             procs: Vec::new(),
@@ -188,6 +203,7 @@ impl World {
         ]
         .into_iter()
         .chain(nats_replicas_arg(&self.url))
+        .chain(self.extra_args.iter().cloned())
         .collect()
     }
 
@@ -257,6 +273,22 @@ impl World {
     /// SIGKILLs a process and reaps it.
     pub async fn kill(&mut self, id: ProcId) {
         self.procs[id.0].kill().await;
+    }
+
+    /// Names and exit statuses of the processes that exited (none should, unless killed).
+    pub fn all_exited(&mut self) -> Vec<String> {
+        self.procs
+            .iter_mut()
+            .filter_map(|p| p.exited().map(|s| format!("{} ({s})", p.name)))
+            .collect()
+    }
+
+    /// Every process's admin address, by name (`/readyz`, `/metrics`).
+    pub fn admins(&self) -> Vec<(String, SocketAddr)> {
+        self.procs
+            .iter()
+            .map(|p| (p.name.clone(), p.admin))
+            .collect()
     }
 
     /// A process of the world.
@@ -352,7 +384,13 @@ impl World {
                     match self.control.depth(&source).await {
                         Ok(0) => Ok(()),
                         Ok(n) => Err(format!("{n} waiting")),
-                        Err(e) => Err(e.to_string()),
+                        Err(e) => {
+                            // The test's own connection may have lost its broker node too.
+                            if e.is_connection() {
+                                let _ = self.control.reconnect().await;
+                            }
+                            Err(e.to_string())
+                        }
                     }
                 })
                 .await;
@@ -471,13 +509,19 @@ async fn drop_schema(schema: &str) {
 
 /// The runtime config of the test's own connections.
 pub fn control_config(url: &str, prefix: &str) -> RuntimeConfig {
-    let args = [
+    control_config_with(url, prefix, &[])
+}
+
+/// [`control_config`] with more runtime flags (those every process of the world gets).
+pub fn control_config_with(url: &str, prefix: &str, extra: &[String]) -> RuntimeConfig {
+    let mut args = vec![
         "test".to_owned(),
         format!("--broker-url={url}"),
         format!("--prefix={prefix}"),
         "--broker-heartbeat=2s".into(),
         "--confirm-timeout=5s".into(),
     ];
+    args.extend(extra.iter().cloned());
     RuntimeConfig::parse_from(args.into_iter().chain(nats_replicas_arg(url)))
         .expect("runtime config")
 }
@@ -513,11 +557,12 @@ impl Drop for World {
             }
         }
         // Best effort, from a thread with its own runtime: the test's runtime is unwinding.
-        let (url, prefix, schema, topology) = (
+        let (url, prefix, schema, topology, extra) = (
             self.url.clone(),
             self.prefix.clone(),
             self.schema.clone(),
             self.topology(),
+            self.extra_args.clone(),
         );
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -529,7 +574,8 @@ impl Drop for World {
             rt.block_on(async move {
                 let cleanup = async {
                     if let Ok(b) =
-                        fleet_runtime::connect::connect(&control_config(&url, &prefix)).await
+                        fleet_runtime::connect::connect(&control_config_with(&url, &prefix, &extra))
+                            .await
                     {
                         let _ = b.declare(&topology).await;
                         let _ = b.delete_topology(&topology).await;

@@ -1,6 +1,6 @@
 //! [`AmqpBroker`]: the [`Broker`] implementation over one replaceable connection.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -16,7 +16,7 @@ use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
 
 use crate::acker::SubContext;
-use crate::connect::{Conn, parse_url};
+use crate::connect::{Conn, parse_urls};
 use crate::error::{NOT_FOUND, map_lapin, reply_code, short, timed, timed_raw};
 use crate::headers::to_table;
 use crate::options::AmqpOptions;
@@ -32,7 +32,10 @@ struct Layout {
 }
 
 struct Inner {
-    uri: AMQPUri,
+    /// The cluster's nodes (one for a single broker), in the order given.
+    uris: Vec<AMQPUri>,
+    /// Index in `uris` of the node the current connection goes to.
+    node: AtomicUsize,
     opts: AmqpOptions,
     conn: RwLock<Arc<Conn>>,
     reconnecting: tokio::sync::Mutex<()>,
@@ -67,14 +70,18 @@ impl std::fmt::Debug for AmqpBroker {
 
 /// Connects to `url` (`amqp://` or `amqps://`), opening the shared publish channel.
 ///
+/// `url` may list the nodes of a cluster, comma-separated: the first that answers is used,
+/// and [`Broker::reconnect`] moves on to the next one.
+///
 /// Names default to the `fleet` prefix until [`Broker::declare`] or
 /// [`AmqpBroker::use_topology`] sets others.
 pub async fn connect(url: &str, opts: AmqpOptions) -> Result<AmqpBroker, BrokerError> {
-    let uri = parse_url(url, &opts)?;
-    let conn = Conn::open(&uri, &opts).await?;
+    let uris = parse_urls(url, &opts)?;
+    let (conn, node) = Conn::open_any(&uris, 0, &opts).await?;
     Ok(AmqpBroker {
         inner: Arc::new(Inner {
-            uri,
+            uris,
+            node: AtomicUsize::new(node),
             opts,
             conn: RwLock::new(conn),
             reconnecting: tokio::sync::Mutex::new(()),
@@ -185,7 +192,7 @@ impl Broker for AmqpBroker {
 
     async fn declare(&self, topology: &Topology) -> Result<(), BrokerError> {
         let conn = self.live_conn()?;
-        topology::declare(&conn, topology).await?;
+        topology::declare(&conn, topology, self.inner.opts.quorum_group_size).await?;
         self.use_topology(topology);
         Ok(())
     }
@@ -273,7 +280,10 @@ impl Broker for AmqpBroker {
             // Someone else reconnected meanwhile, or only a channel was lost.
             return Ok(());
         }
-        let fresh = Conn::open(&self.inner.uri, &self.inner.opts).await?;
+        // The node that dropped us is likely down (a cluster node lost): start with the next.
+        let next = self.inner.node.load(Ordering::SeqCst) + 1;
+        let (fresh, node) = Conn::open_any(&self.inner.uris, next, &self.inner.opts).await?;
+        self.inner.node.store(node, Ordering::SeqCst);
         write(&self.inner.conn, fresh);
         old.close().await;
         Ok(())

@@ -40,6 +40,34 @@ pub(crate) fn parse_url(url: &str, opts: &AmqpOptions) -> Result<AMQPUri, Broker
     Ok(uri)
 }
 
+/// Parses `FLEET_BROKER_URL` for RabbitMQ: one URL, or a comma-separated list of the nodes
+/// of one cluster (`amqp://u:p@rmq-0:5672/%2f,amqp://u:p@rmq-1:5672/%2f`).
+pub(crate) fn parse_urls(list: &str, opts: &AmqpOptions) -> Result<Vec<AMQPUri>, BrokerError> {
+    let parts: Vec<&str> = list.split(',').map(str::trim).collect();
+    let many = parts.len() > 1;
+    parts
+        .iter()
+        .enumerate()
+        .map(|(i, part)| {
+            parse_url(part, opts).map_err(|e| match e {
+                BrokerError::Config(m) if many => BrokerError::Config(format!(
+                    "URL {} of {} in the list: {m}; separate the nodes' URLs with commas",
+                    i + 1,
+                    parts.len()
+                )),
+                other => other,
+            })
+        })
+        .collect()
+}
+
+/// Checks a RabbitMQ URL or URL list without connecting (start-up configuration checks).
+pub fn check_urls(list: &str) -> Result<(), String> {
+    parse_urls(list, &AmqpOptions::default())
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
 /// A channel in confirm mode shared by every publisher of a connection.
 pub(crate) struct Publisher {
     /// The confirm-mode channel.
@@ -104,6 +132,38 @@ impl Conn {
             op_timeout: opts.confirm_timeout,
             endpoint,
         }))
+    }
+
+    /// Connects to the first of `uris` that answers, trying them in order from `first`
+    /// (wrapping round); returns the connection and the index of its URL. A node that
+    /// refuses the login ends the search: the others share its users.
+    pub(crate) async fn open_any(
+        uris: &[AMQPUri],
+        first: usize,
+        opts: &AmqpOptions,
+    ) -> Result<(Arc<Conn>, usize), BrokerError> {
+        let n = uris.len();
+        let mut last = None;
+        for i in 0..n {
+            let at = (first + i) % n;
+            match Conn::open(&uris[at], opts).await {
+                Ok(conn) => return Ok((conn, at)),
+                Err(e @ BrokerError::Config(_)) => return Err(e),
+                Err(e) => {
+                    if n > 1 {
+                        tracing::warn!(error = %e, node = at + 1, of = n, "RabbitMQ node not reachable; trying the next");
+                    }
+                    last = Some(e);
+                }
+            }
+        }
+        Err(match last {
+            Some(BrokerError::ConnectionLost(m)) if n > 1 => BrokerError::ConnectionLost(format!(
+                "none of the {n} RabbitMQ nodes answered; last: {m}"
+            )),
+            Some(e) => e,
+            None => BrokerError::Config("FLEET_BROKER_URL names no RabbitMQ node".into()),
+        })
     }
 
     /// True while the connection is open.

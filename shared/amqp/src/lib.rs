@@ -28,6 +28,7 @@ mod subscription;
 mod topology;
 
 pub use broker::{AmqpBroker, connect};
+pub use connect::check_urls;
 pub use options::{
     AmqpOptions, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONSUMER_TIMEOUT,
     DEFAULT_HEARTBEAT, check_consumer_timeout,

@@ -27,6 +27,9 @@ pub struct AmqpOptions {
     pub consumer_timeout: Duration,
     /// PEM file of a CA trusted for `amqps://` besides the system roots (`FLEET_BROKER_CA_FILE`).
     pub ca_file: Option<PathBuf>,
+    /// Replicas of each new quorum queue (`x-quorum-initial-group-size`); `None` leaves it
+    /// to the broker's default, which differs between RabbitMQ versions and settings.
+    pub quorum_group_size: Option<u16>,
 }
 
 impl Default for AmqpOptions {
@@ -38,6 +41,7 @@ impl Default for AmqpOptions {
             heartbeat: DEFAULT_HEARTBEAT,
             consumer_timeout: DEFAULT_CONSUMER_TIMEOUT,
             ca_file: None,
+            quorum_group_size: None,
         }
     }
 }

@@ -4,6 +4,8 @@
 //! handed to lapin under a short lock, then its confirm is awaited outside
 //! any lock, so many tasks publish concurrently with pipelined confirms.
 
+use std::time::Duration;
+
 use fleet_core::{BrokerError, Destination};
 use fleet_protocol::Names;
 use futures::FutureExt;
@@ -45,8 +47,18 @@ pub(crate) fn route(names: &Names, dest: &Destination) -> Route {
     }
 }
 
+/// First pause before publishing a nacked message again; doubled up to [`NACK_PAUSE_MAX`].
+const NACK_PAUSE: Duration = Duration::from_millis(50);
+/// Longest pause between two publishes of a nacked message.
+const NACK_PAUSE_MAX: Duration = Duration::from_secs(1);
+
 impl Conn {
     /// Publishes one message and waits (at most `confirm_timeout`) for the broker's confirm.
+    ///
+    /// A nacked message is published again until that deadline: RabbitMQ nacks while a
+    /// quorum queue has no leader (for a few seconds after its leader's node is lost), and
+    /// that must not cost a job an attempt. Still nacked at the deadline:
+    /// [`BrokerError::Rejected`].
     pub(crate) async fn send(
         &self,
         route: &Route,
@@ -55,6 +67,43 @@ impl Conn {
     ) -> Result<(), BrokerError> {
         let limit = self.op_timeout;
         let deadline = Instant::now() + limit;
+        let mut pause = NACK_PAUSE;
+        let mut nacks = 0u32;
+        loop {
+            match self
+                .send_once(route, body, properties.clone(), deadline)
+                .await?
+            {
+                true => return Ok(()),
+                false if Instant::now() + pause < deadline => {
+                    nacks += 1;
+                    if nacks == 1 {
+                        tracing::warn!(route = %describe(route), "the broker nacked a publish (a quorum queue electing a leader?); publishing it again");
+                    }
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(NACK_PAUSE_MAX);
+                }
+                false => {
+                    return Err(BrokerError::Rejected(format!(
+                        "{}: the broker nacked the message {} times within {limit:?} (a quorum \
+                         queue without a majority of its nodes running?)",
+                        describe(route),
+                        nacks + 1
+                    )));
+                }
+            }
+        }
+    }
+
+    /// One publish and its confirm, bounded by `deadline`; `false` when the broker nacked it.
+    async fn send_once(
+        &self,
+        route: &Route,
+        body: &[u8],
+        properties: BasicProperties,
+        deadline: Instant,
+    ) -> Result<bool, BrokerError> {
+        let limit = self.op_timeout;
         let exchange = short("exchange", &route.exchange)?;
         let key = short("routing key", &route.key)?;
         let target = describe(route);
@@ -85,7 +134,7 @@ impl Conn {
             .map_err(|_| BrokerError::Timeout(limit))?
             .map_err(|e| publish_error(&target, &route.exchange, &e))?;
         match confirmation {
-            Confirmation::Ack(None) => Ok(()),
+            Confirmation::Ack(None) => Ok(true),
             Confirmation::Ack(Some(returned)) => {
                 // lapin hands a basic.return to whichever confirm of a `multiple` ack it
                 // completes first, so only trust it when it names our own route.
@@ -103,12 +152,10 @@ impl Conn {
                         routing_key = %returned.delivery.routing_key,
                         "broker returned an unroutable message published by another task"
                     );
-                    Ok(())
+                    Ok(true)
                 }
             }
-            Confirmation::Nack(_) => Err(BrokerError::Rejected(format!(
-                "{target}: the broker nacked the message"
-            ))),
+            Confirmation::Nack(_) => Ok(false),
             Confirmation::NotRequested => Err(BrokerError::ConnectionLost(format!(
                 "{target}: publish channel is not in confirm mode"
             ))),

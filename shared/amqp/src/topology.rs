@@ -36,6 +36,9 @@ use lapin::{Channel, ExchangeKind};
 use crate::connect::Conn;
 use crate::error::{NOT_FOUND, PRECONDITION_FAILED, map_lapin, reply_code, short, timed_raw};
 
+/// The queue argument that sets a quorum queue's replica count.
+const GROUP_SIZE: &str = "x-quorum-initial-group-size";
+
 /// One durable queue to declare, with its arguments and bindings.
 struct QueueSpec {
     name: String,
@@ -190,6 +193,14 @@ fn queues(topology: &Topology) -> Vec<QueueSpec> {
 }
 
 fn conflict(what: &str, name: &str, e: &lapin::Error) -> BrokerError {
+    if e.to_string().contains(GROUP_SIZE) {
+        return BrokerError::Config(format!(
+            "{what} `{name}` was first declared with another replica count ({e}). Set \
+             FLEET_QUORUM_GROUP_SIZE to the value the existing queues were declared with (unset \
+             if they have none) on every fleet process; change replicas of existing queues with \
+             `rabbitmq-queues grow` / `shrink`"
+        ));
+    }
     BrokerError::Config(format!(
         "{what} `{name}` already exists with other settings ({e}). fleet does not change it: \
          delete it (e.g. `rabbitmqctl delete_queue {name}`, or `rabbitmqadmin delete \
@@ -199,7 +210,15 @@ fn conflict(what: &str, name: &str, e: &lapin::Error) -> BrokerError {
 
 /// Declares the whole topology on one channel; a conflicting existing object is a
 /// [`BrokerError::Config`] naming it (the broker closes the channel, nothing is retried).
-pub(crate) async fn declare(conn: &Conn, topology: &Topology) -> Result<(), BrokerError> {
+///
+/// `group_size` sets `x-quorum-initial-group-size` on every queue: how many cluster nodes
+/// hold a replica of a new queue (RabbitMQ caps it at the cluster's size). An existing
+/// queue declared with another value (or none) is refused by RabbitMQ: see [`conflict`].
+pub(crate) async fn declare(
+    conn: &Conn,
+    topology: &Topology,
+    group_size: Option<u16>,
+) -> Result<(), BrokerError> {
     let t = conn.op_timeout;
     let channel = conn.channel().await?;
     let durable = ExchangeDeclareOptions {
@@ -225,7 +244,10 @@ pub(crate) async fn declare(conn: &Conn, topology: &Topology) -> Result<(), Brok
         durable: true,
         ..QueueDeclareOptions::default()
     };
-    for q in queues(topology) {
+    for mut q in queues(topology) {
+        if let Some(n) = group_size {
+            number(&mut q.args, GROUP_SIZE, i64::from(n));
+        }
         let declare = channel.queue_declare(short("queue", &q.name)?, durable, q.args);
         match timed_raw(t, declare).await? {
             Ok(_) => {}

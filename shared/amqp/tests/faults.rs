@@ -192,3 +192,57 @@ async fn connect_failures_are_bounded_and_classified() {
         .expect_err("wrong scheme");
     assert!(matches!(err, BrokerError::Config(_)), "{err}");
 }
+
+/// A cluster's URL list: the first node that answers is used, and after losing it the
+/// broker reconnects to the next one (two fault proxies stand in for two nodes).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn url_list_fails_over_to_the_next_node() {
+    with_env(|env| async move {
+        let upstream = url_addr(&amqp_url()).expect("address of the AMQP URL");
+        let first = FaultProxy::start(upstream).await.expect("proxy 1");
+        let second = FaultProxy::start(upstream).await.expect("proxy 2");
+        let list = format!(
+            "{},{}",
+            url_with_addr(&amqp_url(), first.addr()).expect("url 1"),
+            url_with_addr(&amqp_url(), second.addr()).expect("url 2")
+        );
+        // Node 1 down at start: the list's second URL is used.
+        first.set_refuse(true);
+        let broker = open_with(&list, options(&format!("{} (list)", env.name))).await;
+        broker.use_topology(&env.topology);
+        broker
+            .publish(env.job("survives"))
+            .await
+            .expect("publish via node 2");
+        let mut sub = subscribe(&broker, jobs()).await;
+        let got = one(&mut sub, SOON).await;
+        assert_eq!(&got.body[..], b"survives");
+        // Node 2 is lost with the delivery unacked; node 1 is back.
+        first.set_refuse(false);
+        second.set_refuse(true);
+        second.cut();
+        let b = &broker;
+        wait_for("node 2's loss to be seen", SOON, || async move {
+            !b.is_connected()
+        })
+        .await;
+        let err = sub
+            .fetch(1, Duration::from_secs(1))
+            .await
+            .expect_err("dead subscription");
+        assert!(got.acker.ack().await.is_err(), "ack after the loss");
+        assert_lost_then_recovered(env, &broker, err).await;
+        broker.close().await;
+    })
+    .await;
+}
+
+/// Malformed entries in a URL list are named by position, without the password.
+#[test]
+fn url_list_errors_name_the_entry() {
+    let err = fleet_amqp::check_urls("amqp://u:secret@a:5672/%2f,nats://u:secret@b:4222")
+        .expect_err("a NATS URL in a RabbitMQ list");
+    assert!(err.contains("URL 2 of 2"), "{err}");
+    assert!(!err.contains("secret"), "{err}");
+    fleet_amqp::check_urls("amqp://a:5672/%2f, amqp://b:5672/%2f").expect("two nodes");
+}

@@ -444,3 +444,36 @@ async fn retrying_counts_the_stage_retry_queues() {
     })
     .await;
 }
+
+/// `FLEET_QUORUM_GROUP_SIZE` is sent on every queue; a queue first declared with another
+/// value (here: none) is refused with a message naming the setting and the fix.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quorum_group_size_is_set_and_a_change_is_explained() {
+    with_env(|env| async move {
+        let with_size = |size: u16| fleet_amqp::AmqpOptions {
+            quorum_group_size: Some(size),
+            ..common::options(&format!("{} (group {size})", env.name))
+        };
+        let url = fleet_test_support::amqp_url();
+        let other = common::open_with(&url, with_size(3)).await;
+        let err = other
+            .declare(&env.topology)
+            .await
+            .expect_err("another replica count than the existing queues'");
+        assert!(
+            matches!(err, BrokerError::Config(ref m) if m.contains("FLEET_QUORUM_GROUP_SIZE")),
+            "{err}"
+        );
+        other.close().await;
+        // A fresh prefix declared with a size accepts the same size again.
+        let mut fresh = env.topology.clone();
+        fresh.names = Names::new(&fleet_test_support::unique_prefix("amqp-group"));
+        for _ in 0..2 {
+            let b = common::open_with(&url, with_size(3)).await;
+            b.declare(&fresh).await.expect("declare with group size 3");
+            b.close().await;
+        }
+        env.broker.delete_topology(&fresh).await.expect("delete");
+    })
+    .await;
+}

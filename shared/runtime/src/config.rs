@@ -86,6 +86,12 @@ pub struct RuntimeConfig {
     #[arg(long, env = "FLEET_RABBITMQ_CONSUMER_TIMEOUT", default_value = DEFAULT_CONSUMER_TIMEOUT, value_parser = humantime::parse_duration)]
     pub rabbitmq_consumer_timeout: Duration,
 
+    /// RabbitMQ: cluster nodes holding a replica of each quorum queue (capped by the
+    /// cluster's size). Unset: the broker's `quorum_cluster_size` (3 on 3.10 and 4.x). Set it
+    /// before the queues first exist: RabbitMQ refuses a redeclaration with another value.
+    #[arg(long, env = "FLEET_QUORUM_GROUP_SIZE")]
+    pub quorum_group_size: Option<u16>,
+
     /// First retry delay ceiling (exponential, full jitter).
     #[arg(long, env = "FLEET_RETRY_BASE", default_value = "1s", value_parser = humantime::parse_duration)]
     pub retry_base: Duration,
@@ -222,6 +228,16 @@ impl RuntimeConfig {
                 "FLEET_BROKER_URL `{}` has no known scheme: use amqp://, amqps://, nats://, tls:// or memory://",
                 fleet_protocol::redact::redact_url(&self.broker_url)
             ));
+        }
+        if matches!(scheme, "amqp" | "amqps")
+            && let Err(e) = fleet_amqp::check_urls(&self.broker_url)
+        {
+            errs.push(format!("FLEET_BROKER_URL: {e}"));
+        }
+        if self.quorum_group_size == Some(0) {
+            errs.push(
+                "FLEET_QUORUM_GROUP_SIZE must be at least 1 (3 for a three-node cluster)".into(),
+            );
         }
         if self.concurrency == 0 {
             errs.push("FLEET_CONCURRENCY must be at least 1".into());

@@ -20,6 +20,7 @@ pub async fn connect(cfg: &RuntimeConfig) -> Result<Arc<dyn Broker>, BrokerError
                 heartbeat: cfg.broker_heartbeat,
                 consumer_timeout: cfg.rabbitmq_consumer_timeout,
                 ca_file: cfg.broker_ca_file.clone(),
+                quorum_group_size: cfg.quorum_group_size,
                 ..fleet_amqp::AmqpOptions::default()
             };
             Ok(Arc::new(fleet_amqp::connect(url, opts).await?))

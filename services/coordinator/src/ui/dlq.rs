@@ -138,7 +138,7 @@ pub async fn show(
     Extension(viewer): Extension<Viewer>,
     Path(id): Path<i64>,
 ) -> Result<Html<String>, UiError> {
-    let Json(d) = api_show(State(app), Path(id)).await?;
+    let Json(d) = api_show(State(app), Path(id.to_string())).await?;
     let headers = d["headers"].as_object().cloned().unwrap_or_default();
     let body_text = match &d["body"] {
         serde_json::Value::String(s) => s.clone(),
