@@ -104,7 +104,17 @@ if port_open 5432 && command -v psql >/dev/null 2>&1 && postgres_ready; then
     pg_up=1
 fi
 if ((rabbit_up)) && ! amqp_answers; then
-    fail "RabbitMQ accepts TCP on 127.0.0.1:5672 but does not answer the AMQP handshake within 5s (wedged node?); restart it: rabbitmqctl stop; rabbitmq-server -detached" "$(rabbit_log)"
+    # A wedged node (seen after the disk filled up: mnesia tables went missing and every
+    # connection crashed) is restarted once, as an operator would, then started below.
+    need_root "restart a wedged RabbitMQ"
+    say "RabbitMQ accepts TCP on 127.0.0.1:5672 but does not answer the AMQP handshake within 5s (wedged node?): restarting it"
+    as_root timeout 60 rabbitmqctl -q stop >/dev/null 2>&1 || as_root pkill -9 -u rabbitmq beam.smp || true
+    for _ in $(seq 30); do
+        port_open 5672 || break
+        sleep 1
+    done
+    port_open 5672 && fail "RabbitMQ did not stop within 30s; stop it by hand (rabbitmqctl stop)" "$(rabbit_log)"
+    rabbit_up=0
 fi
 if ((rabbit_up && nats_up && pg_up)); then
     nats_jetstream || fail "NATS answers on 127.0.0.1:4222 but without JetStream; restart it with -js" "$NATS_LOG"
