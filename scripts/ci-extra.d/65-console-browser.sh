@@ -41,3 +41,12 @@ else
     cargo test --workspace --locked --test console_browser -- --ignored
 fi
 say "screenshots: $(ls target/ui-screenshots/*.png | wc -l) PNGs in target/ui-screenshots/"
+# The render benchmark (10,000 items by hand, see docs/console.md) runs small here, so the code
+# it measures stays checked and its figures are printed.
+if cargo nextest --version >/dev/null 2>&1; then
+    FLEET_CONSOLE_BENCH_ITEMS=1000 cargo nextest run --workspace --locked --run-ignored only \
+        --no-capture -E 'test(console_page_render_benchmark)'
+else
+    FLEET_CONSOLE_BENCH_ITEMS=1000 cargo test --workspace --locked --test console -- --ignored \
+        --nocapture console_page_render_benchmark
+fi

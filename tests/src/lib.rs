@@ -8,6 +8,7 @@
 //! broker and PostgreSQL for the cross-service fault tests (`tests/faults.rs`), with a
 //! stub LLM ([`llm`]).
 
+pub mod cluster;
 pub mod env;
 pub mod llm;
 pub mod procs;

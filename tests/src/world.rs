@@ -275,14 +275,6 @@ impl World {
         self.procs[id.0].kill().await;
     }
 
-    /// Names and exit statuses of the processes that exited (none should, unless killed).
-    pub fn all_exited(&mut self) -> Vec<String> {
-        self.procs
-            .iter_mut()
-            .filter_map(|p| p.exited().map(|s| format!("{} ({s})", p.name)))
-            .collect()
-    }
-
     /// Every process's admin address, by name (`/readyz`, `/metrics`).
     pub fn admins(&self) -> Vec<(String, SocketAddr)> {
         self.procs

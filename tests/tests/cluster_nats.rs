@@ -15,12 +15,11 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fleet_store::params;
 use fleet_test_support::wait_for;
 use fleet_tests::Backend;
+use fleet_tests::cluster::{sample_completions, sample_readiness};
 use fleet_tests::procs::http;
 use fleet_tests::world::{NATS_REPLICAS_ENV, ProcId, World, submission, text};
 use serde_json::{Value, json};
@@ -34,16 +33,7 @@ const RUN: Duration = Duration::from_secs(300);
 
 /// Runs the cluster script; its trimmed output, or a panic with its error output.
 fn cluster(args: &[&str]) -> String {
-    let out = std::process::Command::new(SCRIPT)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("running {SCRIPT}: {e}"));
-    assert!(
-        out.status.success(),
-        "{SCRIPT} {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    fleet_tests::cluster::script(SCRIPT.as_ref(), args)
 }
 
 /// What one run measured.
@@ -65,81 +55,6 @@ impl Run {
     fn items_per_sec(&self) -> f64 {
         self.items as f64 / self.elapsed.as_secs_f64()
     }
-}
-
-/// Samples every process's `/readyz` until `stop`: per process, how many samples were not 200.
-fn sample_readiness(
-    procs: Vec<(String, SocketAddr)>,
-    stop: CancellationToken,
-) -> tokio::task::JoinHandle<BTreeMap<String, usize>> {
-    tokio::spawn(async move {
-        let mut unready: BTreeMap<String, usize> =
-            procs.iter().map(|(n, _)| (n.clone(), 0)).collect();
-        while !stop.is_cancelled() {
-            for (name, admin) in &procs {
-                let ok = matches!(
-                    tokio::time::timeout(
-                        Duration::from_millis(500),
-                        http(*admin, "GET", "/readyz", None)
-                    )
-                    .await,
-                    Ok(Ok((200, _)))
-                );
-                if !ok {
-                    *unready.entry(name.clone()).or_default() += 1;
-                }
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        unready
-    })
-}
-
-/// `(when, rows written)`, one entry per change of the count.
-type Completions = Arc<Mutex<Vec<(Instant, i64)>>>;
-
-/// Records `(when, rows)` each time the writer's row count for `pid` changes, until `stop`.
-fn sample_completions(
-    store: fleet_store::Store,
-    pid: String,
-    stop: CancellationToken,
-) -> (Completions, tokio::task::JoinHandle<()>) {
-    let seen = Arc::new(Mutex::new(Vec::<(Instant, i64)>::new()));
-    let out = seen.clone();
-    let task = tokio::spawn(async move {
-        let mut last = -1;
-        let mut errors = 0u32;
-        while !stop.is_cancelled() {
-            let counted = tokio::time::timeout(
-                Duration::from_secs(2),
-                store.query_one(
-                    "SELECT COUNT(*) AS n FROM fleet_results WHERE pipeline_id = $1",
-                    params![pid.clone()],
-                ),
-            )
-            .await;
-            match counted {
-                Ok(Ok(row)) => {
-                    let n: i64 = row.get("n").unwrap_or(last);
-                    if n != last {
-                        out.lock().unwrap().push((Instant::now(), n));
-                        last = n;
-                    }
-                }
-                Ok(Err(e)) if errors < 3 && last >= 0 => {
-                    errors += 1;
-                    eprintln!("counting rows failed: {e}");
-                }
-                Err(_) if errors < 3 => {
-                    errors += 1;
-                    eprintln!("counting rows took over 2 s");
-                }
-                _ => {}
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    });
-    (seen, task)
 }
 
 /// Names of the clients connected to node `n` (its monitoring `/connz`).
@@ -308,30 +223,13 @@ async fn run(tag: &str, items: usize, kill: bool) -> Run {
         );
     }
 
-    let failover = killed_at.map(|at| {
-        let c = completions.lock().unwrap();
-        let before = c.iter().rev().find(|(t, _)| *t <= at).map(|(t, _)| *t);
-        let after = c.iter().find(|(t, _)| *t > at).map(|(t, _)| *t);
-        after
-            .unwrap_or_else(|| {
-                panic!(
-                    "no item was written after the kill: the run was over before it; raise \
-                     FLEET_CLUSTER_ITEMS"
-                )
-            })
-            .duration_since(before.unwrap_or(started))
-    });
-    let longest_gap = killed_at.map(|at| {
-        let c = completions.lock().unwrap();
-        let from_kill: Vec<Instant> = std::iter::once(at)
-            .chain(c.iter().map(|(t, _)| *t).filter(|t| *t > at))
-            .collect();
-        from_kill
-            .windows(2)
-            .map(|w| w[1].duration_since(w[0]))
-            .max()
-            .unwrap_or_default()
-    });
+    let (failover, longest_gap) = match killed_at {
+        Some(at) => {
+            let (f, g) = fleet_tests::cluster::failover(&completions, at, started);
+            (Some(f), Some(g))
+        }
+        None => (None, None),
+    };
     w.cleanup().await;
     Run {
         items,

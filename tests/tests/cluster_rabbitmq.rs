@@ -12,39 +12,26 @@
 //! long form: 1000).
 #![allow(clippy::unwrap_used, clippy::expect_used)] // a panic is the failure report
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fleet_store::params;
 use fleet_test_support::wait_for;
 use fleet_tests::Backend;
-use fleet_tests::procs::http;
+use fleet_tests::cluster::{Completions, sample_completions, sample_readiness};
 use fleet_tests::world::{Limits, World, submission, text};
 use serde_json::json;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
 /// The environment variable naming the cluster's URL list.
 const URLS_ENV: &str = "FLEET_TEST_RABBIT_CLUSTER_URLS";
 
-fn cluster_script() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq-cluster.sh")
-}
-
 /// Runs `scripts/rabbitmq-cluster.sh ARGS` (bounded by the script's own timeouts).
 fn cluster(args: &[&str]) -> String {
-    let out = std::process::Command::new("bash")
-        .arg(cluster_script())
-        .args(args)
-        .output()
-        .expect("run scripts/rabbitmq-cluster.sh");
-    assert!(
-        out.status.success(),
-        "rabbitmq-cluster.sh {args:?} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../scripts/rabbitmq-cluster.sh");
+    fleet_tests::cluster::script(&path, args)
 }
 
 fn items() -> usize {
@@ -67,75 +54,49 @@ async fn rows(w: &World, pid: &str) -> i64 {
         .unwrap_or(0)
 }
 
-/// What the samplers saw: when the row count grew, and which processes were ever unready.
-#[derive(Default)]
+/// What one run saw: its wall time, when the row count changed, and per process how many
+/// `/readyz` samples were not 200.
 struct Seen {
-    /// (time, rows) whenever the row count changed.
-    growth: Vec<(Instant, i64)>,
-    /// Processes whose `/readyz` answered non-200 or not at all at some point.
-    unready: BTreeSet<String>,
+    took: Duration,
+    started: Instant,
+    completions: Completions,
+    unready: BTreeMap<String, usize>,
 }
 
-/// Submits `n` items as `pid` and waits until it is `completed`, sampling rows and
-/// readiness every 50 ms; returns the run's wall time.
-async fn run(w: &World, pid: &str, n: usize, seen: &Arc<Mutex<Seen>>) -> Duration {
+impl Seen {
+    /// The processes that were unready at least once.
+    fn unready(&self) -> Vec<&str> {
+        self.unready
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(p, _)| p.as_str())
+            .collect()
+    }
+}
+
+/// Submits `n` items as `pid` and waits until it is `completed`, sampling rows and readiness.
+async fn run(w: &World, pid: &str, n: usize) -> Seen {
     let list: Vec<(String, String)> = (0..n)
         .map(|i| (format!("i{i:04}"), text(&format!("cluster item {i}"))))
         .collect();
     let refs: Vec<(&str, String)> = list.iter().map(|(a, b)| (a.as_str(), b.clone())).collect();
-    let start = Instant::now();
+    let stop = CancellationToken::new();
+    let readiness = sample_readiness(w.admins(), stop.clone());
+    let (completions, sampler) = sample_completions(w.store.clone(), pid.to_owned(), stop.clone());
+    let started = Instant::now();
     w.submit(&submission(pid, &refs, json!({}))).await;
-    let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let mut samplers = Vec::new();
-    // Rows every 50 ms; each process's /readyz on its own task so a slow answer delays nothing.
-    samplers.push({
-        let (seen, done, pid, store) =
-            (seen.clone(), done.clone(), pid.to_owned(), w.store.clone());
-        tokio::spawn(async move {
-            let mut last = -1;
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                let now = Instant::now();
-                let r = store
-                    .query_one(
-                        "SELECT COUNT(*) AS n FROM fleet_results WHERE pipeline_id = $1",
-                        params![pid.as_str()],
-                    )
-                    .await
-                    .ok()
-                    .and_then(|r| r.get::<i64>("n").ok())
-                    .unwrap_or(last);
-                if r != last {
-                    seen.lock().unwrap().growth.push((now, r));
-                    last = r;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        })
-    });
-    for (name, admin) in w.admins() {
-        let (seen, done) = (seen.clone(), done.clone());
-        samplers.push(tokio::spawn(async move {
-            while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                let ready = tokio::time::timeout(
-                    Duration::from_millis(500),
-                    http(admin, "GET", "/readyz", None),
-                )
-                .await;
-                if !matches!(ready, Ok(Ok((200, _)))) {
-                    seen.lock().unwrap().unready.insert(name.clone());
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        }));
-    }
     let bound = Duration::from_secs(60 + 2 * n as u64);
     w.wait_state(pid, "completed", bound).await;
-    let took = start.elapsed();
-    done.store(true, std::sync::atomic::Ordering::SeqCst);
-    for s in samplers {
-        s.await.expect("sampler");
+    let took = started.elapsed();
+    stop.cancel();
+    sampler.await.expect("completion sampler");
+    let unready = readiness.await.expect("readiness sampler");
+    Seen {
+        took,
+        started,
+        completions,
+        unready,
     }
-    took
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -161,13 +122,11 @@ async fn rabbitmq_node_loss_loses_nothing() {
     }
 
     // Healthy baseline on the same cluster.
-    let healthy_seen = Arc::new(Mutex::new(Seen::default()));
-    let healthy = run(&w, "healthy", n, &healthy_seen).await;
+    let healthy = run(&w, "healthy", n).await;
     w.assert_final("healthy", "completed").await;
 
     // The same run with the leader of the summarize queue killed a quarter of the way in.
     let queue = format!("{}.jobs.summarize", w.prefix);
-    let seen = Arc::new(Mutex::new(Seen::default()));
     // Looked up before the run: `rabbitmqctl` takes a second or two on a busy machine.
     let node = {
         let q = queue.clone();
@@ -206,7 +165,7 @@ async fn rabbitmq_node_loss_loses_nothing() {
             at
         })
     };
-    let failover_run = run(&w, "failover", n, &seen).await;
+    let lossy = run(&w, "failover", n).await;
     let killed_at = killer.await.expect("the node was killed and restarted");
 
     let r = w.assert_final("failover", "completed").await;
@@ -218,46 +177,34 @@ async fn rabbitmq_node_loss_loses_nothing() {
     w.assert_rows("failover", &refs).await;
     assert_eq!(rows(&w, "failover").await, i64::try_from(n).unwrap());
     w.wait_queues_empty(Duration::from_secs(60)).await;
-    let exited = w.all_exited();
-    assert!(exited.is_empty(), "processes exited: {exited:?}");
-    for id in procs {
+    for &id in &procs {
+        if let Some(status) = w.exited(id) {
+            panic!(
+                "{} exited ({status}): it must reconnect, not restart",
+                w.proc(id).name
+            );
+        }
         let p = w.proc(id);
         let in_flight = p.metric("fleet_jobs_in_flight", &[]).await;
         assert_eq!(in_flight, 0.0, "{} still has jobs in flight", p.name);
     }
 
-    let (growth, unready) = {
-        let s = seen.lock().unwrap();
-        (s.growth.clone(), s.unready.clone())
-    };
-    let healthy_unready = healthy_seen.lock().unwrap().unready.clone();
-    let before = growth
-        .iter()
-        .rfind(|(t, _)| *t <= killed_at)
-        .map(|(t, _)| *t);
-    let after = growth.iter().find(|(t, _)| *t > killed_at).map(|(t, _)| *t);
-    let failover = match (before, after) {
-        (Some(b), Some(a)) => a - b,
-        _ => panic!(
-            "no completion on both sides of the kill (raise FLEET_CLUSTER_ITEMS): {:?}",
-            growth
-                .iter()
-                .map(|(t, r)| (t.duration_since(killed_at.min(*t)), *r))
-                .collect::<Vec<_>>()
-        ),
-    };
+    let (failover, longest) =
+        fleet_tests::cluster::failover(&lossy.completions, killed_at, lossy.started);
     let rate = |d: Duration| n as f64 / d.as_secs_f64();
     println!(
-        "rabbitmq cluster, {n} items: healthy {:.1} items/s ({healthy:.1?}); node loss {:.1} \
-         items/s ({failover_run:.1?}); failover (last row before the kill → first after) \
-         {failover:.2?}; unready during the loss: {:?}; healthy run unready: {:?}",
-        rate(healthy),
-        rate(failover_run),
-        unready,
-        healthy_unready,
+        "rabbitmq cluster, {n} items: healthy {:.1} items/s ({:.1?}); node loss {:.1} items/s \
+         ({:.1?}); failover (last row before the kill → first after) {failover:.2?}, longest \
+         pause after the kill {longest:.2?}; unready during the loss: {:?}; healthy run unready: {:?}",
+        rate(healthy.took),
+        healthy.took,
+        rate(lossy.took),
+        lossy.took,
+        lossy.unready(),
+        healthy.unready(),
     );
     assert!(
-        !unready.is_empty(),
+        !lossy.unready().is_empty(),
         "no process reported unready while its node was lost"
     );
     w.cleanup().await;

@@ -8,7 +8,6 @@ mod common;
 use std::time::Duration;
 
 use common::{Backend, Harness};
-use fleet_core::{Destination, OutMessage};
 use fleet_protocol::EventKind;
 use fleet_test_support::wait_for;
 use reqwest::header::{LOCATION, SET_COOKIE};
@@ -34,19 +33,8 @@ async fn world(h: &Harness) {
     h.finish("pq", &["a"], "summarize", EventKind::Succeeded)
         .await;
     h.finish("pq", &["a"], "write", EventKind::Succeeded).await;
-    let mut job = fleet_protocol::JobEnvelope::new("pq", "b", "summarize", json!({"text": "t"}));
-    job.route = vec![fleet_protocol::RouteStep {
-        stage: "write".into(),
-        required: true,
-    }];
-    let mut msg = OutMessage::new(
-        Destination::DeadLetter {
-            stage: "summarize".into(),
-        },
-        job.to_bytes(),
-    );
-    msg.headers = vec![("x-backstop".into(), "delivery-limit".into())];
-    h.broker.publish(msg).await.unwrap();
+    h.backstop_dead_letter("pq", "b", "summarize", json!({"text": "t"}))
+        .await;
     h.wait_state("pq", "partial_success", T).await;
     h.submit("pr", &["x", "y"], json!({})).await;
 }
@@ -437,19 +425,8 @@ async fn world_with(h: &Harness, bearer: &[(&str, &str)]) {
     h.finish("pq", &["a"], "summarize", EventKind::Succeeded)
         .await;
     h.finish("pq", &["a"], "write", EventKind::Succeeded).await;
-    let mut job = fleet_protocol::JobEnvelope::new("pq", "b", "summarize", json!({"text": "t"}));
-    job.route = vec![fleet_protocol::RouteStep {
-        stage: "write".into(),
-        required: true,
-    }];
-    let mut msg = OutMessage::new(
-        Destination::DeadLetter {
-            stage: "summarize".into(),
-        },
-        job.to_bytes(),
-    );
-    msg.headers = vec![("x-backstop".into(), "delivery-limit".into())];
-    h.broker.publish(msg).await.unwrap();
+    h.backstop_dead_letter("pq", "b", "summarize", json!({"text": "t"}))
+        .await;
     let ah = AuthHarness { h, bearer };
     wait_for("pq partial_success", T, || async {
         ah.state("pq").await == "partial_success"
@@ -467,11 +444,16 @@ fn median_p95(mut samples: Vec<f64>) -> (f64, f64) {
 /// Benchmark, not a timed test: the first page of items of a 10,000-item pipeline as HTML,
 /// next to the API's JSON report of the same pipeline (the baseline), 30 requests each.
 /// `cargo nextest run --workspace --run-ignored only -E 'test(console_page_render_benchmark)' --no-capture`
+/// (`FLEET_CONSOLE_BENCH_ITEMS` changes the size: CI runs 1,000 so the page stays checked).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: prints figures"]
 async fn console_page_render_benchmark() {
     let h = Harness::new(Backend::Memory, "console-bench", &[]).await;
-    let ids: Vec<String> = (0..10_000).map(|i| format!("item-{i:05}")).collect();
+    let items: usize = std::env::var("FLEET_CONSOLE_BENCH_ITEMS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(10_000);
+    let ids: Vec<String> = (0..items).map(|i| format!("item-{i:05}")).collect();
     let refs: Vec<&str> = ids.iter().map(String::as_str).collect();
     h.submit("big", &refs, json!({})).await;
     // Measure once the relay has published the 10,000 first jobs, not while it works.
@@ -512,7 +494,7 @@ async fn console_page_render_benchmark() {
         figures.push(format!("{name}: median {median:.1} ms, p95 {p95:.1} ms"));
     }
     for f in &figures {
-        println!("10,000-item pipeline, {f}");
+        println!("{items}-item pipeline, {f}");
     }
     h.cleanup().await;
 }

@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use common::{Backend, Harness, heartbeat};
 use fantoccini::{Client, ClientBuilder, Locator};
-use fleet_core::{Destination, OutMessage};
 use fleet_protocol::EventKind;
 use fleet_test_support::wait_for;
 use serde_json::json;
@@ -71,6 +70,12 @@ async fn bar_value(c: &Client) -> i64 {
     v.as_f64().unwrap() as i64
 }
 
+/// The text of the first element matching `css` right now; `None` while the page is (re)loading
+/// (no such element yet, or it went stale between finding and reading it). For polling.
+async fn text_now(c: &Client, css: &str) -> Option<String> {
+    c.find(Locator::Css(css)).await.ok()?.text().await.ok()
+}
+
 async fn text(c: &Client, css: &str) -> String {
     c.find(Locator::Css(css))
         .await
@@ -117,19 +122,8 @@ async fn failed_pipeline(h: &Harness) {
     h.finish("pq", &["a"], "summarize", EventKind::Succeeded)
         .await;
     h.finish("pq", &["a"], "write", EventKind::Succeeded).await;
-    let mut job = fleet_protocol::JobEnvelope::new("pq", "b", "summarize", json!({"text": "t"}));
-    job.route = vec![fleet_protocol::RouteStep {
-        stage: "write".into(),
-        required: true,
-    }];
-    let mut msg = OutMessage::new(
-        Destination::DeadLetter {
-            stage: "summarize".into(),
-        },
-        job.to_bytes(),
-    );
-    msg.headers = vec![("x-backstop".into(), "delivery-limit".into())];
-    h.broker.publish(msg).await.unwrap();
+    h.backstop_dead_letter("pq", "b", "summarize", json!({"text": "t"}))
+        .await;
     wait_for("pq partial_success", T, || async {
         state(h, "pq").await == "partial_success"
     })
@@ -214,17 +208,11 @@ async fn console_in_a_real_browser() {
         "the analyze bar moved while running: {seen:?}"
     );
     wait_for("the page to show completed", T, || async {
-        text(&c, "#live [data-state]").await == "completed"
+        text_now(&c, "#live [data-state]").await.as_deref() == Some("completed")
     })
     .await;
     wait_for("the final report after the reload", T, || async {
-        c.find(Locator::Id("report-h"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
-            == "Final report"
+        text_now(&c, "#report-h").await.as_deref() == Some("Final report")
     })
     .await;
     shot(&c, "pipeline-completed").await;

@@ -475,24 +475,8 @@ async fn dlq_archive_ends_the_item_and_replay_makes_a_new_pipeline() {
         .await;
     h.finish("pq", &["a"], "write", EventKind::Succeeded).await;
     // Item b's summarize job dies in the broker backstop: no fleet headers, no event.
-    let mut job = fleet_protocol::JobEnvelope::new(
-        "pq",
-        "b",
-        "summarize",
-        json!({"text": "t", "analysis": 1}),
-    );
-    job.route = vec![fleet_protocol::RouteStep {
-        stage: "write".into(),
-        required: true,
-    }];
-    let mut msg = OutMessage::new(
-        Destination::DeadLetter {
-            stage: "summarize".into(),
-        },
-        job.to_bytes(),
-    );
-    msg.headers = vec![("x-backstop".into(), "delivery-limit".into())];
-    h.broker.publish(msg).await.unwrap();
+    h.backstop_dead_letter("pq", "b", "summarize", json!({"text": "t", "analysis": 1}))
+        .await;
     let r = h.wait_state("pq", "partial_success", T).await;
     let b = r["items"]
         .as_array()

@@ -39,7 +39,7 @@ pub async fn connect(cfg: &RuntimeConfig) -> Result<Arc<dyn Broker>, BrokerError
         "memory" => Ok(Arc::new(MemoryBroker::new())),
         _ => Err(BrokerError::Config(format!(
             "unknown broker URL scheme in `{}`: use amqp://, amqps://, nats://, tls:// or memory://",
-            crate::worker::redact(url)
+            fleet_protocol::redact::redact_url(url)
         ))),
     }
 }
@@ -60,11 +60,11 @@ pub async fn connect_with_retry(
             Err(e) if since.elapsed() >= cfg.max_outage => {
                 anyhow::bail!(
                     "cannot reach the broker at {}: {e}. Check FLEET_BROKER_URL and that the broker runs",
-                    crate::worker::redact(&cfg.broker_url)
+                    fleet_protocol::redact::redact_url(&cfg.broker_url)
                 );
             }
             Err(e) => {
-                tracing::warn!(error = %e, url = %crate::worker::redact(&cfg.broker_url), "broker not reachable yet; retrying");
+                tracing::warn!(error = %e, url = %fleet_protocol::redact::redact_url(&cfg.broker_url), "broker not reachable yet; retrying");
                 tokio::select! {
                     () = tokio::time::sleep(pause) => {}
                     () = shutdown.cancelled() => return Ok(None),

@@ -10,7 +10,7 @@ use serde::Deserialize;
 
 use super::error::UiError;
 use super::layout::{csrf, page};
-use super::session::{Sessions, Viewer, same_origin, set_cookie, urlencode};
+use super::session::{Sessions, Viewer, check_csrf, same_origin, set_cookie, urlencode};
 use crate::api::dlq::Filter;
 use crate::app::App;
 
@@ -106,7 +106,7 @@ pub async fn cancel(
     Path(id): Path<String>,
     Form(f): Form<CsrfForm>,
 ) -> Result<Redirect, UiError> {
-    viewer.check_csrf(&f.csrf)?;
+    check_csrf(&viewer, &f.csrf)?;
     let _accepted = crate::api::pipelines::cancel(State(app), Path(id.clone())).await?;
     Ok(Redirect::to(&format!("/ui/pipelines/{}", urlencode(&id))))
 }
@@ -164,7 +164,7 @@ pub async fn replay(
     Extension(viewer): Extension<Viewer>,
     Form(f): Form<SelectForm>,
 ) -> Result<Response, UiError> {
-    viewer.check_csrf(&f.csrf)?;
+    check_csrf(&viewer, &f.csrf)?;
     let confirmed = f.confirmed();
     let Json(out) =
         crate::api::dlq::replay(State(app), HeaderMap::new(), Json(f.filter(!confirmed))).await?;
@@ -205,7 +205,7 @@ pub async fn purge(
     Extension(viewer): Extension<Viewer>,
     Form(f): Form<SelectForm>,
 ) -> Result<Response, UiError> {
-    viewer.check_csrf(&f.csrf)?;
+    check_csrf(&viewer, &f.csrf)?;
     let confirmed = f.confirmed();
     let Json(out) = crate::api::dlq::purge(State(app), Json(f.filter(!confirmed))).await?;
     let n = out["purged"].as_i64().unwrap_or(0);

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use axum::response::Html;
 use maud::{DOCTYPE, Markup, html};
 
-use super::session::Viewer;
+use super::viewer::Viewer;
 
 /// Job states after which a job does no more work (the "done" part of a stage's progress).
 pub const DONE_STATES: [&str; 5] = [

@@ -11,6 +11,7 @@ mod pipeline;
 mod pipelines;
 mod queues;
 mod session;
+mod viewer;
 
 use axum::Router;
 use axum::http::header;

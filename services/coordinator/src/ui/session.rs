@@ -11,6 +11,7 @@ use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use super::error::UiError;
+pub use super::viewer::Viewer;
 use crate::api::auth::{Access, Tokens};
 use crate::config::Config;
 use crate::model::now_ms;
@@ -27,17 +28,6 @@ type HmacSha256 = Hmac<Sha256>;
 pub struct Sessions {
     key: [u8; 32],
     tokens: Tokens,
-}
-
-/// Who is looking: what the page may offer and the CSRF token its forms carry.
-#[derive(Clone, Debug)]
-pub struct Viewer {
-    /// The full token (or no auth): action buttons are shown and accepted.
-    pub can_act: bool,
-    /// The CSRF token of this session.
-    pub csrf: String,
-    /// The coordinator needs no token (no login, no logout).
-    pub open: bool,
 }
 
 impl Sessions {
@@ -171,19 +161,17 @@ pub fn same_origin(headers: &HeaderMap) -> Result<(), UiError> {
     }
 }
 
-impl Viewer {
-    /// Refuses an action whose form lacks this session's CSRF token.
-    pub fn check_csrf(&self, given: &str) -> Result<(), UiError> {
-        use subtle::ConstantTimeEq;
-        if bool::from(self.csrf.as_bytes().ct_eq(given.as_bytes())) {
-            Ok(())
-        } else {
-            Err(UiError::new(
-                StatusCode::FORBIDDEN,
-                "the form's CSRF token is missing or stale",
-                "reload the page and submit the form again",
-            ))
-        }
+/// Refuses an action whose form lacks `viewer`'s session CSRF token.
+pub fn check_csrf(viewer: &Viewer, given: &str) -> Result<(), UiError> {
+    use subtle::ConstantTimeEq;
+    if bool::from(viewer.csrf.as_bytes().ct_eq(given.as_bytes())) {
+        Ok(())
+    } else {
+        Err(UiError::new(
+            StatusCode::FORBIDDEN,
+            "the form's CSRF token is missing or stale",
+            "reload the page and submit the form again",
+        ))
     }
 }
 

@@ -311,6 +311,27 @@ impl Harness {
         self.send(stage, events, None).await;
     }
 
+    /// Dead-letters `item`'s `stage` job (payload `payload`, next stage `write`) as the broker's
+    /// delivery-limit backstop does: no fleet headers, no event, only `x-backstop`.
+    pub async fn backstop_dead_letter(&self, pid: &str, item: &str, stage: &str, payload: Value) {
+        let mut job = JobEnvelope::new(pid, item, stage, payload);
+        job.route = vec![fleet_protocol::RouteStep {
+            stage: "write".into(),
+            required: true,
+        }];
+        let mut msg = OutMessage::new(
+            Destination::DeadLetter {
+                stage: stage.into(),
+            },
+            job.to_bytes(),
+        );
+        msg.headers = vec![("x-backstop".into(), "delivery-limit".into())];
+        self.broker
+            .publish(msg)
+            .await
+            .expect("publish the dead letter");
+    }
+
     /// Takes up to `n` jobs from a stage queue (acking them).
     pub async fn take_jobs(&self, stage: &str, n: usize, within: Duration) -> Vec<JobEnvelope> {
         let mut sub = self
