@@ -76,13 +76,9 @@ async fn text_now(c: &Client, css: &str) -> Option<String> {
     c.find(Locator::Css(css)).await.ok()?.text().await.ok()
 }
 
+/// The text of the first element matching `css`, waiting (bounded) while the page (re)loads.
 async fn text(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    wait_for(&format!("`{css}` on the page"), T, || text_now(c, css)).await
 }
 
 /// Submits through the API with the writer token.
