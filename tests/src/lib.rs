@@ -7,7 +7,10 @@
 //! [`World`] runs the real service binaries as separate processes ([`procs`]) on a real
 //! broker and PostgreSQL for the cross-service fault tests (`tests/faults.rs`), with a
 //! stub LLM ([`llm`]).
+//!
+//! [`chaos`] is the fault campaign (`fleet-chaos`, `tests/chaos.rs`) built on [`World`].
 
+pub mod chaos;
 pub mod cluster;
 pub mod env;
 pub mod llm;

@@ -20,6 +20,17 @@ pub enum Behavior {
     HangFirst(usize),
     /// Answers after a delay.
     Slow(Duration),
+    /// Answers at once with this HTTP status and an error body (e.g. 500).
+    Status(u16),
+}
+
+/// Faults for every request no rule matches, in percent of requests (the fault campaign's
+/// "hung dependency": e.g. 10 % hang, 5 % answer 500); chosen by a hash of the request
+/// number, so a retry of the same request may well get through.
+#[derive(Debug, Default)]
+struct Chaos {
+    hang_pct: AtomicUsize,
+    error_pct: AtomicUsize,
 }
 
 struct Rule {
@@ -35,6 +46,7 @@ pub struct StubLlm {
     pub addr: SocketAddr,
     rules: Arc<Mutex<Vec<Arc<Rule>>>>,
     requests: Arc<AtomicUsize>,
+    chaos: Arc<Chaos>,
     stop: CancellationToken,
 }
 
@@ -62,10 +74,15 @@ impl StubLlm {
             addr,
             rules: Arc::default(),
             requests: Arc::default(),
+            chaos: Arc::default(),
             stop: CancellationToken::new(),
         };
-        let (rules, requests, stop) =
-            (stub.rules.clone(), stub.requests.clone(), stub.stop.clone());
+        let (rules, requests, chaos, stop) = (
+            stub.rules.clone(),
+            stub.requests.clone(),
+            stub.chaos.clone(),
+            stub.stop.clone(),
+        );
         tokio::spawn(async move {
             loop {
                 let conn = tokio::select! {
@@ -73,10 +90,11 @@ impl StubLlm {
                     () = stop.cancelled() => return,
                 };
                 let Ok((sock, _)) = conn else { continue };
-                let (rules, requests, stop) = (rules.clone(), requests.clone(), stop.clone());
+                let (rules, requests, chaos, stop) =
+                    (rules.clone(), requests.clone(), chaos.clone(), stop.clone());
                 tokio::spawn(async move {
                     tokio::select! {
-                        _ = serve(sock, rules, requests) => {}
+                        _ = serve(sock, rules, requests, chaos) => {}
                         () = stop.cancelled() => {}
                     }
                 });
@@ -121,6 +139,13 @@ impl StubLlm {
             .map_or(0, |r| r.active.load(Ordering::SeqCst))
     }
 
+    /// From now on, of the requests no rule matches, `hang_pct` % hang and `error_pct` %
+    /// get a 500 (0 and 0: all answer again; held requests stay held until dropped).
+    pub fn set_chaos(&self, hang_pct: usize, error_pct: usize) {
+        self.chaos.hang_pct.store(hang_pct, Ordering::SeqCst);
+        self.chaos.error_pct.store(error_pct, Ordering::SeqCst);
+    }
+
     /// Every request received.
     pub fn requests(&self) -> usize {
         self.requests.load(Ordering::SeqCst)
@@ -155,11 +180,33 @@ async fn read_request(sock: &mut TcpStream) -> Option<String> {
     }
 }
 
-async fn serve(mut sock: TcpStream, rules: Arc<Mutex<Vec<Arc<Rule>>>>, requests: Arc<AtomicUsize>) {
+/// A well-mixed percentile (0..100) of request number `n` (SplitMix64 finalizer).
+fn percentile(n: usize) -> usize {
+    let mut z = (n as u64).wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) % 100) as usize
+}
+
+async fn respond(sock: &mut TcpStream, status: u16, reply: &str) {
+    let resp = format!(
+        "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
+        reply.len()
+    );
+    let _ = sock.write_all(resp.as_bytes()).await;
+    let _ = sock.shutdown().await;
+}
+
+async fn serve(
+    mut sock: TcpStream,
+    rules: Arc<Mutex<Vec<Arc<Rule>>>>,
+    requests: Arc<AtomicUsize>,
+    chaos: Arc<Chaos>,
+) {
     let Some(body) = read_request(&mut sock).await else {
         return;
     };
-    requests.fetch_add(1, Ordering::SeqCst);
+    let nth = requests.fetch_add(1, Ordering::SeqCst);
     let rule = rules
         .lock()
         .expect("rules")
@@ -175,6 +222,20 @@ async fn serve(mut sock: TcpStream, rules: Arc<Mutex<Vec<Arc<Rule>>>>, requests:
             Behavior::HangFirst(k) if n < k => std::future::pending::<()>().await,
             Behavior::HangFirst(_) => {}
             Behavior::Slow(d) => tokio::time::sleep(d).await,
+            Behavior::Status(code) => {
+                return respond(&mut sock, code, r#"{"error":{"message":"stub failure"}}"#).await;
+            }
+        }
+    } else {
+        let (hang, error) = (
+            chaos.hang_pct.load(Ordering::SeqCst),
+            chaos.error_pct.load(Ordering::SeqCst),
+        );
+        let p = percentile(nth);
+        if p < hang {
+            std::future::pending::<()>().await;
+        } else if p < hang + error {
+            return respond(&mut sock, 500, r#"{"error":{"message":"stub failure"}}"#).await;
         }
     }
     let reply = serde_json::json!({
@@ -183,10 +244,5 @@ async fn serve(mut sock: TcpStream, rules: Arc<Mutex<Vec<Arc<Rule>>>>, requests:
                      "message": {"role": "assistant", "content": "A stub summary of the item."}}]
     })
     .to_string();
-    let resp = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{reply}",
-        reply.len()
-    );
-    let _ = sock.write_all(resp.as_bytes()).await;
-    let _ = sock.shutdown().await;
+    respond(&mut sock, 200, &reply).await;
 }

@@ -70,10 +70,21 @@ pub struct World {
     pub extra_args: Vec<String>,
     /// The current coordinator's API address.
     pub api: Option<SocketAddr>,
+    /// `--heartbeat-interval` of every process started from now on ([`HEARTBEAT`] by default).
+    pub heartbeat: String,
     dir: PathBuf,
     procs: Vec<Proc>,
+    launches: Vec<Launch>,
     started: BTreeMap<String, usize>,
     cleaned: bool,
+}
+
+/// How a process was started, so that a replacement starts the same way (fresh ports).
+#[derive(Debug, Clone)]
+struct Launch {
+    kind: String,
+    extra: Vec<String>,
+    listen: Option<SocketAddr>,
 }
 
 /// A handle on a process of the world.
@@ -156,8 +167,10 @@ impl World {
             limits,
             extra_args,
             api: None,
+            heartbeat: HEARTBEAT.to_owned(),
             dir,
             procs: Vec::new(),
+            launches: Vec::new(),
             started: BTreeMap::new(),
             cleaned: false,
         };
@@ -190,7 +203,7 @@ impl World {
             format!("--broker-url={}", self.url),
             format!("--prefix={}", self.prefix),
             format!("--admin-addr={admin}"),
-            format!("--heartbeat-interval={HEARTBEAT}"),
+            format!("--heartbeat-interval={}", self.heartbeat),
             "--ack-wait=3s".into(),
             format!("--max-attempts={}", self.limits.max_attempts),
             format!("--max-deliver={}", self.limits.max_deliver),
@@ -222,21 +235,57 @@ impl World {
         ProcId(self.procs.len() - 1)
     }
 
+    /// Spawns a process of `kind` (`coordinator`, `analyzer`, …) with the shared flags plus
+    /// `extra`, on fresh ports, without waiting for it to be ready.
+    pub fn launch(&mut self, kind: &str, extra: &[String]) -> ProcId {
+        let admin = procs::free_addr();
+        let mut args = self.runtime_args(admin);
+        let mut listen = None;
+        if kind == "coordinator" {
+            let l = procs::free_addr();
+            args.extend([
+                format!("--listen={l}"),
+                format!("--database-url={}", self.db_url),
+                "--tick=100ms".into(),
+            ]);
+            if !extra.iter().any(|a| a.starts_with("--deadline-grace")) {
+                args.push("--deadline-grace=1s".into());
+            }
+            listen = Some(l);
+        }
+        args.extend(extra.iter().cloned());
+        let id = self.spawn(kind, &format!("fleet-{kind}"), args, admin);
+        self.launches.push(Launch {
+            kind: kind.to_owned(),
+            extra: extra.to_vec(),
+            listen,
+        });
+        id
+    }
+
+    /// Spawns a replacement for `id` (same kind and flags, fresh ports), not waiting for it;
+    /// `id` itself is left as it is (kill it first).
+    pub fn respawn(&mut self, id: ProcId) -> ProcId {
+        let l = self.launches[id.0].clone();
+        self.launch(&l.kind, &l.extra)
+    }
+
+    /// The kind of a process (`coordinator`, `analyzer`, …).
+    pub fn kind(&self, id: ProcId) -> &str {
+        &self.launches[id.0].kind
+    }
+
+    /// A coordinator's API address.
+    pub fn listen(&self, id: ProcId) -> Option<SocketAddr> {
+        self.launches[id.0].listen
+    }
+
     /// Starts a coordinator (a new API port each time) and waits until it is ready; it
     /// becomes the one [`World::api`] talks to. `extra` are more flags.
     pub async fn start_coordinator(&mut self, extra: &[&str]) -> ProcId {
-        let (admin, listen) = (procs::free_addr(), procs::free_addr());
-        let mut args = self.runtime_args(admin);
-        args.extend([
-            format!("--listen={listen}"),
-            format!("--database-url={}", self.db_url),
-            "--tick=100ms".into(),
-        ]);
-        if !extra.iter().any(|a| a.starts_with("--deadline-grace")) {
-            args.push("--deadline-grace=1s".into());
-        }
-        args.extend(extra.iter().map(|s| (*s).to_owned()));
-        let id = self.spawn("coordinator", "fleet-coordinator", args, admin);
+        let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+        let id = self.launch("coordinator", &extra);
+        let listen = self.listen(id).expect("a coordinator listens");
         self.procs[id.0].wait_ready(READY).await;
         procs::wait_http(listen, "/v1/pipelines", 200, READY).await;
         self.api = Some(listen);
@@ -245,10 +294,7 @@ impl World {
 
     /// Starts a worker binary (`fleet-analyzer`, …) with the shared flags plus `extra`.
     pub async fn start_worker(&mut self, kind: &str, extra: &[String]) -> ProcId {
-        let admin = procs::free_addr();
-        let mut args = self.runtime_args(admin);
-        args.extend(extra.iter().cloned());
-        let id = self.spawn(kind, &format!("fleet-{kind}"), args, admin);
+        let id = self.launch(kind, extra);
         self.procs[id.0].wait_ready(READY).await;
         id
     }
@@ -286,6 +332,11 @@ impl World {
     /// A process of the world.
     pub fn proc(&self, id: ProcId) -> &Proc {
         &self.procs[id.0]
+    }
+
+    /// Mutable access to a process of the world (readiness waits).
+    pub fn proc_mut(&mut self, id: ProcId) -> &mut Proc {
+        &mut self.procs[id.0]
     }
 
     /// The exit status of a process of the world, if it has exited.

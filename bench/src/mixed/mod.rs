@@ -9,7 +9,6 @@
 //! there, unconsumed, until the run's topology is deleted).
 
 mod baseline;
-mod corpus;
 mod db;
 mod measure;
 mod report;
@@ -20,6 +19,8 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use fleet_core::Topology;
 use fleet_protocol::Names;
+
+use fleet_test_support::corpus;
 
 use crate::scenario::Kind;
 use crate::{Which, cpu, load};

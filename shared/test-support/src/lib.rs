@@ -8,9 +8,12 @@
 //!   refuses or blackholes connections on demand.
 //! * [`tls::TestCa`] issues certificates for a test; [`tls::TlsProxy`] puts a TLS
 //!   listener in front of a plaintext service.
+//! * [`corpus`] generates the mixed item set (40 % ~2.5 KB, 60 % ~25 KB of prose) that the
+//!   mixed benchmark and the fault campaign push through the fleet.
 //! * [`amqp_url`], [`nats_url`] and [`postgres_url`] locate the machine's real
 //!   services (`scripts/services.sh` starts them), overridable by environment.
 
+pub mod corpus;
 pub mod http;
 mod proxy;
 pub mod tls;

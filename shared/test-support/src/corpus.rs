@@ -1,5 +1,6 @@
-//! The benchmark's items: deterministic, varied English-like text from a seed (no network,
-//! no data files), 40 % of about 2.5 KB and 60 % of about 25 KB, in a shuffled order.
+//! The mixed items of the benchmark (`fleet-bench mixed`) and the fault campaign
+//! (`fleet-chaos`): deterministic, varied English-like text from a seed (no network, no data
+//! files), 40 % of about 2.5 KB and 60 % of about 25 KB, in a shuffled order.
 //!
 //! Each item has a topic whose nouns recur across its sentences, so that keyword
 //! extraction and the TextRank summarizer see structure like real prose, not noise.
