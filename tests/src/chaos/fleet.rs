@@ -16,6 +16,30 @@ const READY: Duration = Duration::from_secs(60);
 /// The worker kinds, in start order.
 pub const WORKERS: [&str; 3] = ["analyzer", "summarizer", "writer"];
 
+enum Ready {
+    Yes,
+    Exited,
+    TimedOut,
+}
+
+/// Waits (bounded) until process `id` answers `/readyz` with 200, or exits.
+async fn ready(world: &mut World, id: ProcId) -> Ready {
+    let deadline = tokio::time::Instant::now() + READY;
+    loop {
+        if world.exited(id).is_some() {
+            return Ready::Exited;
+        }
+        if let Ok((200, _)) = crate::procs::http(world.proc(id).admin, "GET", "/readyz", None).await
+        {
+            return Ready::Yes;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Ready::TimedOut;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Slot {
     id: ProcId,
@@ -50,17 +74,27 @@ impl Fleet {
     /// waits until all are ready.
     pub async fn start(mut world: World, replicas: usize, flags: &Flags) -> Fleet {
         let of = |k: &str| flags.by_kind.get(k).cloned().unwrap_or_default();
-        let mut ids = Vec::new();
-        for _ in 0..2 {
-            ids.push(world.launch("coordinator", &of("coordinator")));
-        }
+        let mut kinds = vec!["coordinator"; 2];
         for kind in WORKERS {
-            for _ in 0..replicas {
-                ids.push(world.launch(kind, &of(kind)));
-            }
+            kinds.extend(std::iter::repeat_n(kind, replicas));
         }
-        for id in &ids {
-            world.proc_mut(*id).wait_ready(READY).await;
+        let mut ids = Vec::new();
+        for kind in kinds {
+            // One at a time: a port picked free may be taken by the time a process binds it
+            // (then it exits at once and a replacement gets other ports).
+            let mut id = world.launch(kind, &of(kind));
+            let mut tries = 0;
+            loop {
+                match ready(&mut world, id).await {
+                    Ready::Yes => break,
+                    Ready::Exited if tries < 3 => {
+                        tries += 1;
+                        id = world.respawn(id);
+                    }
+                    _ => world.proc_mut(id).wait_ready(Duration::ZERO).await,
+                }
+            }
+            ids.push(id);
         }
         world.api = world.listen(ids[0]);
         Fleet {

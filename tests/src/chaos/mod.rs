@@ -17,6 +17,7 @@ pub mod check;
 pub mod feed;
 pub mod fleet;
 pub mod poison;
+pub mod private;
 pub mod record;
 pub mod rss;
 pub mod run;

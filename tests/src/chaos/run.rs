@@ -20,6 +20,7 @@ use crate::world::{Limits, STAGES, World};
 use super::check::end_state;
 use super::feed::{self, FeedState, Pace};
 use super::fleet::{Flags, Fleet};
+use super::private::PrivateNats;
 use super::record::Recorder;
 use super::scenario::{Faults, Scenario};
 use super::table::Row;
@@ -249,10 +250,24 @@ pub async fn run_scenario(o: &Options) -> Outcome {
     let mut errors = Vec::new();
 
     // The world, with every service behind a proxy (broker and database).
-    let url = match o.backend {
-        Backend::Rabbit => fleet_test_support::amqp_url(),
-        Backend::Nats => fleet_test_support::nats_url(),
-        Backend::Memory => panic!("the campaign runs on a real broker"),
+    // The broker-restart scenario runs on a private broker (the shared one is never restarted).
+    let mut private = None;
+    if faults.broker_restart {
+        if o.backend != Backend::Nats {
+            errors.push("broker-restart needs a private broker: only NATS has one here".into());
+        } else {
+            let dir = std::env::temp_dir().join(format!("fleet-chaos-nats-{}", std::process::id()));
+            match PrivateNats::start(&dir).await {
+                Ok(p) => private = Some(p),
+                Err(e) => errors.push(e),
+            }
+        }
+    }
+    let url = match (&private, o.backend) {
+        (Some(p), _) => p.url(),
+        (None, Backend::Rabbit) => fleet_test_support::amqp_url(),
+        (None, Backend::Nats) => fleet_test_support::nats_url(),
+        (None, Backend::Memory) => panic!("the campaign runs on a real broker"),
     };
     let limits = Limits {
         max_attempts: 3,
@@ -433,6 +448,11 @@ pub async fn run_scenario(o: &Options) -> Outcome {
                                 say(format!("SIGKILL {n}"));
                             }
                         }
+                        "broker-restart" if private.is_some() => {
+                            if let Some(p) = private.as_mut() {
+                                p.down().await;
+                            }
+                        }
                         _ => errors.push(format!("fault {} is not available", w.fault)),
                     }
                 }
@@ -457,6 +477,13 @@ pub async fn run_scenario(o: &Options) -> Outcome {
                         "broker-cut" => broker_proxy.set_refuse(false),
                         "db-outage" => db_proxy.set_refuse(false),
                         "coordinator-crash" => fleet.restart_down(),
+                        "broker-restart" => {
+                            if let Some(p) = private.as_mut() {
+                                if let Err(e) = p.up().await {
+                                    errors.push(e);
+                                }
+                            }
+                        }
                         _ => {}
                     }
                 }
@@ -556,5 +583,8 @@ pub async fn run_scenario(o: &Options) -> Outcome {
     world.cleanup().await;
     drop(broker_proxy);
     drop(db_proxy);
+    if let Some(p) = private {
+        p.remove().await;
+    }
     Outcome { row, usage_log }
 }
