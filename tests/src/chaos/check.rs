@@ -51,7 +51,7 @@ pub async fn end_state(w: &World, pid: &str, expected: usize, in_flight: Option<
     let db = &w.store;
     let items = db
         .query(
-            "SELECT item_id, state FROM coord_items WHERE pipeline_id = $1",
+            "SELECT item_id, state, outcome, failed_stage, reason FROM coord_items WHERE pipeline_id = $1",
             params![pid],
         )
         .await
@@ -59,8 +59,18 @@ pub async fn end_state(w: &World, pid: &str, expected: usize, in_flight: Option<
     let mut succeeded = BTreeSet::new();
     let mut failed = BTreeSet::new();
     let mut running = 0usize;
+    let mut about = BTreeMap::new();
     for r in &items {
         let (id, state) = (s(r, "item_id"), s(r, "state"));
+        about.insert(
+            id.clone(),
+            format!(
+                "{id}: {state} {} {} {}",
+                s(r, "outcome"),
+                s(r, "failed_stage"),
+                s(r, "reason").chars().take(120).collect::<String>()
+            ),
+        );
         *e.states.entry(state.clone()).or_default() += 1;
         match state.as_str() {
             "succeeded" => {
@@ -120,11 +130,27 @@ pub async fn end_state(w: &World, pid: &str, expected: usize, in_flight: Option<
     if running > 0 {
         v.push(format!("{running} items not terminal"));
     }
+    // The first few offending items, with what the coordinator says of them.
+    let name = |ids: Vec<&String>| -> String {
+        ids.iter()
+            .take(5)
+            .map(|i| {
+                about
+                    .get(*i)
+                    .cloned()
+                    .unwrap_or_else(|| format!("{i}: unknown"))
+            })
+            .collect::<Vec<_>>()
+            .join(" | ")
+    };
     if written != succeeded {
+        let extra: Vec<&String> = written.difference(&succeeded).collect();
         v.push(format!(
-            "rows ≠ succeeded items: {} succeeded without a row, {} rows of items not succeeded",
+            "rows ≠ succeeded items: {} succeeded without a row [{}], {} rows of items not succeeded [{}]",
             missing_rows,
-            written.difference(&succeeded).count()
+            name(succeeded.difference(&written).collect()),
+            extra.len(),
+            name(extra.clone())
         ));
     }
     if e.duplicated > 0 {
@@ -132,9 +158,11 @@ pub async fn end_state(w: &World, pid: &str, expected: usize, in_flight: Option<
     }
     if dead_items != failed {
         v.push(format!(
-            "dead letters ≠ failed items: {} failed without a dead letter, {} dead-lettered not failed",
+            "dead letters ≠ failed items: {} failed without a dead letter [{}], {} dead-lettered not failed [{}]",
             failed.difference(&dead_items).count(),
-            dead_items.difference(&failed).count()
+            name(failed.difference(&dead_items).collect()),
+            dead_items.difference(&failed).count(),
+            name(dead_items.difference(&failed).collect())
         ));
     }
     match in_flight {
