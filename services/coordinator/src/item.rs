@@ -50,6 +50,14 @@ fn unpublished(fact: Option<&JobFact>) -> bool {
         .is_some_and(|r| r.starts_with(PUBLISH_FAILED))
 }
 
+/// True when a stage after `route[i]` has a job that is not merely `skipped`.
+fn passed_on(route: &[RouteStep], i: usize, jobs: &HashMap<String, JobFact>) -> bool {
+    route[i + 1..].iter().any(|s| {
+        jobs.get(&s.stage)
+            .is_some_and(|f| f.state != JobState::Skipped)
+    })
+}
+
 /// Derives the item from `route` (all its stages, in order) and its jobs by stage.
 pub fn derive(route: &[RouteStep], jobs: &HashMap<String, JobFact>) -> ItemView {
     let mut skipped_optional = Vec::new();
@@ -82,6 +90,13 @@ pub fn derive(route: &[RouteStep], jobs: &HashMap<String, JobFact>) -> ItemView 
                 notes
                     .push(Degradation::new(DegradationKind::StageSkipped, &step.stage).to_string());
             }
+            // A required stage whose dead letter sits behind a later stage's job that did more
+            // than get skipped passed the item on: the dead letter is a redelivered copy of a
+            // job whose earlier attempt succeeded, but whose ack and success event died with
+            // its worker (a poison neighbour, a SIGKILL right after the next stage's job was
+            // published). The item goes on with that later job (found by the fault campaign,
+            // issue 10, as rows written for items reported failed).
+            Some(JobState::DeadLettered) if !unpublished(fact) && passed_on(route, i, jobs) => {}
             Some(JobState::DeadLettered) => {
                 let why = fact.and_then(|f| f.reason.clone()).unwrap_or_default();
                 if unpublished(fact) {
@@ -226,6 +241,31 @@ mod tests {
             v.skip_stages,
             vec![("summarize".into(), false), ("write".into(), true)]
         );
+    }
+
+    #[test]
+    fn a_dead_letter_behind_a_later_stage_does_not_fail_the_item() {
+        // analyze succeeded and passed the item on, then a redelivered copy of its job was
+        // dead-lettered (its worker died before the ack): summarize ran, so the item goes on.
+        let mut j = jobs(&[
+            ("analyze", JobState::DeadLettered),
+            ("summarize", JobState::Succeeded),
+            ("write", JobState::Skipped),
+        ]);
+        let v = derive(&route(), &j);
+        assert_eq!(v.state, ItemState::Running);
+        assert_eq!(v.queue_stage, Some(("write".into(), true)));
+        assert!(v.skip_stages.is_empty());
+        j.get_mut("write").unwrap().state = JobState::Succeeded;
+        let v = derive(&route(), &j);
+        assert_eq!(v.state, ItemState::Succeeded, "{v:?}");
+        // Later stages only skipped (the failure's own doing): still failed.
+        let j = jobs(&[
+            ("analyze", JobState::DeadLettered),
+            ("summarize", JobState::Skipped),
+            ("write", JobState::Skipped),
+        ]);
+        assert_eq!(derive(&route(), &j).state, ItemState::Failed);
     }
 
     #[test]

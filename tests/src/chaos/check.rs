@@ -18,6 +18,9 @@ pub struct EndState {
     pub ok: usize,
     /// Distinct items with a dead letter.
     pub dead_lettered: usize,
+    /// Items with a dead letter that still succeeded (one row): the dead letter was a
+    /// redelivered copy of a job whose earlier attempt had passed the item on.
+    pub superseded: usize,
     /// Dead letters by `stage:reason`.
     pub reasons: BTreeMap<String, usize>,
     /// Items submitted but not terminal, or succeeded without a row.
@@ -156,13 +159,24 @@ pub async fn end_state(w: &World, pid: &str, expected: usize, in_flight: Option<
     if e.duplicated > 0 {
         v.push(format!("{} items written more than once", e.duplicated));
     }
-    if dead_items != failed {
+    // Dead letters = failed items, except dead letters superseded by the item's success.
+    let superseded: BTreeSet<String> = dead_items
+        .difference(&failed)
+        .filter(|i| succeeded.contains(*i) && rows.get(*i) == Some(&1))
+        .cloned()
+        .collect();
+    e.superseded = superseded.len();
+    let unexplained: Vec<&String> = dead_items
+        .difference(&failed)
+        .filter(|i| !superseded.contains(*i))
+        .collect();
+    if !failed.is_subset(&dead_items) || !unexplained.is_empty() {
         v.push(format!(
-            "dead letters ≠ failed items: {} failed without a dead letter [{}], {} dead-lettered not failed [{}]",
+            "dead letters ≠ failed items: {} failed without a dead letter [{}], {} dead-lettered neither failed nor succeeded [{}]",
             failed.difference(&dead_items).count(),
             name(failed.difference(&dead_items).collect()),
-            dead_items.difference(&failed).count(),
-            name(dead_items.difference(&failed).collect())
+            unexplained.len(),
+            name(unexplained.clone())
         ));
     }
     match in_flight {

@@ -59,7 +59,10 @@ pub fn line(r: &Row) -> String {
     let reasons = if e.reasons.is_empty() {
         String::new()
     } else {
-        let list: Vec<String> = e.reasons.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+        let mut list: Vec<String> = e.reasons.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+        if e.superseded > 0 {
+            list.push(format!("{} of the items succeeded after all", e.superseded));
+        }
         format!(" ({})", list.join(", "))
     };
     let lag = e
