@@ -51,7 +51,7 @@ pub enum Pace {
 /// The poison marker of item number `i`, when it is one (1 in 100, alternating kinds).
 pub fn poison_marker(i: usize) -> Option<&'static str> {
     (i % 100 == 50).then(|| {
-        if (i / 100) % 2 == 0 {
+        if (i / 100).is_multiple_of(2) {
             CRASH_MARKER
         } else {
             MALFORMED_MARKER

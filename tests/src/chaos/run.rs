@@ -362,9 +362,11 @@ pub async fn run_scenario(o: &Options) -> Outcome {
         }
         *state.apis.lock().expect("apis") = fleet.apis();
 
-        if let Some(f) = feed.as_ref().filter(|f| f.is_finished()) {
-            let _ = f;
-            let f = feed.take().expect("feed");
+        if feed
+            .as_ref()
+            .is_some_and(tokio::task::JoinHandle::is_finished)
+            && let Some(f) = feed.take()
+        {
             let r = f
                 .await
                 .unwrap_or_else(|e| Err(format!("feed panicked: {e}")));

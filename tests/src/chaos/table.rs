@@ -71,7 +71,18 @@ pub fn line(r: &Row) -> String {
     let exits = if r.exits.is_empty() {
         "0".to_owned()
     } else {
-        format!("{}: {}", r.exits.len(), r.exits.join("; "))
+        // `analyzer-3 (signal: 9 (SIGKILL)) → analyzer-5`: counted by kind and status.
+        let mut by: BTreeMap<String, usize> = BTreeMap::new();
+        for e in &r.exits {
+            let kind = e.split('-').next().unwrap_or(e);
+            let status = e
+                .split_once(" (")
+                .and_then(|(_, rest)| rest.rsplit_once(") →"))
+                .map_or("", |(s, _)| s);
+            *by.entry(format!("{kind} {status}")).or_default() += 1;
+        }
+        let list: Vec<String> = by.iter().map(|(k, n)| format!("{k} ×{n}")).collect();
+        format!("{}: {}", r.exits.len(), list.join(", "))
     };
     let v = r.violations();
     let verdict = if v.is_empty() {
