@@ -180,7 +180,7 @@ pub async fn end_state(w: &World, pid: &str, expected: usize, in_flight: Option<
         ));
     }
     match in_flight {
-        Some(n) if n == 0.0 => {}
+        Some(0.0) => {}
         Some(n) => v.push(format!("{n} jobs still in flight")),
         None => v.push("in-flight unknown: a worker did not answer /metrics".into()),
     }

@@ -471,19 +471,15 @@ pub async fn run_scenario(o: &Options) -> Outcome {
                     match w.fault {
                         "llm-hang" => stub.set_chaos(0, 0),
                         "worker-loss" => killing = false,
-                        "poison" => {
-                            if o.record {
-                                state.poison.store(false, Ordering::SeqCst);
-                            }
-                        }
+                        "poison" if o.record => state.poison.store(false, Ordering::SeqCst),
                         "broker-cut" => broker_proxy.set_refuse(false),
                         "db-outage" => db_proxy.set_refuse(false),
                         "coordinator-crash" => fleet.restart_down(),
                         "broker-restart" => {
-                            if let Some(p) = private.as_mut() {
-                                if let Err(e) = p.up().await {
-                                    errors.push(e);
-                                }
+                            if let Some(p) = private.as_mut()
+                                && let Err(e) = p.up().await
+                            {
+                                errors.push(e);
                             }
                         }
                         _ => {}
