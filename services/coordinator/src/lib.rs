@@ -20,6 +20,7 @@ pub mod db;
 pub mod error;
 pub mod events;
 pub mod finalize;
+pub mod gauges;
 pub mod ingest;
 pub mod item;
 pub mod item_limit;
@@ -201,6 +202,7 @@ pub async fn start(
     let shutdown = tasks.token();
     let admin = AdminServer::start(config.runtime.admin_addr, &mut tasks).await?;
     DESCRIBE.call_once(metrics::describe);
+    metrics::register_zero_counters();
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await
         .with_context(|| {

@@ -120,3 +120,15 @@ pub fn describe() {
         "Job results that arrived after their pipeline was finalized."
     );
 }
+
+/// Registers `fleet_pipelines_finalized_total` at 0 for every final state, so the first
+/// finalization of a state is an increase Prometheus sees (a counter series that appears
+/// already at 1 has no `increase()`, and `FleetPipelinesFailing` would miss a lone failure).
+pub fn register_zero_counters() {
+    for state in crate::model::PipelineState::ALL
+        .iter()
+        .filter(|s| s.is_final())
+    {
+        metrics::counter!(PIPELINES_FINALIZED, "state" => state.as_str()).increment(0);
+    }
+}

@@ -20,8 +20,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::db::{Db, for_update, log_event};
 use crate::finalize::{PipelineFacts, REASON_NOTES, Verdict, decide, with_degradation};
+use crate::gauges::{StageCounts, StageGauges};
 use crate::metrics as m;
-use crate::model::{JobState, Millis, PipelineState, StallKind, now_ms};
+use crate::model::{JobState, Millis, PipelineState, now_ms};
 use crate::outbox::{KEEP_PUBLISHED_MS, enqueue};
 use crate::stall::{JobFacts, StallParams, classify};
 
@@ -61,6 +62,8 @@ pub struct SweepReport {
     /// Stages whose whole backlog waits for delayed retries (nothing queued or running), with
     /// how many jobs wait.
     pub parked: BTreeMap<String, i64>,
+    /// Workers, backlog and stalls by stage, for the gauges ([`StageGauges`]).
+    pub counts: StageCounts,
 }
 
 /// Logs stages that became all-parked (warn) or stopped being so (info) since the last sweep.
@@ -444,26 +447,12 @@ pub async fn sweep_once(store: &Store, cfg: &SweepConfig) -> Result<SweepReport,
         for (state, n) in &by_state {
             metrics::gauge!(m::PIPELINES, "state" => state.clone()).set(*n as f64);
         }
-        for (stage, n) in &alive {
-            metrics::gauge!(m::WORKERS_ALIVE, "stage" => stage.clone()).set(*n as f64);
-        }
-        for ((stage, health), n) in &backlog {
-            metrics::gauge!(m::STAGE_BACKLOG, "stage" => stage.clone(), "health" => *health)
-                .set(*n as f64);
-        }
-        let stages: Vec<String> = backlog.keys().map(|(s, _)| s.clone()).collect();
-        for stage in stages {
-            for kind in StallKind::ALL {
-                let n = report
-                    .stalled
-                    .get(&(stage.clone(), kind.as_str().to_owned()))
-                    .copied()
-                    .unwrap_or(0);
-                metrics::gauge!(m::JOBS_STALLED, "stage" => stage.clone(), "kind" => kind.as_str())
-                    .set(n as f64);
-            }
-        }
     }
+    report.counts = StageCounts {
+        alive,
+        backlog,
+        stalled: report.stalled.clone(),
+    };
     metrics::counter!(m::SWEEPER_TICKS).increment(1);
     Ok(report)
 }
@@ -483,6 +472,8 @@ pub async fn run(
     // Stages reported as all-parked, so each change is logged once, not every tick.
     let mut parked: BTreeMap<String, i64> = BTreeMap::new();
     let mut last_retention: Option<Instant> = None;
+    // Every stage seen so far keeps its gauges (0 when idle), so none freezes or goes missing.
+    let mut gauges = StageGauges::new(&cfg.stages);
     loop {
         tokio::select! {
             _ = interval.tick() => {}
@@ -498,6 +489,7 @@ pub async fn run(
                     relay.notify_one();
                 }
                 if r.ran {
+                    gauges.export(&r.counts);
                     log_parked_changes(&parked, &r.parked);
                     parked = r.parked;
                 }

@@ -465,6 +465,92 @@ async fn no_consumer_then_worker_lost() {
     h.cleanup().await;
 }
 
+/// A stage with backlog and no workers has a `fleet_workers_alive` series at 0 (so
+/// `FleetStageNoConsumer` can fire) even when the sweeping coordinator's configured route
+/// does not name it (pipelines routed before FLEET_ROUTE changed), and its gauges go back to
+/// 0 once it drains instead of keeping their last value.
+#[tokio::test]
+async fn a_routed_stage_without_workers_exports_zero_workers() {
+    use fleet_coordinator::gauges::{StageCounts, StageGauges};
+    use fleet_coordinator::sweeper::{SweepConfig, sweep_once};
+
+    let h = Harness::new(Backend::Memory, "ghost-stage", &[]).await;
+    h.submit("pg", &["a", "b"], json!({})).await;
+    // A coordinator that knows none of the route's stages sweeps the same store.
+    let cfg = SweepConfig {
+        heartbeat: Duration::from_secs(1),
+        scale_up_allowance: Duration::from_secs(60),
+        deadline_grace: Duration::ZERO,
+        stall_windows: Default::default(),
+        stages: Vec::new(),
+        started_at: 0,
+        retention: None,
+    };
+    let mut gauges = StageGauges::new(&cfg.stages);
+    let value =
+        |samples: &[fleet_coordinator::gauges::Sample], name: &str, want: &[(&str, &str)]| {
+            samples
+                .iter()
+                .find(|(n, l, _)| {
+                    *n == name
+                        && l.len() == want.len()
+                        && want
+                            .iter()
+                            .all(|(k, v)| l.iter().any(|(lk, lv)| lk == k && lv == v))
+                })
+                .map(|(_, _, v)| *v)
+        };
+    let report = wait_for("a sweep that holds the lock", T, || async {
+        let r = sweep_once(&h.store(), &cfg).await.unwrap();
+        r.ran.then_some(r)
+    })
+    .await;
+    let samples = gauges.samples(&report.counts);
+    assert_eq!(
+        value(&samples, "fleet_workers_alive", &[("stage", "analyze")]),
+        Some(0.0),
+        "{samples:?}"
+    );
+    assert_eq!(
+        value(
+            &samples,
+            "fleet_stage_backlog",
+            &[("stage", "analyze"), ("health", "healthy")]
+        ),
+        Some(2.0),
+        "{samples:?}"
+    );
+    // The pipeline ends: the stage drains and its backlog goes back to 0.
+    let cancel = h.post("/v1/pipelines/pg/cancel", &json!({})).await;
+    assert_eq!(cancel.0, 202, "{:?}", cancel.1);
+    h.wait_state("pg", "cancelled", T).await;
+    let report = wait_for("a sweep that holds the lock", T, || async {
+        let r = sweep_once(&h.store(), &cfg).await.unwrap();
+        r.ran.then_some(r)
+    })
+    .await;
+    assert_eq!(
+        report.counts,
+        StageCounts::default(),
+        "nothing runs any more"
+    );
+    let samples = gauges.samples(&report.counts);
+    assert_eq!(
+        value(
+            &samples,
+            "fleet_stage_backlog",
+            &[("stage", "analyze"), ("health", "healthy")]
+        ),
+        Some(0.0),
+        "{samples:?}"
+    );
+    assert_eq!(
+        value(&samples, "fleet_workers_alive", &[("stage", "analyze")]),
+        Some(0.0)
+    );
+    h.cleanup().await;
+}
+
 #[tokio::test]
 async fn dlq_archive_ends_the_item_and_replay_makes_a_new_pipeline() {
     let h = Harness::new(Backend::Memory, "dlq", &[]).await;
