@@ -6,7 +6,11 @@
 #  3. our invariants (lib/check_rules.py): for/severity/summary/description/runbook_url on every
 #     alert, runbook anchors exist in docs/operations.md, expressions use documented metrics,
 #     every alert has a firing and a non-firing test, the alerts the issue lists exist
-#  4. promtool check config deploy/prometheus/prometheus.yml (the compose Prometheus config)
+#  4. the fault campaign's alert tests (issue 10): deploy/prometheus/campaign/*.test.yml are what
+#     lib/campaign_alerts.py makes of the checked-in recordings and expectations.toml (stale ->
+#     fail), and `promtool test rules` passes on each: every scenario's alert fires within ~2
+#     minutes of its fault, resolves after it, and nothing fires in the healthy phase
+#  5. promtool check config deploy/prometheus/prometheus.yml (the compose Prometheus config)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export SCRIPT_NAME=20-prometheus-rules
@@ -21,6 +25,13 @@ say "promtool test rules deploy/prometheus/alerts.test.yml"
 "$PROMTOOL" test rules deploy/prometheus/alerts.test.yml
 say "rule invariants"
 "$PY" scripts/ci-extra.d/lib/check_rules.py .
+say "campaign alert tests (deploy/prometheus/campaign)"
+"$PY" scripts/ci-extra.d/lib/campaign_alerts.py --promtool "$PROMTOOL" generate --check
+shopt -s nullglob
+campaign=(deploy/prometheus/campaign/*.test.yml)
+shopt -u nullglob
+((${#campaign[@]} > 0)) || die "no campaign alert tests in deploy/prometheus/campaign"
+"$PROMTOOL" test rules "${campaign[@]}"
 if [[ -f deploy/prometheus/prometheus.yml ]]; then
     say "promtool check config deploy/prometheus/prometheus.yml"
     # The config names the rule file by its path inside the Prometheus container.

@@ -9,7 +9,8 @@ A campaign recording is a directory `<broker>-<scenario>/` with
                 "all_terminal"|"finalized"|"end", "fault": name|null}
 
 Subcommands:
-  import SRC_DIR...   trim recordings into deploy/prometheus/campaign/<name>/: only the metric
+  import SRC_DIR...   trim recordings into deploy/prometheus/campaign/<name>/ (series.jsonl.gz,
+                      phases.jsonl): only the metric
                       names deploy/prometheus/alerts.yml uses, one scrape per target and grid
                       interval (the scrape the converter would use anyway), so regenerating from
                       the trimmed copy gives the same test.
@@ -43,7 +44,10 @@ knows. Silence is asserted with alert_rule_test (exp_alerts: []) and on ALERTS.
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import os
+import shutil
 import math
 import re
 import subprocess
@@ -185,7 +189,10 @@ class Recording:
 
 
 def _open(path: Path):
-    return path.open(encoding="utf-8")
+    """`path`, or its gzipped copy `path.gz` (the checked-in trimmed recordings)."""
+    if path.exists():
+        return path.open(encoding="utf-8")
+    return gzip.open(path.with_name(path.name + ".gz"), "rt", encoding="utf-8")
 
 
 def load_recording(d: Path, keep: set[str]) -> Recording:
@@ -237,6 +244,7 @@ def sample_grid(rec: Recording, interval: int, hold: int):
             continue
         first, last = ok[0].t, ok[-1].t
         alive_at_end = last > end - interval
+        slopes = idle_slopes(ok)
         up_key = ("up", ("instance", instance), ("job", job))
         cols: list[dict[tuple, float] | None | str] = []  # per grid time: samples, None absent, 'down'
         for g in times:
@@ -244,7 +252,7 @@ def sample_grid(rec: Recording, interval: int, hold: int):
                 cols.append(None)
                 continue
             if g > end and alive_at_end:
-                cols.append(ok[-1].samples)  # idle hold after the run
+                cols.append(hold_samples(ok[-1], slopes, g))  # the idle fleet after the run
                 continue
             s = pick(scrapes, g, interval)
             if s is not None and s.samples is not None:
@@ -269,6 +277,30 @@ def sample_grid(rec: Recording, interval: int, hold: int):
             if vals[i] is None and isinstance(vals[i - 1], float):
                 vals[i] = "stale"
     return times, series
+
+
+COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
+
+
+def idle_slopes(ok: list[Scrape]) -> dict[tuple, float]:
+    """Per counter series, its rate over the target's last minute (0 when it did not grow)."""
+    last = ok[-1]
+    before = next((s for s in reversed(ok) if s.t <= last.t - 60), ok[0])
+    if before is last or last.samples is None or before.samples is None:
+        return {}
+    dt = last.t - before.t
+    out = {}
+    for k, v in last.samples.items():
+        if k[0].endswith(COUNTER_SUFFIXES) and k in before.samples:
+            out[k] = max(0.0, (v - before.samples[k]) / dt)
+    return out
+
+
+def hold_samples(last: Scrape, slopes: dict[tuple, float], g: float) -> dict[tuple, float]:
+    """The idle fleet after `end`: gauges keep their last value, counters keep their last
+    minute's rate (work has stopped, so only clocks such as heartbeats and sweeps advance)."""
+    assert last.samples is not None
+    return {k: round(v + slopes.get(k, 0.0) * (g - last.t)) if k in slopes and slopes[k] else v for k, v in last.samples.items()}
 
 
 def encode_values(vals: list) -> str:
@@ -380,8 +412,8 @@ def floor_to(t: float, interval: int) -> int:
 
 @dataclass
 class Window:
-    fault_start: int  # grid-aligned (ceil)
-    fault_end: int  # grid-aligned (ceil)
+    fault_start: float  # as recorded
+    fault_end: float  # as recorded
     final: int  # last grid time
 
 
@@ -392,7 +424,7 @@ def window(rec: Recording, ex: Expect, times: list[int]) -> Window:
         raise SystemExit(f"{rec.name}: phases.jsonl has no fault_start")
     if fe is None:
         fe = rec.end
-    return Window(ceil_to(fs, ex.interval), ceil_to(fe, ex.interval), times[-1])
+    return Window(fs, fe, times[-1])
 
 
 def q(s: str) -> str:
@@ -409,9 +441,9 @@ def render_test(rec: Recording, ex: Expect, alerts: list[str], keep: set[str], t
     times, series = sample_grid(rec, ex.interval, ex.hold)
     w = window(rec, ex, times)
     i = ex.interval
-    healthy_end = max(0, w.fault_start - i)  # the last grid time before the fault
-    fire_by = w.fault_start + ex.fire_within
-    resolved_by = w.fault_end + ex.resolve_within
+    healthy_end = floor_to(w.fault_start, i)  # the last evaluation before the fault
+    fire_by = floor_to(w.fault_start + ex.fire_within, i)
+    resolved_by = ceil_to(w.fault_end + ex.resolve_within, i)
     if resolved_by > w.final:
         raise SystemExit(f"{rec.name}: resolve_within reaches past the recording plus hold ({fmt_duration(resolved_by)} > {fmt_duration(w.final)}); raise hold")
     expected = [f["alert"] for f in ex.fires]
@@ -423,14 +455,14 @@ def render_test(rec: Recording, ex: Expect, alerts: list[str], keep: set[str], t
         f"# GENERATED by scripts/ci-extra.d/lib/campaign_alerts.py from the campaign recording",
         f"# deploy/prometheus/campaign/{rec.name}/ and the row [scenario.{ex.scenario}] of",
         "# deploy/prometheus/campaign/expectations.toml; do not edit. Regenerate:",
-        "#   target/tools/venv/bin/python scripts/ci-extra.d/lib/campaign_alerts.py generate",
+        "#   python3 scripts/ci-extra.d/lib/campaign_alerts.py generate   (needs promtool)",
         f"# Phases (s since start): " + ", ".join(f"{p['event']}{'(' + p['fault'] + ')' if p.get('fault') else ''}={p['t']:.0f}" for p in rec.phases),
-        f"# Grid {ex.interval}s; fault window on the grid {w.fault_start}s..{w.fault_end}s; idle hold to {w.final}s.",
+        f"# Grid {ex.interval}s; faults {w.fault_start:.0f}s..{w.fault_end:.0f}s; healthy until {healthy_end}s; fired by {fire_by}s; resolved by {resolved_by}s; idle to {w.final}s.",
     ]
     if ex.note:
         lines.append(f"# {ex.note}")
     if timings:
-        lines.append("# Measured (s after the first fault_start / after the last fault_end):")
+        lines.append("# Measured (promtool evaluation, first firing / first evaluation no longer firing):")
         for a, (first, last) in timings.items():
             if first is None:
                 lines.append(f"#   {a}: never fired")
@@ -533,7 +565,8 @@ def cmd_import(repo: Path, srcs: list[str], keep: set[str], table: dict[str, Exp
         dst = repo / CAMPAIGN / rec.name
         dst.mkdir(parents=True, exist_ok=True)
         n = 0
-        with (dst / "series.jsonl").open("w", encoding="utf-8") as f:
+        # mtime=0: the same recording gives the same bytes.
+        with gzip.GzipFile(dst / "series.jsonl.gz", "wb", mtime=0) as raw, open_text(raw) as f:
             for (job, instance), scrapes in sorted(rec.targets.items()):
                 used: list[Scrape] = []
                 for g in grid(rec, interval, 0):
@@ -547,16 +580,22 @@ def cmd_import(repo: Path, srcs: list[str], keep: set[str], table: dict[str, Exp
         with (dst / "phases.jsonl").open("w", encoding="utf-8") as f:
             for p in rec.phases:
                 f.write(json.dumps(p) + "\n")
-        size = (dst / "series.jsonl").stat().st_size
+        size = (dst / "series.jsonl.gz").stat().st_size
         print(f"{src} -> {dst.relative_to(repo)}: {n} scrapes, {size // 1024} KiB")
     return 0
 
 
+def open_text(raw):
+    import io
+
+    return io.TextIOWrapper(raw, encoding="utf-8")
+
+
 def recordings(repo: Path) -> list[Path]:
-    return sorted(p for p in (repo / CAMPAIGN).iterdir() if p.is_dir() and (p / "series.jsonl").exists())
+    return sorted(p for p in (repo / CAMPAIGN).iterdir() if p.is_dir() and (p / "series.jsonl.gz").exists())
 
 
-def cmd_generate(repo: Path, keep: set[str], alerts: list[str], table: dict[str, Expect], check: bool, promtool: str | None) -> int:
+def cmd_generate(repo: Path, keep: set[str], alerts: list[str], table: dict[str, Expect], check: bool, promtool: str) -> int:
     stale, made = [], 0
     for d in recordings(repo):
         ex = table.get(scenario_of(d.name))
@@ -564,9 +603,7 @@ def cmd_generate(repo: Path, keep: set[str], alerts: list[str], table: dict[str,
             print(f"{d.name}: no row [scenario.{scenario_of(d.name)}] in {TABLE}", file=sys.stderr)
             return 1
         rec = load_recording(d, keep)
-        timings = None
-        if promtool:
-            timings = measure(repo, promtool, rec, ex, alerts, keep, [f["alert"] for f in ex.fires])
+        timings = measure(repo, promtool, rec, ex, alerts, keep, [f["alert"] for f in ex.fires])
         text = render_test(rec, ex, alerts, keep, timings)
         out = repo / CAMPAIGN / f"{d.name}.test.yml"
         if check:
@@ -603,16 +640,16 @@ def cmd_timings(repo: Path, keep: set[str], alerts: list[str], table: dict[str, 
         m = measure(repo, promtool, rec, ex, alerts, keep, [f["alert"] for f in ex.fires])
         for a, (first, last) in m.items():
             if first is None:
-                print(f"| {d.name} | {a} | {w.fault_start}–{w.fault_end} | never | – |")
+                print(f"| {d.name} | {a} | {w.fault_start:.0f}–{w.fault_end:.0f} | never | – |")
             else:
-                print(f"| {d.name} | {a} | {w.fault_start}–{w.fault_end} | {first - w.fault_start:+.0f} s | {last + ex.interval - w.fault_end:+.0f} s |")
+                print(f"| {d.name} | {a} | {w.fault_start:.0f}–{w.fault_end:.0f} | {first - w.fault_start:+.0f} s | {last + ex.interval - w.fault_end:+.0f} s |")
     return 0
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--repo", default=".", help="repository root (default: .)")
-    ap.add_argument("--promtool", help="promtool binary (generate records measured timings; timings needs it)")
+    ap.add_argument("--promtool", help="promtool binary (default: $PROMTOOL, promtool on PATH, or target/tools' copy)")
     sub = ap.add_subparsers(dest="cmd", required=True)
     imp = sub.add_parser("import", help="trim recordings into deploy/prometheus/campaign/")
     imp.add_argument("src", nargs="+")
@@ -627,11 +664,14 @@ def main() -> int:
     table = load_table(repo)
     if a.cmd == "import":
         return cmd_import(repo, a.src, keep, table)
+    promtool = a.promtool or os.environ.get("PROMTOOL") or shutil.which("promtool")
+    if not promtool and (repo / "target/tools/prometheus/usr/bin/promtool").exists():
+        promtool = str(repo / "target/tools/prometheus/usr/bin/promtool")
+    if not promtool:
+        ap.error("promtool not found (--promtool, $PROMTOOL, PATH; scripts/ci-extra.d/20-prometheus-rules.sh installs one)")
     if a.cmd == "generate":
-        return cmd_generate(repo, keep, alerts, table, a.check, a.promtool)
-    if not a.promtool:
-        ap.error("timings needs --promtool")
-    return cmd_timings(repo, keep, alerts, table, a.promtool)
+        return cmd_generate(repo, keep, alerts, table, a.check, promtool)
+    return cmd_timings(repo, keep, alerts, table, promtool)
 
 
 if __name__ == "__main__":
