@@ -628,21 +628,37 @@ def cmd_generate(repo: Path, keep: set[str], alerts: list[str], table: dict[str,
     return 0
 
 
+def severities(rules_text: str) -> dict[str, str]:
+    out, current = {}, None
+    for line in rules_text.splitlines():
+        m = re.match(r"^\s*-\s*alert:\s*(\S+)", line)
+        if m:
+            current = m.group(1)
+        m = re.match(r"^\s*severity:\s*(\S+)", line)
+        if m and current:
+            out[current] = m.group(1)
+    return out
+
+
 def cmd_timings(repo: Path, keep: set[str], alerts: list[str], table: dict[str, Expect], promtool: str) -> int:
-    print("| recording | alert | fault window (s) | fired after fault_start | resolved after fault_end |")
-    print("|---|---|---|---|---|")
-    for d in recordings(repo):
+    sev = severities((repo / RULES).read_text(encoding="utf-8"))
+    print("| scenario | broker | fault (s after start) | alert (severity) | fires after the fault started | resolved after the fault ended |")
+    print("|---|---|---|---|---|---|")
+    order = list(table)
+    for d in sorted(recordings(repo), key=lambda d: (order.index(scenario_of(d.name)) if scenario_of(d.name) in order else len(order), d.name)):
         ex = table.get(scenario_of(d.name))
         if ex is None:
             continue
         rec = load_recording(d, keep)
         w = window(rec, ex, grid(rec, ex.interval, ex.hold))
         m = measure(repo, promtool, rec, ex, alerts, keep, [f["alert"] for f in ex.fires])
+        broker = d.name[: len(d.name) - len(ex.scenario) - 1] or "?"
         for a, (first, last) in m.items():
+            head = f"| {ex.scenario} | {broker} | {w.fault_start:.0f}–{w.fault_end:.0f} | {a} ({sev.get(a, '?')}) |"
             if first is None:
-                print(f"| {d.name} | {a} | {w.fault_start:.0f}–{w.fault_end:.0f} | never | – |")
+                print(f"{head} never | – |")
             else:
-                print(f"| {d.name} | {a} | {w.fault_start:.0f}–{w.fault_end:.0f} | {first - w.fault_start:+.0f} s | {last + ex.interval - w.fault_end:+.0f} s |")
+                print(f"{head} {first - w.fault_start:.0f} s | {last + ex.interval - w.fault_end:.0f} s |")
     return 0
 
 
