@@ -245,7 +245,7 @@ def sample_grid(rec: Recording, interval: int, hold: int):
             continue
         first, last = ok[0].t, ok[-1].t
         alive_at_end = last > end - interval
-        slopes = idle_slopes(ok)
+        slopes = idle_slopes(ok, rec.phase("fault_end", last=True) or 0.0)
         up_key = ("up", ("instance", instance), ("job", job))
         cols: list[dict[tuple, float] | None | str] = []  # per grid time: samples, None absent, 'down'
         for g in times:
@@ -283,10 +283,12 @@ def sample_grid(rec: Recording, interval: int, hold: int):
 COUNTER_SUFFIXES = ("_total", "_count", "_sum", "_bucket")
 
 
-def idle_slopes(ok: list[Scrape]) -> dict[tuple, float]:
-    """Per counter series, its rate over the target's last minute (0 when it did not grow)."""
+def idle_slopes(ok: list[Scrape], recovered: float) -> dict[tuple, float]:
+    """Per counter series, its rate over the target's last minute after the last fault ended
+    (`recovered`); nothing grows when that leaves fewer than two scrapes."""
     last = ok[-1]
-    before = next((s for s in reversed(ok) if s.t <= last.t - 60), ok[0])
+    since = max(recovered, last.t - 60)
+    before = next((s for s in ok if s.t >= since), last)
     if before is last or last.samples is None or before.samples is None:
         return {}
     dt = last.t - before.t
