@@ -315,7 +315,7 @@ def encode_values(vals: list) -> str:
             j = i
             while j + 1 < n and vals[j + 1] is None:
                 j += 1
-            out.append("_" if j == i else f"_x{j - i}")
+            out.append("_" if j == i else f"_x{j - i + 1}")  # '_xN' is N missing values ('axN' is N+1 values)
             i = j + 1
             continue
         if v == "stale":
