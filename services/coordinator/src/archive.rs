@@ -14,7 +14,7 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use fleet_core::{Delivery, Source};
+use fleet_core::{Delivery, Settlement, Source};
 use fleet_protocol::{DeadLetterInfo, DeadLetterReason, decode_job};
 use fleet_runtime::telemetry::Health;
 use fleet_store::{StoreError, params};
@@ -22,7 +22,7 @@ use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::consumer::{consume, settle};
+use crate::consumer::consume;
 use crate::ingest::{JobUpdate, apply_update};
 use crate::metrics as m;
 use crate::model::{JobState, now_ms, to_millis};
@@ -163,20 +163,23 @@ pub async fn run(
     let source = Source::DeadLetters {
         stage: stage.clone(),
     };
-    consume(&app, health, source, 32, shutdown, move |ds| {
+    consume(&app, health, source, "dlq", 32, shutdown, move |ds| {
         let a = a.clone();
         let stage = stage.clone();
         async move {
+            let mut settled = Vec::with_capacity(ds.len());
             for d in ds {
-                match archive(&a, &stage, &d).await {
-                    Ok(_) => settle("ack dead letter", d.acker.ack()).await,
+                let s = match archive(&a, &stage, &d).await {
+                    Ok(_) => Settlement::Ack,
                     Err(e) => {
                         tracing::warn!(error = %e, stage, attempt = d.attempt, "archiving a dead letter failed; retrying after a backoff");
                         let max = a.config.control_max_attempts;
-                        crate::park::retry_or_park(d, "dlq", &e.to_string(), max).await;
+                        crate::park::retry_or_park(d.attempt, &e.to_string(), max)
                     }
-                }
+                };
+                settled.push((d, s));
             }
+            settled
         }
     })
     .await

@@ -10,7 +10,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fleet_core::{Delivery, Source, SubscribeOptions};
+use fleet_core::{Delivery, Settlement, Source, SubscribeOptions};
 use fleet_runtime::resubscribe::{Limits, Resubscriber};
 use fleet_runtime::telemetry::Health;
 use tokio_util::sync::CancellationToken;
@@ -22,19 +22,21 @@ const FETCH_WAIT: Duration = Duration::from_millis(500);
 /// Pause after a failed fetch before resubscribing.
 const FETCH_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
-/// Consumes `source` until `shutdown`, handing each non-empty fetch (at most `max`) to `handle`.
-/// The handler settles every delivery it is given. An error means the consumer is gone.
+/// Consumes `source` until `shutdown`, handing each non-empty fetch (at most `max`) to `handle`,
+/// which returns every delivery it was given with its [`Settlement`]; this loop applies them
+/// (`what` names the source in logs and metrics). An error means the consumer is gone.
 pub async fn consume<F, Fut>(
     app: &App,
     health: Arc<Health>,
     source: Source,
+    what: &'static str,
     max: usize,
     shutdown: CancellationToken,
     mut handle: F,
 ) -> anyhow::Result<()>
 where
     F: FnMut(Vec<Delivery>) -> Fut,
-    Fut: Future<Output = ()>,
+    Fut: Future<Output = Vec<(Delivery, Settlement)>>,
 {
     let prefetch = u16::try_from(max).unwrap_or(u16::MAX);
     let mut resub = Resubscriber::new(
@@ -55,7 +57,7 @@ where
                 Ok(ds) => {
                     resub.working();
                     if !ds.is_empty() {
-                        handle(ds).await;
+                        apply(what, handle(ds).await).await;
                     }
                 }
                 Err(e) => {
@@ -75,12 +77,13 @@ where
     Ok(())
 }
 
-/// Settles a delivery; a failed settlement is logged (the broker redelivers, which is harmless).
-pub async fn settle<F>(what: &str, f: F)
-where
-    F: Future<Output = Result<(), fleet_core::BrokerError>>,
-{
-    if let Err(e) = f.await {
-        tracing::warn!(error = %e, what, "settling a delivery failed; it will be redelivered");
+/// Applies the settlements of one fetch, in order; a failed settlement is logged (the broker
+/// redelivers, which is harmless), an applied one counted.
+async fn apply(what: &'static str, settled: Vec<(Delivery, Settlement)>) {
+    for (d, s) in settled {
+        let counted = s.clone();
+        if s.apply_logged(d.acker, what).await.is_some() {
+            crate::park::applied(what, &counted);
+        }
     }
 }

@@ -3,14 +3,14 @@
 
 use std::sync::Arc;
 
-use fleet_core::{Delivery, Source};
+use fleet_core::{Delivery, Settlement, Source};
 use fleet_protocol::EventBatch;
 use fleet_runtime::telemetry::Health;
 use fleet_store::StoreError;
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::consumer::{consume, settle};
+use crate::consumer::consume;
 use crate::ingest::{Applied, apply_batches};
 use crate::metrics as m;
 use crate::model::now_ms;
@@ -35,8 +35,10 @@ async fn apply_all(app: &App, batches: &[&EventBatch]) -> Result<(), StoreError>
     Ok(())
 }
 
-/// Applies a fetch: all together, or one by one when the whole fails.
-pub async fn handle(app: &App, deliveries: Vec<Delivery>) {
+/// Applies a fetch: all together, or one by one when the whole fails; returns each delivery
+/// with its settlement.
+pub async fn handle(app: &App, deliveries: Vec<Delivery>) -> Vec<(Delivery, Settlement)> {
+    let mut settled = Vec::with_capacity(deliveries.len());
     let mut good = Vec::new();
     for d in deliveries {
         match serde_json::from_slice::<EventBatch>(&d.body) {
@@ -49,32 +51,32 @@ pub async fn handle(app: &App, deliveries: Vec<Delivery>) {
                     b.v,
                     fleet_protocol::PROTOCOL_VERSION
                 );
-                park(d, SOURCE, "unsupported_version", &error).await;
+                let s = park(d.attempt, "unsupported_version", &error);
+                settled.push((d, s));
             }
             Err(e) => {
                 metrics::counter!(m::EVENT_BATCHES, "result" => "invalid").increment(1);
-                park(d, SOURCE, "decode_error", &e.to_string()).await;
+                let s = park(d.attempt, "decode_error", &e.to_string());
+                settled.push((d, s));
             }
         }
     }
     if good.is_empty() {
-        return;
+        return settled;
     }
     let all: Vec<&EventBatch> = good.iter().map(|(_, b)| b).collect();
     if apply_all(app, &all).await.is_ok() {
         let n = good.len() as u64;
-        for (d, _) in good {
-            settle("ack event batch", d.acker.ack()).await;
-        }
+        settled.extend(good.into_iter().map(|(d, _)| (d, Settlement::Ack)));
         app.relay.notify_one();
         metrics::counter!(m::EVENT_BATCHES, "result" => "ok").increment(n);
-        return;
+        return settled;
     }
     for (d, b) in good {
         match apply_all(app, &[&b]).await {
             Ok(()) => {
                 metrics::counter!(m::EVENT_BATCHES, "result" => "ok").increment(1);
-                settle("ack event batch", d.acker.ack()).await;
+                settled.push((d, Settlement::Ack));
             }
             Err(e) => {
                 tracing::warn!(error = %e, worker_id = %b.worker_id, attempt = d.attempt,
@@ -82,18 +84,28 @@ pub async fn handle(app: &App, deliveries: Vec<Delivery>) {
                 if d.attempt >= app.config.control_max_attempts {
                     metrics::counter!(m::EVENT_BATCHES, "result" => "failed").increment(1);
                 }
-                retry_or_park(d, SOURCE, &e.to_string(), app.config.control_max_attempts).await;
+                let s = retry_or_park(d.attempt, &e.to_string(), app.config.control_max_attempts);
+                settled.push((d, s));
             }
         }
     }
+    settled
 }
 
 /// Runs the event consumer until `shutdown`.
 pub async fn run(app: App, health: Arc<Health>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let a = app.clone();
-    consume(&app, health, Source::Events, FETCH, shutdown, move |ds| {
-        let a = a.clone();
-        async move { handle(&a, ds).await }
-    })
+    consume(
+        &app,
+        health,
+        Source::Events,
+        SOURCE,
+        FETCH,
+        shutdown,
+        move |ds| {
+            let a = a.clone();
+            async move { handle(&a, ds).await }
+        },
+    )
     .await
 }

@@ -7,7 +7,7 @@
 
 use std::time::Duration;
 
-use fleet_core::{Delivery, ParkInfo};
+use fleet_core::{ParkInfo, Settlement};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
@@ -27,43 +27,45 @@ pub fn backoff(attempt: u32) -> Duration {
     Duration::from_secs(1u64 << exp).min(CONTROL_RETRY_MAX)
 }
 
-/// Parks `d` (`what` names the source for logs and metrics); a failure leaves it to be
-/// redelivered.
-pub async fn park(d: Delivery, what: &'static str, reason: &str, error: &str) {
-    let info = ParkInfo {
+/// Parks a message on its `attempt`th delivery: it can never be processed here, or has run
+/// out of attempts.
+pub fn park(attempt: u32, reason: &str, error: &str) -> Settlement {
+    Settlement::Park(ParkInfo {
         reason: reason.to_owned(),
         error: error.to_owned(),
-        attempts: d.attempt,
-    };
-    let attempt = d.attempt;
-    match d.acker.park(&info).await {
-        Ok(()) => {
-            metrics::counter!(m::PARKED, "source" => what, "reason" => reason.to_owned())
+        attempts: attempt,
+    })
+}
+
+/// Retries a message on its `attempt`th delivery after a backoff, or parks it once it has had
+/// `max_attempts` deliveries.
+pub fn retry_or_park(attempt: u32, error: &str, max_attempts: u32) -> Settlement {
+    if attempt >= max_attempts {
+        park(attempt, "attempts_exhausted", error)
+    } else {
+        Settlement::Retry(backoff(attempt))
+    }
+}
+
+/// Counts and logs a settlement of a `what` message once the broker took it.
+pub fn applied(what: &'static str, s: &Settlement) {
+    match s {
+        Settlement::Park(info) => {
+            metrics::counter!(m::PARKED, "source" => what, "reason" => info.reason.clone())
                 .increment(1);
             tracing::error!(
                 source = what,
-                reason,
-                attempt,
-                error,
+                reason = info.reason,
+                attempt = info.attempts,
+                error = info.error,
                 "parked a {what} message: it waits in the parked queue until it is replayed \
                  (fleetctl parked replay)"
             );
         }
-        Err(e) => {
-            tracing::warn!(source = what, error = %e, "parking a message failed; it will be redelivered");
+        Settlement::Retry(_) => {
+            metrics::counter!(m::CONTROL_RETRIES, "source" => what).increment(1);
         }
-    }
-}
-
-/// Retries `d` after a backoff, or parks it once it has had `max_attempts` deliveries.
-pub async fn retry_or_park(d: Delivery, what: &'static str, error: &str, max_attempts: u32) {
-    if d.attempt >= max_attempts {
-        return park(d, what, "attempts_exhausted", error).await;
-    }
-    let delay = backoff(d.attempt);
-    metrics::counter!(m::CONTROL_RETRIES, "source" => what).increment(1);
-    if let Err(e) = d.acker.retry(delay).await {
-        tracing::warn!(source = what, error = %e, "retrying a message failed; it will be redelivered");
+        _ => {}
     }
 }
 
@@ -107,5 +109,20 @@ mod tests {
         assert_eq!(backoff(5), s(16));
         assert_eq!(backoff(6), s(30));
         assert_eq!(backoff(u32::MAX), s(30));
+    }
+
+    #[test]
+    fn retries_with_backoff_then_parks() {
+        let s = Duration::from_secs;
+        assert_eq!(retry_or_park(1, "db down", 3), Settlement::Retry(s(1)));
+        assert_eq!(retry_or_park(2, "db down", 3), Settlement::Retry(s(2)));
+        assert_eq!(
+            retry_or_park(3, "db down", 3),
+            Settlement::Park(ParkInfo {
+                reason: "attempts_exhausted".into(),
+                error: "db down".into(),
+                attempts: 3
+            })
+        );
     }
 }

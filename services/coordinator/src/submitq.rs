@@ -7,14 +7,14 @@
 use std::sync::Arc;
 
 use chrono::Utc;
-use fleet_core::{Delivery, Source};
+use fleet_core::{Delivery, Settlement, Source};
 use fleet_protocol::{DeadLetterInfo, DeadLetterReason, Submission};
 use fleet_runtime::telemetry::Health;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 use crate::app::App;
-use crate::consumer::{consume, settle};
+use crate::consumer::consume;
 use crate::metrics as m;
 use crate::park::retry_or_park;
 use crate::plan::plan;
@@ -90,8 +90,8 @@ async fn submit(app: &App, d: &Delivery) -> Result<Submitted, (DeadLetterReason,
     })
 }
 
-async fn handle_one(app: &App, d: Delivery) {
-    match submit(app, &d).await {
+async fn handle_one(app: &App, d: &Delivery) -> Settlement {
+    match submit(app, d).await {
         Ok(s) => {
             let result = if s == Submitted::Created {
                 "created"
@@ -100,14 +100,14 @@ async fn handle_one(app: &App, d: Delivery) {
             };
             metrics::counter!(m::QUEUE_SUBMISSIONS, "result" => result).increment(1);
             app.relay.notify_one();
-            settle("ack submission", d.acker.ack()).await;
+            Settlement::Ack
         }
         Err((_, error, true)) => {
             tracing::warn!(
                 error,
                 "storing a queued submission failed; it will be redelivered"
             );
-            retry_or_park(d, "submit", &error, app.config.control_max_attempts).await;
+            retry_or_park(d.attempt, &error, app.config.control_max_attempts)
         }
         Err((reason, error, false)) => {
             tracing::warn!(
@@ -126,7 +126,7 @@ async fn handle_one(app: &App, d: Delivery) {
                 at: Utc::now(),
                 job_id: None,
             };
-            settle("dead-letter submission", d.acker.dead_letter(&info)).await;
+            Settlement::DeadLetter(Box::new(info))
         }
     }
 }
@@ -134,13 +134,24 @@ async fn handle_one(app: &App, d: Delivery) {
 /// Runs the submit consumer until `shutdown`.
 pub async fn run(app: App, health: Arc<Health>, shutdown: CancellationToken) -> anyhow::Result<()> {
     let a = app.clone();
-    consume(&app, health, Source::Submit, 16, shutdown, move |ds| {
-        let a = a.clone();
-        async move {
-            for d in ds {
-                handle_one(&a, d).await;
+    consume(
+        &app,
+        health,
+        Source::Submit,
+        "submit",
+        16,
+        shutdown,
+        move |ds| {
+            let a = a.clone();
+            async move {
+                let mut settled = Vec::with_capacity(ds.len());
+                for d in ds {
+                    let s = handle_one(&a, &d).await;
+                    settled.push((d, s));
+                }
+                settled
             }
-        }
-    })
+        },
+    )
     .await
 }

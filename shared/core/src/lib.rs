@@ -7,6 +7,7 @@
 pub mod broker;
 pub mod error;
 pub mod memory;
+pub mod settlement;
 
 pub use broker::{
     Acker, Broker, BrokerKind, Delivery, Destination, Headers, OutMessage, ParkInfo, Source,
@@ -14,3 +15,4 @@ pub use broker::{
 };
 pub use error::{BrokerError, JobError};
 pub use memory::MemoryBroker;
+pub use settlement::{Applied, Settlement};

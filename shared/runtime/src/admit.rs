@@ -1,16 +1,15 @@
 //! Steps 1–3 of the delivery contract (DESIGN §5): decode, check attempts
-//! before running, drop expired and cancelled jobs with their event.
+//! before running, refuse expired and cancelled jobs. Refused deliveries carry their
+//! [`Outcome`]; [`crate::settle`] applies it (their event, then the settlement).
 
 use std::time::Duration;
 
 use chrono::Utc;
 use fleet_core::{Acker, Delivery};
-use fleet_protocol::{
-    DeadLetterReason, DecodeError, ErrorKind, EventKind, JobEnvelope, decode_job,
-};
+use fleet_protocol::{DeadLetterReason, DecodeError, JobEnvelope, decode_job};
 use tokio::time::Instant;
 
-use crate::settle;
+use crate::outcome::{Attempt, Outcome, exhausted_before_running};
 use crate::shared::Shared;
 use crate::telemetry::names;
 
@@ -50,9 +49,37 @@ impl Admitted {
     }
 }
 
-/// Decodes and checks a delivery; settles it at once when it must not run.
-pub async fn admit(sh: &Shared, d: Delivery) -> Option<Admitted> {
+/// A delivery that must not run, with the outcome that ends it (settled by
+/// [`crate::settle::refused`]).
+pub struct Refused {
+    /// The job, when the body decoded.
+    pub job: Option<JobEnvelope>,
+    /// Settles it.
+    pub acker: Box<dyn Acker>,
+    /// The attempt it would have been.
+    pub attempt: Attempt,
+    /// How it ends.
+    pub outcome: Outcome,
+}
+
+/// Decodes and checks a delivery: it runs, or it is refused with its outcome (nothing is
+/// settled here).
+pub fn admit(sh: &Shared, d: Delivery) -> Result<Admitted, Box<Refused>> {
     metrics::counter!(names::JOBS_RECEIVED, "stage" => sh.stage.clone()).increment(1);
+    let refuse = |job, acker, attempt, outcome| {
+        Err(Box::new(Refused {
+            job,
+            acker,
+            attempt,
+            outcome,
+        }))
+    };
+    let mut attempt = Attempt {
+        number: d.attempt,
+        max: sh.cfg.max_attempts,
+        pipeline_deadline: false,
+        timeout: sh.cfg.max_timeout,
+    };
     let job = match decode_job(&d.body, sh.cfg.max_message_bytes) {
         Ok(job) => job,
         Err(e) => {
@@ -62,62 +89,42 @@ pub async fn admit(sh: &Shared, d: Delivery) -> Option<Admitted> {
                 DecodeError::UnsupportedVersion(_) => DeadLetterReason::UnsupportedVersion,
             };
             tracing::warn!(stage = %sh.stage, error = %e, "undecodable delivery dead-lettered");
-            settle::dead_letter_undecodable(sh, d.acker, reason, &e.to_string(), d.attempt).await;
-            return None;
+            let outcome = Outcome::DeadLetter {
+                reason,
+                kind: None,
+                error: e.to_string(),
+            };
+            return refuse(None, d.acker, attempt, outcome);
         }
     };
-    let max_attempts = job.max_attempts.clamp(1, sh.cfg.max_attempts);
+    attempt.max = job.max_attempts.clamp(1, sh.cfg.max_attempts);
+    attempt.timeout = Duration::from_millis(job.timeout_ms.max(1)).min(sh.cfg.max_timeout);
     let span = tracing::info_span!("job", pipeline_id = %job.pipeline_id, job_id = %job.job_id, stage = %sh.stage, attempt = d.attempt);
     let _enter = span.enter();
-    if d.attempt > max_attempts {
+    if d.attempt > attempt.max {
         // The previous delivery never reported an outcome when the broker redelivered this copy
         // (RabbitMQ x-delivery-count): the message kills its worker.
-        let poison = d
+        let redelivered = d
             .header("x-delivery-count")
             .and_then(|c| c.parse::<u32>().ok())
             .unwrap_or(0)
             > 0;
-        let reason = if poison {
-            DeadLetterReason::Poison
-        } else {
-            DeadLetterReason::AttemptsExhausted
-        };
-        let text = format!(
-            "{} deliveries exceed the {max_attempts} attempts allowed",
-            d.attempt
-        );
-        tracing::warn!(%text, "attempts used up before running");
-        settle::finished(sh, "dead_lettered", None);
-        settle::dead_letter(
-            sh,
-            &job,
-            d.acker,
-            d.attempt,
-            reason,
-            Some(ErrorKind::Lost),
-            &text,
-            0,
-        )
-        .await;
-        return None;
+        let outcome = exhausted_before_running(d.attempt, attempt.max, redelivered);
+        tracing::warn!(?outcome, "attempts used up before running");
+        return refuse(Some(job), d.acker, attempt, outcome);
     }
     if job.deadline_at.is_some_and(|at| at <= Utc::now()) {
-        settle::finished(sh, "expired", None);
-        settle::terminal(sh, &job, d.acker, d.attempt, 0, EventKind::Expired).await;
-        return None;
+        return refuse(Some(job), d.acker, attempt, Outcome::Expired);
     }
     if sh.cancels.cancels(&job) {
-        settle::finished(sh, "cancelled", None);
-        settle::terminal(sh, &job, d.acker, d.attempt, 0, EventKind::Cancelled).await;
-        return None;
+        return refuse(Some(job), d.acker, attempt, Outcome::Cancelled);
     }
-    let timeout = Duration::from_millis(job.timeout_ms.max(1)).min(sh.cfg.max_timeout);
-    Some(Admitted {
+    Ok(Admitted {
         job,
         acker: d.acker,
         attempt: d.attempt,
-        max_attempts,
-        timeout,
+        max_attempts: attempt.max,
+        timeout: attempt.timeout,
         received: Instant::now(),
     })
 }

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
-use fleet_core::{BrokerKind, Source, SubscribeOptions};
+use fleet_core::{BrokerKind, Settlement, Source, SubscribeOptions};
 use fleet_protocol::{Heartbeat, control};
 use tokio_util::sync::CancellationToken;
 
@@ -108,7 +108,7 @@ pub fn cancellations(
                         tracing::debug!("cancellations in sync with the coordinator");
                         synced.cancel();
                     }
-                    if let Err(e) = d.acker.ack().await {
+                    if let Err(e) = Settlement::Ack.apply(d.acker).await {
                         tracing::debug!(error = %e, "cancellation ack failed (it is kept by the broker)");
                     }
                 }

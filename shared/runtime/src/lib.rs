@@ -27,6 +27,7 @@ pub mod events;
 pub mod guard;
 pub mod handler;
 pub mod inflight;
+pub mod outcome;
 pub mod pause;
 pub mod process;
 pub mod resubscribe;

@@ -16,8 +16,9 @@ use crate::breaker::{Admission, BreakerState};
 use crate::context::JobContext;
 use crate::guard::{Guarded, Limits, run_guarded};
 use crate::handler::{BatchHandler, Handler};
+use crate::outcome::AttemptResult;
 use crate::pause::IntakeGate;
-use crate::settle::{AttemptResult, settle};
+use crate::settle::{self, settle};
 use crate::shared::Shared;
 use crate::telemetry::names;
 
@@ -142,8 +143,9 @@ pub async fn run_one(
     permit: OwnedSemaphorePermit,
 ) {
     let _slot = Slot::new(&sh.stage, permit);
-    let Some(adm) = admit(&sh, d).await else {
-        return;
+    let adm = match admit(&sh, d) {
+        Ok(adm) => adm,
+        Err(r) => return settle::refused(&sh, *r).await,
     };
     if adm.attempt == 1 {
         sh.budget.record_first_attempt();
@@ -218,13 +220,16 @@ pub async fn run_batch(
     let mut adms = Vec::with_capacity(batch.len());
     for (d, permit) in batch {
         slots.push(Slot::new(&sh.stage, permit));
-        if let Some(a) = admit(&sh, d).await {
-            if a.attempt == 1 {
-                sh.budget.record_first_attempt();
+        match admit(&sh, d) {
+            Ok(a) => {
+                if a.attempt == 1 {
+                    sh.budget.record_first_attempt();
+                }
+                sh.sink
+                    .emit(sh.event(&a.job, a.attempt, 0, EventKind::Started));
+                adms.push(a);
             }
-            sh.sink
-                .emit(sh.event(&a.job, a.attempt, 0, EventKind::Started));
-            adms.push(a);
+            Err(r) => settle::refused(&sh, *r).await,
         }
     }
     let Some(first) = adms.first() else { return };

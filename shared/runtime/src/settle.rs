@@ -1,26 +1,26 @@
-//! The ack decision, in one place: a finished attempt becomes exactly one
-//! outcome (ack, delayed retry, dead letter, release, or nothing when the lease
-//! is lost), and the terminal event is confirmed before the ack.
+//! Applying an outcome, the one place a job delivery is settled: outputs first (the next
+//! stage's job, or an optional stage's skip-forward), then the terminal event (confirmed),
+//! then the [`Settlement`], and only then the outcome metrics. A terminal event that cannot
+//! be confirmed turns the settlement into a release, so an ack never goes out without it.
+//!
+//! What the outcome is, is decided purely in [`crate::outcome`].
 
 use std::time::Duration;
 
 use chrono::Utc;
-use fleet_core::{Acker, Destination, JobError, OutMessage};
-use fleet_protocol::{DeadLetterInfo, DeadLetterReason, ErrorKind, Event, EventKind, JobEnvelope};
+use fleet_core::{Acker, Applied, Destination, OutMessage, Settlement};
+use fleet_protocol::{DeadLetterInfo, ErrorKind, Event, EventKind, JobEnvelope};
 use tokio::time::Instant;
 
-use crate::admit::Admitted;
+use crate::admit::{Admitted, Refused};
 use crate::backoff::full_jitter;
 use crate::guard::Guarded;
-use crate::handler::Output;
+use crate::outcome::{Attempt, AttemptResult, Outcome, decide, retry_or_give_up};
 use crate::shared::Shared;
 use crate::telemetry::names;
 
-/// How one attempt ended, as seen by the settle step.
-pub type AttemptResult = Guarded<Result<Output, JobError>>;
-
 /// Counts a finished job (and its handler time, when it ran).
-pub fn finished(sh: &Shared, outcome: &'static str, started: Option<Instant>) {
+fn finished(sh: &Shared, outcome: &'static str, started: Option<Instant>) {
     metrics::counter!(names::JOBS_FINISHED, "stage" => sh.stage.clone(), "outcome" => outcome)
         .increment(1);
     if let Some(s) = started {
@@ -29,7 +29,7 @@ pub fn finished(sh: &Shared, outcome: &'static str, started: Option<Instant>) {
     }
 }
 
-/// Applies an attempt's result: the one `match` that decides the ack.
+/// Settles an attempt that ran: decides its outcome, then applies it.
 pub async fn settle(
     sh: &Shared,
     adm: Admitted,
@@ -38,81 +38,216 @@ pub async fn settle(
     started: Instant,
     pipeline_deadline: bool,
 ) {
-    let Admitted {
-        job,
-        acker,
-        attempt,
-        max_attempts,
-        ..
-    } = adm;
-    // Failures that may be retried: (how it failed, what to report, minimum delay).
-    let failure: (ErrorKind, String, Option<Duration>) = match result {
-        Guarded::Done(Ok(Output { payload, degraded })) => match job.next_job(payload) {
-            Some(next) if let Err(e) = publish_next(sh, &next).await => (
-                ErrorKind::HandlerError,
-                format!("publishing the next stage's job failed: {e}"),
-                None,
-            ),
-            _ => {
-                finished(sh, "succeeded", Some(started));
-                let event = sh.event_degraded(&job, attempt, seq, EventKind::Succeeded, degraded);
-                return terminal_event(sh, &job, acker, event).await;
-            }
-        },
-        Guarded::Done(Err(JobError::Permanent(text))) => {
-            finished(sh, "dead_lettered", Some(started));
-            let (reason, kind) = (
-                DeadLetterReason::PermanentError,
-                Some(ErrorKind::HandlerError),
-            );
-            return dead_letter(sh, &job, acker, attempt, reason, kind, &text, seq).await;
-        }
-        Guarded::Done(Err(JobError::Retryable(text))) => (ErrorKind::HandlerError, text, None),
-        Guarded::Done(Err(JobError::RetryAfter { delay, message })) => {
-            (ErrorKind::HandlerError, message, Some(delay))
-        }
-        Guarded::TimedOut if pipeline_deadline => {
-            finished(sh, "expired", Some(started));
-            return terminal(sh, &job, acker, attempt, seq, EventKind::Expired).await;
-        }
-        Guarded::TimedOut => {
+    let attempt = Attempt {
+        number: adm.attempt,
+        max: adm.max_attempts,
+        pipeline_deadline,
+        timeout: adm.timeout,
+    };
+    note_failure(sh, &adm.job, &attempt, &result);
+    let outcome = decide(&attempt, result);
+    apply(
+        sh,
+        Some(&adm.job),
+        adm.acker,
+        &attempt,
+        seq,
+        outcome,
+        Some(started),
+    )
+    .await;
+}
+
+/// Settles a delivery that was refused before running (see [`crate::admit`]).
+pub async fn refused(sh: &Shared, r: Refused) {
+    apply(sh, r.job.as_ref(), r.acker, &r.attempt, 0, r.outcome, None).await;
+}
+
+/// Logs and counts the failures that have their own metric (timeouts, panics, lost leases).
+fn note_failure(sh: &Shared, job: &JobEnvelope, a: &Attempt, result: &AttemptResult) {
+    match result {
+        Guarded::TimedOut if !a.pipeline_deadline => {
             metrics::counter!(names::DEADLINE_EXCEEDED, "stage" => sh.stage.clone()).increment(1);
-            let limit = Duration::from_millis(job.timeout_ms).min(sh.cfg.max_timeout);
-            let text = format!(
-                "attempt exceeded its deadline of {}",
-                humantime::format_duration(limit)
-            );
-            tracing::warn!(job_id = %job.job_id, attempt, "{text}");
-            (ErrorKind::Timeout, text, None)
+            tracing::warn!(job_id = %job.job_id, attempt = a.number, limit = ?a.timeout, "attempt exceeded its deadline");
         }
         Guarded::Panicked(text) => {
             metrics::counter!(names::HANDLER_PANICS, "stage" => sh.stage.clone()).increment(1);
-            tracing::error!(job_id = %job.job_id, attempt, "{text}");
-            (ErrorKind::Panic, text, None)
+            tracing::error!(job_id = %job.job_id, attempt = a.number, "{text}");
         }
         Guarded::LeaseLost(text) => {
-            // The broker may already have handed the job to someone else: publish nothing.
             metrics::counter!(names::LEASES_LOST, "stage" => sh.stage.clone()).increment(1);
-            tracing::warn!(job_id = %job.job_id, attempt, error = %text, "lease lost; the broker redelivers the job");
-            return;
-        }
-        Guarded::Cancelled => {
-            finished(sh, "cancelled", Some(started));
-            return terminal(sh, &job, acker, attempt, seq, EventKind::Cancelled).await;
+            tracing::warn!(job_id = %job.job_id, attempt = a.number, error = %text, "lease lost; the broker redelivers the job");
         }
         Guarded::Drained => {
-            tracing::info!(job_id = %job.job_id, attempt, "drain deadline reached; returning the job to the broker (the attempt is not counted)");
             // A graceful drain is not the job's fault: its next delivery keeps this attempt
             // number (DESIGN §5.9).
-            if let Err(e) = acker.release_uncounted().await {
-                tracing::warn!(error = %e, "release failed; the broker redelivers after the connection closes");
-            }
-            return;
+            tracing::info!(job_id = %job.job_id, attempt = a.number, "drain deadline reached; returning the job to the broker (the attempt is not counted)");
+        }
+        _ => {}
+    }
+}
+
+/// Applies `outcome` to a delivery of `job` (`None`: a body that is not a job, which gets no
+/// event because there is no job id to report).
+pub async fn apply(
+    sh: &Shared,
+    job: Option<&JobEnvelope>,
+    acker: Box<dyn Acker>,
+    a: &Attempt,
+    seq: u32,
+    outcome: Outcome,
+    started: Option<Instant>,
+) {
+    let job_id = job.map(|j| j.job_id.as_str()).unwrap_or_default();
+    // 1. Outputs, before anything that reports the job done.
+    let outcome = match outputs(sh, job, a, outcome).await {
+        Ok(o) => o,
+        Err(e) => {
+            tracing::warn!(job_id, error = %e, "publishing the job's output failed; releasing the job");
+            return release(acker, job_id).await;
         }
     };
-    let (kind, text, at_least) = failure;
-    let limits = (attempt, max_attempts, seq);
-    retry_or_dead_letter(sh, &job, acker, limits, kind, &text, at_least).await;
+    let info = |o: &Outcome| match o {
+        Outcome::DeadLetter {
+            reason,
+            kind,
+            error,
+        } => Some(dead_letter_info(
+            sh,
+            *reason,
+            *kind,
+            error,
+            a.number,
+            job.map(|j| j.job_id.clone()),
+        )),
+        _ => None,
+    };
+    let dl = info(&outcome);
+    // 2. The terminal event, confirmed (a job's ack waits for it).
+    if let Some(job) = job
+        && let Some(event) = terminal_event(sh, job, a.number, seq, &outcome, dl.as_ref())
+        && let Err(e) = sh
+            .sink
+            .emit_confirmed(event, sh.cfg.confirm_timeout * 2)
+            .await
+    {
+        tracing::warn!(job_id, error = %e, "terminal event not confirmed; releasing the job");
+        return release(acker, job_id).await;
+    }
+    // 3. The settlement.
+    let delay = match &outcome {
+        Outcome::Retry { at_least, .. } => retry_delay(sh, a.number, *at_least),
+        _ => Duration::ZERO,
+    };
+    let settlement = outcome.settlement(delay, dl);
+    let Some(applied) = settlement.apply_logged(acker, job_id).await else {
+        return;
+    };
+    // 4. Metrics (and the `retrying` event, which names the delay the broker used) only for
+    // what was applied.
+    if let Some(label) = outcome.label() {
+        finished(sh, label, started);
+    }
+    if let (Some(job), Outcome::Retry { error, .. }, Applied::Retried(used)) =
+        (job, &outcome, applied)
+    {
+        let kind = EventKind::Retrying {
+            delay_ms: u64::try_from(used.as_millis()).unwrap_or(u64::MAX),
+            error: fleet_protocol::deadletter::bound_error(error),
+        };
+        sh.sink.emit(sh.event(job, a.number, seq, kind));
+    }
+}
+
+/// Publishes what must precede the settlement: the next stage's job after a success (a failed
+/// publish turns the success into a retryable failure), an optional stage's skip-forward before
+/// it is dead-lettered (a failed publish is an error: the job is released).
+async fn outputs(
+    sh: &Shared,
+    job: Option<&JobEnvelope>,
+    a: &Attempt,
+    outcome: Outcome,
+) -> Result<Outcome, fleet_core::BrokerError> {
+    let Some(job) = job else { return Ok(outcome) };
+    match outcome {
+        Outcome::Succeeded { payload, degraded } => match job.next_job(payload) {
+            Some(next) if let Err(e) = publish_next(sh, &next).await => Ok(retry_or_give_up(
+                a,
+                ErrorKind::HandlerError,
+                format!("publishing the next stage's job failed: {e}"),
+                None,
+            )),
+            _ => Ok(Outcome::Succeeded {
+                payload: serde_json::Value::Null,
+                degraded,
+            }),
+        },
+        Outcome::DeadLetter {
+            reason,
+            kind,
+            error,
+        } if !job.required => {
+            let bounded = fleet_protocol::deadletter::bound_error(&error);
+            if let Some(next) = job.skip_forward(reason.as_str(), &bounded) {
+                publish_next(sh, &next).await?;
+            }
+            Ok(Outcome::DeadLetter {
+                reason,
+                kind,
+                error,
+            })
+        }
+        o => Ok(o),
+    }
+}
+
+/// The terminal event of an outcome that has one (retries report theirs after the settlement).
+fn terminal_event(
+    sh: &Shared,
+    job: &JobEnvelope,
+    attempt: u32,
+    seq: u32,
+    outcome: &Outcome,
+    dl: Option<&DeadLetterInfo>,
+) -> Option<Event> {
+    let kind = match outcome {
+        Outcome::Succeeded { degraded, .. } => {
+            return Some(sh.event_degraded(
+                job,
+                attempt,
+                seq,
+                EventKind::Succeeded,
+                degraded.clone(),
+            ));
+        }
+        Outcome::Expired => EventKind::Expired,
+        Outcome::Cancelled => EventKind::Cancelled,
+        Outcome::DeadLetter { reason, .. } => EventKind::DeadLettered {
+            reason: *reason,
+            error: dl.map(|i| i.last_error.clone()).unwrap_or_default(),
+        },
+        Outcome::Retry { .. } | Outcome::Drained | Outcome::LeaseLost(_) => return None,
+    };
+    Some(sh.event(job, attempt, seq, kind))
+}
+
+/// Backoff with full jitter, at least `at_least`, stretched to the maximum while the retry
+/// budget is exceeded.
+fn retry_delay(sh: &Shared, attempt: u32, at_least: Option<Duration>) -> Duration {
+    let mut delay = full_jitter(
+        attempt,
+        sh.cfg.retry_base,
+        sh.cfg.retry_max,
+        &mut rand::rng(),
+    );
+    if let Some(min) = at_least {
+        delay = delay.max(min);
+    }
+    if !sh.budget.record_retry() {
+        metrics::counter!(names::RETRY_BUDGET_EXHAUSTED, "stage" => sh.stage.clone()).increment(1);
+        delay = sh.cfg.retry_max.max(delay);
+    }
+    delay
 }
 
 /// Publishes the next stage's job (confirmed), declaring that stage's queues first.
@@ -129,103 +264,15 @@ async fn publish_next(sh: &Shared, next: &JobEnvelope) -> Result<(), fleet_core:
     sh.broker.publish(msg).await
 }
 
-/// Gives a delivery back; failures mean the connection is gone, and the broker redelivers anyway.
-pub async fn release(acker: Box<dyn Acker>) {
-    if let Err(e) = acker.release().await {
-        tracing::warn!(error = %e, "release failed; the broker redelivers after the connection closes");
-    }
+/// Gives a delivery back (counted); a failure means the connection is gone, and the broker
+/// redelivers anyway.
+async fn release(acker: Box<dyn Acker>, job_id: &str) {
+    Settlement::Release.apply_logged(acker, job_id).await;
 }
 
-/// Confirms a terminal event, then acks. If the event cannot be confirmed the delivery is
-/// released, so a retry reports it again (never an ack without its event).
-pub async fn terminal(
+fn dead_letter_info(
     sh: &Shared,
-    job: &JobEnvelope,
-    acker: Box<dyn Acker>,
-    attempt: u32,
-    seq: u32,
-    kind: EventKind,
-) {
-    terminal_event(sh, job, acker, sh.event(job, attempt, seq, kind)).await;
-}
-
-/// Confirms the terminal `event` of `job`, then acks (see [`terminal`]).
-pub async fn terminal_event(sh: &Shared, job: &JobEnvelope, acker: Box<dyn Acker>, event: Event) {
-    if let Err(e) = sh
-        .sink
-        .emit_confirmed(event, sh.cfg.confirm_timeout * 2)
-        .await
-    {
-        tracing::warn!(job_id = %job.job_id, error = %e, "terminal event not confirmed; releasing the job");
-        return release(acker).await;
-    }
-    if let Err(e) = acker.ack().await {
-        tracing::warn!(job_id = %job.job_id, error = %e, "ack failed; the job will be redelivered and its effects must be idempotent");
-    }
-}
-
-/// Dead-letters a decoded job with its event.
-#[allow(clippy::too_many_arguments)]
-pub async fn dead_letter(
-    sh: &Shared,
-    job: &JobEnvelope,
-    acker: Box<dyn Acker>,
-    attempt: u32,
-    reason: DeadLetterReason,
-    kind: Option<ErrorKind>,
-    text: &str,
-    seq: u32,
-) {
-    let info = info(sh, reason, kind, text, attempt, Some(job.job_id.clone()));
-    // An optional stage passes the item on before giving up on its own job (outputs first,
-    // settle last, as on success).
-    if !job.required
-        && let Some(next) = job.skip_forward(reason.as_str(), &info.last_error)
-        && let Err(e) = publish_next(sh, &next).await
-    {
-        tracing::warn!(job_id = %job.job_id, error = %e, "skip-forward publish failed; releasing the job");
-        return release(acker).await;
-    }
-    let event = sh.event(
-        job,
-        attempt,
-        seq,
-        EventKind::DeadLettered {
-            reason,
-            error: info.last_error.clone(),
-        },
-    );
-    if let Err(e) = sh
-        .sink
-        .emit_confirmed(event, sh.cfg.confirm_timeout * 2)
-        .await
-    {
-        tracing::warn!(job_id = %job.job_id, error = %e, "dead-letter event not confirmed; releasing the job");
-        return release(acker).await;
-    }
-    if let Err(e) = acker.dead_letter(&info).await {
-        tracing::warn!(job_id = %job.job_id, error = %e, "dead-lettering failed; the broker redelivers the job");
-    }
-}
-
-/// Dead-letters a body that is not a job (no event: there is no job id to report).
-pub async fn dead_letter_undecodable(
-    sh: &Shared,
-    acker: Box<dyn Acker>,
-    reason: DeadLetterReason,
-    text: &str,
-    attempt: u32,
-) {
-    finished(sh, "dead_lettered", None);
-    let info = info(sh, reason, None, text, attempt, None);
-    if let Err(e) = acker.dead_letter(&info).await {
-        tracing::warn!(error = %e, "dead-lettering an undecodable message failed; it will be redelivered");
-    }
-}
-
-fn info(
-    sh: &Shared,
-    reason: DeadLetterReason,
+    reason: fleet_protocol::DeadLetterReason,
     kind: Option<ErrorKind>,
     text: &str,
     attempts: u32,
@@ -240,63 +287,5 @@ fn info(
         worker_id: sh.worker_id.clone(),
         at: Utc::now(),
         job_id,
-    }
-}
-
-/// Retries with backoff (stretched while the budget is exceeded), or dead-letters when no
-/// attempts remain.
-pub async fn retry_or_dead_letter(
-    sh: &Shared,
-    job: &JobEnvelope,
-    acker: Box<dyn Acker>,
-    (attempt, max_attempts, seq): (u32, u32, u32),
-    kind: ErrorKind,
-    text: &str,
-    at_least: Option<Duration>,
-) {
-    if attempt >= max_attempts {
-        finished(sh, "dead_lettered", None);
-        return dead_letter(
-            sh,
-            job,
-            acker,
-            attempt,
-            DeadLetterReason::AttemptsExhausted,
-            Some(kind),
-            text,
-            seq,
-        )
-        .await;
-    }
-    let mut delay = full_jitter(
-        attempt,
-        sh.cfg.retry_base,
-        sh.cfg.retry_max,
-        &mut rand::rng(),
-    );
-    if let Some(min) = at_least {
-        delay = delay.max(min);
-    }
-    if !sh.budget.record_retry() {
-        metrics::counter!(names::RETRY_BUDGET_EXHAUSTED, "stage" => sh.stage.clone()).increment(1);
-        delay = sh.cfg.retry_max.max(delay);
-    }
-    match acker.retry(delay).await {
-        Ok(used) => {
-            finished(sh, "retried", None);
-            let event = sh.event(
-                job,
-                attempt,
-                seq,
-                EventKind::Retrying {
-                    delay_ms: u64::try_from(used.as_millis()).unwrap_or(u64::MAX),
-                    error: fleet_protocol::deadletter::bound_error(text),
-                },
-            );
-            sh.sink.emit(event);
-        }
-        Err(e) => {
-            tracing::warn!(job_id = %job.job_id, error = %e, "retry failed; the broker redelivers the job")
-        }
     }
 }
