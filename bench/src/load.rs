@@ -63,7 +63,7 @@ impl Run {
 
     /// The topology the worker declares for [`STAGE`].
     pub fn topology(&self) -> Topology {
-        fleet_runtime::worker::topology(&self.cfg, &self.names(), STAGE)
+        fleet_runtime::config::topology(&self.cfg, &self.names(), STAGE)
     }
 }
 

@@ -140,7 +140,7 @@ impl Env {
 
     /// The topology of the test stage.
     pub fn topology(&self) -> Topology {
-        fleet_runtime::worker::topology(&self.cfg(&[]), &Names::new(&self.prefix), STAGE)
+        fleet_runtime::config::topology(&self.cfg(&[]), &Names::new(&self.prefix), STAGE)
     }
 
     /// A new connection (memory: the shared broker).

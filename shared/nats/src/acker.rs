@@ -1,5 +1,5 @@
-//! Settling deliveries: every settlement is a confirmed (double) ack, bounded by the request
-//! timeout.
+//! Settling deliveries: a plain ack goes out unconfirmed (DESIGN §5.6); every other settlement
+//! is a confirmed (double) ack, bounded by the request timeout.
 //!
 //! nats-server answers every ack that carries a reply subject, whether or not the message is
 //! still pending for this delivery: a confirmed `+WPI` proves the server got it, not that the
@@ -97,7 +97,23 @@ fn ack_error(what: &str, e: &dyn std::fmt::Display, limit: Duration) -> BrokerEr
 #[async_trait]
 impl Acker for NatsAcker {
     async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        self.confirmed(AckKind::Ack, "ack").await
+        // DESIGN §5.6: an ack needs no confirmation (its terminal event is already durable, and
+        // a lost ack is a redelivery that the job id de-duplicates). A plain `+ACK` is only
+        // queued on the connection: no reply, no inbox, no timer, and the slot is not held for
+        // a round trip. The client flushes it; `close` drains.
+        let shared = &self.shared;
+        if !shared.is_up() {
+            return Err(shared.lost("ack"));
+        }
+        let sent = match &self.reply {
+            Some(reply) => shared
+                .client
+                .publish(reply.clone(), "+ACK".into())
+                .await
+                .map_err(|e| e.to_string()),
+            None => self.acker.ack().await.map_err(|e| e.to_string()),
+        };
+        sent.map_err(|e| shared.or_lost("ack", BrokerError::ConnectionLost(format!("ack: {e}"))))
     }
 
     async fn retry(self: Box<Self>, delay: Duration) -> Result<Duration, BrokerError> {

@@ -180,6 +180,13 @@ pub fn decode_job(body: &[u8], max_bytes: usize) -> Result<JobEnvelope, DecodeEr
             max: max_bytes,
         });
     }
+    // One parse on the hot path: a current envelope decodes at once; only a body that does not
+    // is probed for its version, to tell an unsupported version from a malformed body.
+    if let Ok(job) = serde_json::from_slice::<JobEnvelope>(body)
+        && job.v == PROTOCOL_VERSION
+    {
+        return Ok(job);
+    }
     let probe: VersionProbe =
         serde_json::from_slice(body).map_err(|e| DecodeError::Malformed(e.to_string()))?;
     match probe.v.as_ref().and_then(serde_json::Value::as_u64) {

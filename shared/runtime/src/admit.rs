@@ -99,8 +99,6 @@ pub fn admit(sh: &Shared, d: Delivery) -> Result<Admitted, Box<Refused>> {
     };
     attempt.max = job.max_attempts.clamp(1, sh.cfg.max_attempts);
     attempt.timeout = Duration::from_millis(job.timeout_ms.max(1)).min(sh.cfg.max_timeout);
-    let span = tracing::info_span!("job", pipeline_id = %job.pipeline_id, job_id = %job.job_id, stage = %sh.stage, attempt = d.attempt);
-    let _enter = span.enter();
     if d.attempt > attempt.max {
         // The previous delivery never reported an outcome when the broker redelivered this copy
         // (RabbitMQ x-delivery-count): the message kills its worker.
@@ -110,7 +108,7 @@ pub fn admit(sh: &Shared, d: Delivery) -> Result<Admitted, Box<Refused>> {
             .unwrap_or(0)
             > 0;
         let outcome = exhausted_before_running(d.attempt, attempt.max, redelivered);
-        tracing::warn!(?outcome, "attempts used up before running");
+        tracing::warn!(pipeline_id = %job.pipeline_id, job_id = %job.job_id, attempt = d.attempt, ?outcome, "attempts used up before running");
         return refuse(Some(job), d.acker, attempt, outcome);
     }
     if job.deadline_at.is_some_and(|at| at <= Utc::now()) {

@@ -56,7 +56,7 @@ pub fn cancellations(
     synced: CancellationToken,
 ) {
     sup.spawn("cancellations", async move {
-        let topology = crate::worker::topology(&sh.cfg, &sh.names, &sh.stage);
+        let topology = crate::config::topology(&sh.cfg, &sh.names, &sh.stage);
         let mut resub = Resubscriber::new(
             sh.broker.clone(),
             Source::Control,

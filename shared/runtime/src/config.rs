@@ -296,6 +296,22 @@ impl RuntimeConfig {
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub struct ConfigErrors(pub Vec<String>);
 
+/// The topology a worker with `cfg` declares for `stage`.
+pub fn topology(
+    cfg: &RuntimeConfig,
+    names: &fleet_protocol::Names,
+    stage: &str,
+) -> fleet_core::Topology {
+    fleet_core::Topology {
+        names: names.clone(),
+        stages: vec![stage.to_owned()],
+        ack_wait: cfg.ack_wait,
+        max_deliver: cfg.max_deliver,
+        max_ack_pending: cfg.max_ack_pending,
+        retry_ladder: fleet_core::broker::retry_ladder(cfg.retry_max),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

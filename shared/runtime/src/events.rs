@@ -1,6 +1,6 @@
-//! Event batches by group commit (DESIGN §4): when no batch is in flight the
-//! pending events go at once; otherwise they collect until the in-flight
-//! confirmation returns. Terminal events are confirmed to their sender;
+//! Event batches by group commit (DESIGN §4): while fewer than [`IN_FLIGHT`]
+//! batches are in flight the pending events go at once; otherwise they collect
+//! until a confirmation returns. Terminal events are confirmed to their sender;
 //! progress may be dropped under pressure (counted).
 
 use std::sync::Arc;
@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use fleet_core::{Broker, BrokerError, Destination, OutMessage, Topology};
 use fleet_protocol::{Event, EventBatch, EventKind, Heartbeat, PROTOCOL_VERSION};
+use futures::StreamExt as _;
+use futures::stream::FuturesUnordered;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::supervise::Supervisor;
@@ -17,6 +19,8 @@ use crate::telemetry::names;
 const QUEUE_CAPACITY: usize = 8192;
 /// Most events in one batch message (keeps batches far below the message size limit).
 const MAX_BATCH: usize = 512;
+/// Batches in flight at once (DESIGN §4: a small K); more events wait for a confirmation.
+const IN_FLIGHT: usize = 3;
 /// How long a batch is retried before its waiters are told it failed.
 const PUBLISH_GIVE_UP: Duration = Duration::from_secs(30);
 
@@ -99,50 +103,80 @@ async fn batcher(
     worker_id: String,
     mut rx: mpsc::Receiver<Item>,
 ) {
-    while let Some(first) = rx.recv().await {
-        // Group commit: everything that queued while the last batch was in flight goes now.
-        let mut items = vec![first];
-        while items.len() < MAX_BATCH {
-            match rx.try_recv() {
-                Ok(item) => items.push(item),
-                Err(_) => break,
-            }
-        }
-        let mut events = Vec::with_capacity(items.len());
-        let mut waiters = Vec::new();
-        let mut heartbeat = None;
-        for item in items {
-            match item {
-                Item::Event(e, w) => {
-                    events.push(e);
-                    waiters.extend(w);
+    let mut in_flight = FuturesUnordered::new();
+    let mut open = true;
+    while open || !in_flight.is_empty() {
+        tokio::select! {
+            // A confirmation frees a place: what queued meanwhile goes in the next batch.
+            Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
+            first = rx.recv(), if open && in_flight.len() < IN_FLIGHT => match first {
+                Some(first) => {
+                    let batch = collect(first, &mut rx, &stage, &worker_id);
+                    in_flight.push(send(&*broker, &topology, &stage, batch));
                 }
-                Item::Heartbeat(hb) => heartbeat = Some(hb),
+                None => open = false,
+            },
+        }
+    }
+}
+
+/// Group commit: `first` and everything that queued behind it, up to [`MAX_BATCH`].
+fn collect(
+    first: Item,
+    rx: &mut mpsc::Receiver<Item>,
+    stage: &str,
+    worker_id: &str,
+) -> (EventBatch, Vec<Confirm>) {
+    let mut items = vec![first];
+    while items.len() < MAX_BATCH {
+        match rx.try_recv() {
+            Ok(item) => items.push(item),
+            Err(_) => break,
+        }
+    }
+    let mut events = Vec::with_capacity(items.len());
+    let mut waiters = Vec::new();
+    let mut heartbeat = None;
+    for item in items {
+        match item {
+            Item::Event(e, w) => {
+                events.push(e);
+                waiters.extend(w);
             }
+            Item::Heartbeat(hb) => heartbeat = Some(hb),
         }
-        fold_started(&mut events);
-        let batch = EventBatch {
-            v: PROTOCOL_VERSION,
-            worker_id: worker_id.clone(),
-            stage: stage.clone(),
-            events,
-            heartbeat,
-        };
-        let result = publish_with_retry(&*broker, &topology, &stage, &batch).await;
-        if result.is_ok() {
-            metrics::counter!(names::EVENT_BATCHES, "stage" => stage.clone()).increment(1);
-        } else {
-            let lost = batch
-                .events
-                .iter()
-                .filter(|e| !e.kind.is_terminal())
-                .count();
-            metrics::counter!(names::EVENTS_DROPPED, "kind" => "unconfirmed")
-                .increment(lost as u64);
-        }
-        for w in waiters {
-            let _ = w.send(result.clone());
-        }
+    }
+    fold_started(&mut events);
+    let batch = EventBatch {
+        v: PROTOCOL_VERSION,
+        worker_id: worker_id.to_owned(),
+        stage: stage.to_owned(),
+        events,
+        heartbeat,
+    };
+    (batch, waiters)
+}
+
+/// Publishes one batch (retried, bounded) and tells its waiters how it went.
+async fn send(
+    broker: &dyn Broker,
+    topology: &Topology,
+    stage: &str,
+    (batch, waiters): (EventBatch, Vec<Confirm>),
+) {
+    let result = publish_with_retry(broker, topology, stage, &batch).await;
+    if result.is_ok() {
+        metrics::counter!(names::EVENT_BATCHES, "stage" => stage.to_owned()).increment(1);
+    } else {
+        let lost = batch
+            .events
+            .iter()
+            .filter(|e| !e.kind.is_terminal())
+            .count();
+        metrics::counter!(names::EVENTS_DROPPED, "kind" => "unconfirmed").increment(lost as u64);
+    }
+    for w in waiters {
+        let _ = w.send(result.clone());
     }
 }
 

@@ -129,7 +129,7 @@ impl Shared {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .contains(stage);
         if !known {
-            let topology = crate::worker::topology(&self.cfg, &self.names, stage);
+            let topology = crate::config::topology(&self.cfg, &self.names, stage);
             self.broker.declare(&topology).await?;
             self.declared
                 .lock()

@@ -11,10 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use fleet_core::{
-    Broker, BrokerError, Delivery, Source, SubscribeOptions, Subscription, Topology,
-    broker::retry_ladder,
-};
+use fleet_core::{Broker, BrokerError, Delivery, Source, SubscribeOptions, Subscription, Topology};
 use fleet_protocol::Names;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
@@ -23,7 +20,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::breaker::{Breaker, BreakerState};
 use crate::budget::RetryBudget;
-use crate::config::RuntimeConfig;
+use crate::config::{RuntimeConfig, topology};
 use crate::context::Runaways;
 use crate::handler::{BatchHandler, Handler};
 use crate::inflight::InFlight;
@@ -289,18 +286,6 @@ async fn wait_for_cancellations(
             waited = ?wait,
             "no cancellation sync from the coordinator yet; taking jobs anyway (is the coordinator running?)"
         ),
-    }
-}
-
-/// The topology this worker declares for `stage`.
-pub fn topology(cfg: &RuntimeConfig, names: &Names, stage: &str) -> Topology {
-    Topology {
-        names: names.clone(),
-        stages: vec![stage.to_owned()],
-        ack_wait: cfg.ack_wait,
-        max_deliver: cfg.max_deliver,
-        max_ack_pending: cfg.max_ack_pending,
-        retry_ladder: retry_ladder(cfg.retry_max),
     }
 }
 
