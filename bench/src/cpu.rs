@@ -24,6 +24,8 @@ pub struct Snapshot {
     pub broker: Option<Duration>,
     /// CPU time the whole machine has been busy so far (all cores, all processes).
     pub machine: Option<Duration>,
+    /// Allocations this process has made so far (see [`crate::alloc`]).
+    pub allocs: u64,
 }
 
 impl Snapshot {
@@ -37,6 +39,7 @@ impl Snapshot {
             own: process_cpu("self"),
             broker: broker.and_then(|pid| process_cpu(&pid.to_string())),
             machine: machine_busy(),
+            allocs: crate::alloc::count(),
         }
     }
 }

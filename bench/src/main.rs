@@ -10,6 +10,7 @@
 //! `cargo run --release -p fleet-bench -- mixed --broker rabbitmq --items 1000` runs the
 //! three real service binaries on mixed text items instead (see [`mixed`]).
 
+mod alloc;
 mod cpu;
 mod load;
 mod mixed;
@@ -90,6 +91,10 @@ impl Args {
         Duration::from_secs(self.timeout_secs)
     }
 }
+
+/// Counts allocations, for allocations per job.
+#[global_allocator]
+static ALLOCATOR: alloc::Counting = alloc::Counting;
 
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {

@@ -1,6 +1,10 @@
 //! The raw RabbitMQ loop: lapin with `basic_qos(prefetch)`, one consumer, and every delivery
 //! acked without waiting for the ack inline (acks run concurrently in a `FuturesUnordered`
 //! polled next to the consumer), which is the fastest correct per-delivery loop.
+//!
+//! The multiple-ack variant acks every [`ACK_EVERY`] deliveries (at most half the prefetch) with
+//! one `basic.ack(multiple=true)`, the least ack traffic a consumer can send without starving its
+//! window: the baseline for a runtime that coalesces acks over contiguous tags.
 
 use std::time::Duration;
 
@@ -16,15 +20,20 @@ use crate::report::Measured;
 
 /// Consumer tag of the raw loop.
 const CONSUMER_TAG: &str = "fleet-bench-raw";
+/// Deliveries covered by one multiple ack (the multiple-ack variant).
+const ACK_EVERY: u64 = 64;
 
-/// Consumes and acks `n` deliveries of `queue`; measures first delivery to last ack.
+/// Consumes and acks `n` deliveries of `queue` (each on its own, or `multiple` at a time);
+/// measures first delivery to last ack.
 pub async fn consume(
     url: &str,
     queue: &str,
     prefetch: u16,
     n: u64,
+    multiple: bool,
     limit: Duration,
 ) -> anyhow::Result<Measured> {
+    let every = ACK_EVERY.min(u64::from(prefetch / 2)).max(1);
     let conn = Connection::connect(url, ConnectionProperties::default())
         .await
         .context("raw lapin: connecting")?;
@@ -47,17 +56,17 @@ pub async fn consume(
         .with_context(|| format!("raw lapin: consuming {queue}"))?;
 
     let mut acks = FuturesUnordered::new();
-    let (mut received, mut acked) = (0u64, 0u64);
+    let (mut received, mut acked, mut unacked) = (0u64, 0u64, 0u64);
     let mut first: Option<Snapshot> = None;
     let work = async {
         while acked < n {
             tokio::select! {
                 Some(done) = acks.next(), if !acks.is_empty() => {
-                    let done: lapin::Result<bool> = done;
+                    let (count, done): (u64, lapin::Result<bool>) = done;
                     if !done.context("raw lapin: ack failed")? {
                         bail!("raw lapin: ack not sent, the channel closed");
                     }
-                    acked += 1;
+                    acked += count;
                 }
                 item = consumer.next(), if received < n => {
                     let delivery = item
@@ -65,7 +74,21 @@ pub async fn consume(
                         .context("raw lapin: consumer failed")?;
                     first.get_or_insert_with(Snapshot::now);
                     received += 1;
-                    acks.push(async move { delivery.acker.ack(BasicAckOptions::default()).await });
+                    unacked += 1;
+                    if !multiple {
+                        unacked = 0;
+                        acks.push(async move { (1, delivery.acker.ack(BasicAckOptions::default()).await) });
+                    } else if unacked >= every || received == n {
+                        // Multiple acks go out in tag order (one covering a later tag first
+                        // would make the earlier one unknown, closing the channel): each is
+                        // awaited here, once per `every` deliveries (lapin resolves it when the
+                        // frame is written, not at a broker reply).
+                        let opts = BasicAckOptions { multiple: true };
+                        if !delivery.acker.ack(opts).await.context("raw lapin: ack failed")? {
+                            bail!("raw lapin: ack not sent, the channel closed");
+                        }
+                        acked += std::mem::take(&mut unacked);
+                    }
                 }
             }
         }

@@ -40,6 +40,11 @@ impl Measured {
         Some(cpu.as_secs_f64() * 1e6 / self.jobs.max(1) as f64)
     }
 
+    /// Heap allocations of this process per job (the bench's own polling included).
+    pub fn allocs_per_job(&self) -> f64 {
+        self.end.allocs.saturating_sub(self.start.allocs) as f64 / self.jobs.max(1) as f64
+    }
+
     /// Cores the whole machine kept busy meanwhile (this process, the broker, everything else).
     pub fn machine_cores(&self) -> Option<f64> {
         busy_cores(&self.start, &self.end)
@@ -53,6 +58,8 @@ pub struct Row {
     pub broker: &'static str,
     /// The plain client loop.
     pub raw: Measured,
+    /// The plain client loop acking `multiple=true` (RabbitMQ only).
+    pub raw_multiple: Option<Measured>,
     /// The fleet runtime with a no-op handler.
     pub runtime: Measured,
 }
@@ -74,30 +81,47 @@ pub fn print(args: &Args, rows: &[Row], idle: Option<f64>) {
         opt(idle, 2)
     );
     println!();
-    println!("| broker | raw jobs/s | runtime jobs/s | runtime/raw |");
-    println!("|---|---:|---:|---:|");
+    println!(
+        "| broker | raw jobs/s | raw multiple-ack jobs/s | runtime jobs/s | runtime/raw | runtime/raw multiple-ack |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
     for r in rows {
+        let multi = r.raw_multiple.as_ref().map(Measured::rate);
         println!(
-            "| {} | {:.0} | {:.0} | {:.1} % |",
+            "| {} | {:.0} | {} | {:.0} | {:.1} % | {} |",
             r.broker,
             r.raw.rate(),
+            opt(multi, 0),
             r.runtime.rate(),
-            100.0 * r.runtime.rate() / r.raw.rate()
+            100.0 * r.runtime.rate() / r.raw.rate(),
+            multi.map_or_else(
+                || "-".to_owned(),
+                |m| format!("{:.1} %", 100.0 * r.runtime.rate() / m)
+            )
         );
     }
     println!();
     println!(
-        "| broker | side | time | bench CPU per job | broker CPU per job | machine busy (all processes) |"
+        "| broker | side | time | bench CPU per job | broker CPU per job | bench + broker | allocations per job | machine busy (all processes) |"
     );
-    println!("|---|---|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
     for r in rows {
-        for (side, m) in [("raw", &r.raw), ("runtime", &r.runtime)] {
+        let sides = [
+            ("raw", Some(&r.raw)),
+            ("raw multiple-ack", r.raw_multiple.as_ref()),
+            ("runtime", Some(&r.runtime)),
+        ];
+        for (side, m) in sides {
+            let Some(m) = m else { continue };
+            let total = m.own_cpu_us().zip(m.broker_cpu_us()).map(|(a, b)| a + b);
             println!(
-                "| {} | {side} | {:.2} s | {} µs | {} µs | {} cores |",
+                "| {} | {side} | {:.2} s | {} µs | {} µs | {} µs | {:.1} | {} cores |",
                 r.broker,
                 m.elapsed().as_secs_f64(),
                 opt(m.own_cpu_us(), 1),
                 opt(m.broker_cpu_us(), 1),
+                opt(total, 1),
+                m.allocs_per_job(),
                 opt(m.machine_cores(), 2)
             );
         }

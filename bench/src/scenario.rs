@@ -67,11 +67,12 @@ pub async fn run(kind: Kind, args: &Args) -> anyhow::Result<Row> {
     let measured = measure(&run, &broker, args).await;
     let cleaned = load::cleanup(&run, &*broker, args.limit()).await;
     broker.close().await;
-    let (raw, runtime) = measured?;
+    let (raw, raw_multiple, runtime) = measured?;
     cleaned?;
     Ok(Row {
         broker: kind.label(),
         raw,
+        raw_multiple,
         runtime,
     })
 }
@@ -80,7 +81,7 @@ async fn measure(
     run: &Run,
     broker: &Arc<dyn Broker>,
     args: &Args,
-) -> anyhow::Result<(Measured, Measured)> {
+) -> anyhow::Result<(Measured, Option<Measured>, Measured)> {
     let n = args.jobs;
     let limit = args.limit();
     load::declare(run, &**broker, limit).await?;
@@ -90,7 +91,7 @@ async fn measure(
     let raw = match run.kind {
         Kind::RabbitMq => {
             let queue = run.names().jobs(load::STAGE);
-            raw_amqp::consume(&args.amqp_url, &queue, args.prefetch, n, limit).await?
+            raw_amqp::consume(&args.amqp_url, &queue, args.prefetch, n, false, limit).await?
         }
         Kind::Nats => {
             let stream = run.names().jobs_stream();
@@ -110,6 +111,29 @@ async fn measure(
         .context("after the raw loop")?;
     eprintln!("[{}] raw: {:.0} jobs/s", run.kind.label(), raw.rate());
 
+    let raw_multiple = match run.kind {
+        Kind::RabbitMq => {
+            load::preload(&**broker, "bench-raw-multiple", n, limit).await?;
+            eprintln!(
+                "[{}] loaded {n} jobs; raw loop, multiple acks",
+                run.kind.label()
+            );
+            let queue = run.names().jobs(load::STAGE);
+            let m =
+                raw_amqp::consume(&args.amqp_url, &queue, args.prefetch, n, true, limit).await?;
+            load::wait_depth(&**broker, 0, limit)
+                .await
+                .context("after the multiple-ack raw loop")?;
+            eprintln!(
+                "[{}] raw, multiple acks: {:.0} jobs/s",
+                run.kind.label(),
+                m.rate()
+            );
+            Some(m)
+        }
+        Kind::Nats => None,
+    };
+
     load::preload(&**broker, "bench-runtime", n, limit).await?;
     eprintln!("[{}] loaded {n} jobs; runtime", run.kind.label());
     let runtime = runtime_side::consume(run, &**broker, n, limit, args.probe).await?;
@@ -118,5 +142,5 @@ async fn measure(
         run.kind.label(),
         runtime.rate()
     );
-    Ok((raw, runtime))
+    Ok((raw, raw_multiple, runtime))
 }
