@@ -12,12 +12,46 @@ use futures::{StreamExt as _, TryStreamExt as _};
 use tokio::time::Instant;
 
 use crate::Args;
-use crate::scenario::Kind;
 
 /// The stage every benchmark job belongs to.
 pub const STAGE: &str = "noop";
 /// Publishes in flight while pre-loading.
 const LOAD_IN_FLIGHT: usize = 512;
+
+/// A broker under test.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// RabbitMQ through lapin.
+    RabbitMq,
+    /// NATS JetStream through async-nats.
+    Nats,
+}
+
+impl Kind {
+    /// Name shown in the table.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::RabbitMq => "rabbitmq",
+            Kind::Nats => "nats",
+        }
+    }
+
+    /// The URL of this broker from the command line.
+    pub fn url(self, args: &Args) -> &str {
+        match self {
+            Kind::RabbitMq => &args.amqp_url,
+            Kind::Nats => &args.nats_url,
+        }
+    }
+
+    /// The broker's port when the URL names none.
+    pub fn default_port(self) -> u16 {
+        match self {
+            Kind::RabbitMq => 5672,
+            Kind::Nats => 4222,
+        }
+    }
+}
 
 /// One broker's run: its unique prefix and the runtime config both sides share.
 pub struct Run {

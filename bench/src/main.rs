@@ -106,10 +106,10 @@ async fn main() -> anyhow::Result<()> {
     let args = cli.args;
     anyhow::ensure!(args.jobs > 0, "--jobs must be at least 1");
     anyhow::ensure!(args.prefetch > 0, "--prefetch must be at least 1");
-    let brokers: &[scenario::Kind] = match args.broker {
-        Which::Rabbitmq => &[scenario::Kind::RabbitMq],
-        Which::Nats => &[scenario::Kind::Nats],
-        Which::All => &[scenario::Kind::RabbitMq, scenario::Kind::Nats],
+    let brokers: &[load::Kind] = match args.broker {
+        Which::Rabbitmq => &[load::Kind::RabbitMq],
+        Which::Nats => &[load::Kind::Nats],
+        Which::All => &[load::Kind::RabbitMq, load::Kind::Nats],
     };
     // How busy the box is before we start: results on a loaded machine are not comparable.
     let before = cpu::Snapshot::now();

@@ -7,44 +7,9 @@ use anyhow::Context as _;
 use fleet_core::Broker;
 
 use crate::Args;
-use crate::load::{self, Run};
+use crate::load::{self, Kind, Run};
 use crate::report::{Measured, Row};
 use crate::{cpu, raw_amqp, raw_nats, runtime_side};
-
-/// A broker under test.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Kind {
-    /// RabbitMQ through lapin.
-    RabbitMq,
-    /// NATS JetStream through async-nats.
-    Nats,
-}
-
-impl Kind {
-    /// Name shown in the table.
-    pub fn label(self) -> &'static str {
-        match self {
-            Kind::RabbitMq => "rabbitmq",
-            Kind::Nats => "nats",
-        }
-    }
-
-    /// The URL of this broker from the command line.
-    pub fn url(self, args: &Args) -> &str {
-        match self {
-            Kind::RabbitMq => &args.amqp_url,
-            Kind::Nats => &args.nats_url,
-        }
-    }
-
-    /// The broker's port when the URL names none.
-    pub fn default_port(self) -> u16 {
-        match self {
-            Kind::RabbitMq => 5672,
-            Kind::Nats => 4222,
-        }
-    }
-}
 
 /// Benchmarks one broker: raw loop, then runtime; deletes the run's topology on every path.
 pub async fn run(kind: Kind, args: &Args) -> anyhow::Result<Row> {

@@ -17,7 +17,7 @@ use super::corpus::{Item, Size};
 use super::db::Schema;
 use super::services::{self, Metrics, ProcStats, Running, Service};
 use crate::cpu;
-use crate::scenario::Kind;
+use crate::load::Kind;
 
 /// How often the row count is polled (bounds the error of the run's end time).
 const POLL: Duration = Duration::from_millis(100);

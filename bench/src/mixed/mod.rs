@@ -22,7 +22,7 @@ use fleet_protocol::Names;
 
 use fleet_test_support::corpus;
 
-use crate::scenario::Kind;
+use crate::load::Kind;
 use crate::{Which, cpu, load};
 
 /// Every stage of the benchmark's route, in order.
