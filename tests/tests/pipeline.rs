@@ -111,17 +111,34 @@ async fn items_through_all_services(backend: Backend) {
         broker.publish(msg).await.unwrap();
     }
 
+    // One store for the whole wait, and every poll says where the items are, so a
+    // timeout names the stage that stalled; a service that ended early fails at once.
+    let db = admin_in(&db_url).await;
     let count_sql = "SELECT COUNT(*) FROM fleet_results WHERE pipeline_id = $1";
     wait_for("every item written", Duration::from_secs(120), || async {
-        let row = admin_in(&db_url)
-            .await
-            .query_one(count_sql, &[pipeline.clone().into()])
-            .await
-            .ok()?;
-        (row.get::<i64>(0).ok()? == ITEMS as i64).then_some(())
+        if let Some(i) = tasks.iter().position(|t| t.is_finished()) {
+            panic!("service {} ended before the items were written", STAGES[i]);
+        }
+        let written = match db.query_one(count_sql, &[pipeline.clone().into()]).await {
+            Ok(row) => row.get::<i64>(0).unwrap_or(-1),
+            Err(e) => return Err(format!("count query failed: {e:#}")),
+        };
+        if written == ITEMS as i64 {
+            return Ok(());
+        }
+        let mut depths = Vec::new();
+        for stage in STAGES {
+            let src = Source::Jobs {
+                stage: stage.into(),
+            };
+            depths.push(format!("{stage}={:?}", broker.depth(&src).await.ok()));
+        }
+        Err(format!(
+            "{written} of {ITEMS} rows; queue depths {}",
+            depths.join(" ")
+        ))
     })
     .await;
-    let db = admin_in(&db_url).await;
     let rows = db
         .query("SELECT item_id, summary, COUNT(*) OVER (PARTITION BY item_id) FROM fleet_results WHERE pipeline_id = $1", &[pipeline.clone().into()])
         .await
