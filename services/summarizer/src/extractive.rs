@@ -331,10 +331,10 @@ mod tests {
         files.extend(docs);
         assert!(files.len() >= 3, "{files:?}");
         // Markdown and HTML syntax; inline code keeps its content (`list|show`, `<pipeline>`),
-        // so a lone `|` or `<` is prose here, a table row or a tag is not.
+        // so a lone `|` or `<` is prose here (`<broker>` is not `<br>`), a table row or a tag is not.
         let markup = [
-            "```", "](", "**", "|---", "| |", "<!--", "<br", "<img", "<a ", "<details", "<div",
-            "\n",
+            "```", "](", "**", "|---", "| |", "<!--", "<br>", "<br/", "<br ", "<img", "<a ",
+            "<details", "<div", "\n",
         ];
         let opts = ExtractiveOptions::default();
         for f in &files {
