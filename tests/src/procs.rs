@@ -143,16 +143,7 @@ impl Proc {
         let Ok((200, text)) = http(self.admin, "GET", "/metrics", None).await else {
             return 0.0;
         };
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-            .filter(|l| {
-                labels
-                    .iter()
-                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-            })
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .fold(0.0, |a, b| a + b)
+        sample_sum(&text, name, labels)
     }
 }
 
@@ -188,4 +179,19 @@ pub async fn wait_http(addr: SocketAddr, path: &str, status: u16, within: Durati
         || async { matches!(http(addr, "GET", path, None).await, Ok((s, _)) if s == status) },
     )
     .await;
+}
+
+/// The sum of one metric's samples in an exposition text (`name{labels…} value`), filtered
+/// by `labels`; 0 when absent.
+pub fn sample_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
+        .filter(|l| {
+            labels
+                .iter()
+                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }

@@ -8,8 +8,9 @@ use std::time::Duration;
 
 use crate::world::{ProcId, World};
 
-use super::record::{Target, sample_sum};
+use super::record::Target;
 use super::rss::{Usage, usage};
+use crate::procs::sample_sum;
 
 /// Bound of a readiness wait at start-up.
 const READY: Duration = Duration::from_secs(60);

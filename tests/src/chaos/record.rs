@@ -94,24 +94,10 @@ fn round3(x: f64) -> f64 {
     (x * 1000.0).round() / 1000.0
 }
 
-/// The sum of one metric's samples in an exposition text (`name{labels…} value`), filtered
-/// by `labels`; 0 when absent.
-pub fn sample_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::procs::sample_sum;
 
     #[test]
     fn sums_samples_by_label() {
