@@ -40,17 +40,13 @@ pub fn trends(log: &[(f64, String, String, Usage)], warmup_secs: f64) -> Vec<Tre
     let mut sums: BTreeMap<String, BTreeMap<u64, (f64, Usage)>> = BTreeMap::new();
     for (t, kind, _, u) in log.iter().filter(|(t, ..)| *t >= warmup_secs) {
         let key = (t * 1000.0) as u64 / 2000; // the sampler's 2 s ticks
-        let e = sums
-            .entry(kind.clone())
-            .or_default()
-            .entry(key)
-            .or_insert((
-                *t,
-                Usage {
-                    tasks: Some(0),
-                    ..Usage::default()
-                },
-            ));
+        let e = sums.entry(kind.clone()).or_default().entry(key).or_insert((
+            *t,
+            Usage {
+                tasks: Some(0),
+                ..Usage::default()
+            },
+        ));
         e.1.rss += u.rss;
         e.1.fds += u.fds;
         e.1.threads += u.threads;
