@@ -583,7 +583,9 @@ pub async fn run_scenario(o: &Options) -> Outcome {
         errors,
     };
     let failed = !row.violations().is_empty();
-    if failed {
+    // A process that exited on its own says why only in its log: keep the logs then too
+    // (found this way: a shared-broker sweep by another test run deleting the scenario's queues).
+    if failed || !row.exits.is_empty() {
         // Keep the services' logs next to the recording.
         let logs = dir.join("logs");
         let _ = std::fs::create_dir_all(&logs);
@@ -592,7 +594,8 @@ pub async fn run_scenario(o: &Options) -> Outcome {
                 let _ = std::fs::copy(e.path(), logs.join(e.file_name()));
             }
         }
-        say(format!("FAILED; logs kept in {}", logs.display()));
+        let why = if failed { "FAILED" } else { "processes exited" };
+        say(format!("{why}; logs kept in {}", logs.display()));
     }
     let usage_log = std::mem::take(&mut fleet.usage_log);
     let mut world = fleet.world;
