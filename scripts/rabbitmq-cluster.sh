@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# A three-node RabbitMQ cluster on loopback, beside (and never touching) the machine's own
-# node: nodes fleet-c1..3@localhost, AMQP ports BASE..BASE+2, distribution ports BASE+10..12,
+# A three-node RabbitMQ cluster (or a single node, FLEET_RABBIT_CLUSTER_NODES=1) on loopback,
+# beside (and never touching) the machine's own node: nodes fleet-c1..3@localhost, AMQP ports BASE..BASE+2, distribution ports BASE+10..12,
 # data, logs, config and Erlang cookie under DIR. Runs Debian's rabbitmq-server as the
 # calling user; the machine's epmd (started with its RabbitMQ) is shared.
 #
@@ -11,18 +11,31 @@
 #   scripts/rabbitmq-cluster.sh kill N         SIGKILL node N's Erlang VM (a lost machine)
 #   scripts/rabbitmq-cluster.sh start-node N   start node N again (it rejoins from its data)
 #   scripts/rabbitmq-cluster.sh leader QUEUE   the number (1-3) of the node leading quorum queue QUEUE
+#   scripts/rabbitmq-cluster.sh stop-app N     `rabbitmqctl stop_app` on node N (the Erlang VM stays up)
+#   scripts/rabbitmq-cluster.sh start-app N    `rabbitmqctl start_app` on node N, waits until it runs
 #
 # Environment: FLEET_RABBIT_CLUSTER_DIR (default target/tmp/rabbitmq-cluster),
-# FLEET_RABBIT_CLUSTER_PORT (default 36672). Every wait is bounded (START_TIMEOUT, 120 s).
+# FLEET_RABBIT_CLUSTER_PORT (default 36672), FLEET_RABBIT_CLUSTER_NODES (default 3; 1 starts a
+# single node and joins nothing), FLEET_RABBIT_CLUSTER_NAME (node name prefix, default fleet-c:
+# nodes <prefix>1@localhost…). The fault campaign's private node (tests/src/chaos/private.rs)
+# is FLEET_RABBIT_CLUSTER_NODES=1 on its own port, name and DIR. Every wait is bounded
+# (START_TIMEOUT, 120 s).
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 DIR="${FLEET_RABBIT_CLUSTER_DIR:-$PWD/target/tmp/rabbitmq-cluster}"
 BASE="${FLEET_RABBIT_CLUSTER_PORT:-36672}"
+NODES="${FLEET_RABBIT_CLUSTER_NODES:-3}"
+NAME="${FLEET_RABBIT_CLUSTER_NAME:-fleet-c}"
 START_TIMEOUT=120
 RABBIT_BIN=/usr/lib/rabbitmq/bin
 
-node_name() { echo "fleet-c$1@localhost"; }
+if [[ ! "$NODES" =~ ^[1-9]$ ]]; then
+    echo "FLEET_RABBIT_CLUSTER_NODES must be a number of nodes from 1 to 9, not '$NODES'" >&2
+    exit 2
+fi
+
+node_name() { echo "$NAME$1@localhost"; }
 port() { echo $((BASE + $1 - 1)); }
 
 # ctl N ARGS...: rabbitmqctl against node N with the cluster's own cookie.
@@ -46,7 +59,7 @@ setup() {
     echo '[].' >"$DIR/enabled_plugins"
     # Empty env file: the machine's /etc/rabbitmq/rabbitmq-env.conf names its own node.
     : >"$DIR/rabbitmq-env.conf"
-    for n in 1 2 3; do
+    for ((n = 1; n <= NODES; n++)); do
         mkdir -p "$DIR/n$n"
         cat >"$DIR/n$n/rabbitmq.conf" <<EOF
 listeners.tcp.local = 127.0.0.1:$(port "$n")
@@ -102,32 +115,31 @@ join() {
 }
 
 cmd_start() {
-    local t0=$SECONDS
+    local t0=$SECONDS n pids=()
     setup
-    # The nodes boot in parallel; node 1 must run before 2 and 3 join it.
-    start_node 1 &
-    local p1=$!
-    start_node 2 &
-    local p2=$!
-    start_node 3 &
-    local p3=$!
-    wait "$p1" && wait "$p2" && wait "$p3"
-    join 2 &
-    p2=$!
-    join 3 &
-    p3=$!
-    wait "$p2" && wait "$p3"
+    # The nodes boot in parallel; node 1 must run before the others join it.
+    for ((n = 1; n <= NODES; n++)); do
+        start_node "$n" &
+        pids+=($!)
+    done
+    for n in "${pids[@]}"; do wait "$n"; done
+    pids=()
+    for ((n = 2; n <= NODES; n++)); do
+        join "$n" &
+        pids+=($!)
+    done
+    for n in "${pids[@]}"; do wait "$n"; done
     local running
     running=$(ctl 1 eval 'length(rabbit_nodes:all_running()).')
-    if [[ "$running" != 3 ]]; then
-        echo "cluster has $running running nodes, expected 3" >&2
+    if [[ "$running" != "$NODES" ]]; then
+        echo "cluster has $running running nodes, expected $NODES" >&2
         exit 1
     fi
-    echo "rabbitmq cluster: 3 nodes on ports $(port 1)-$(port 3) in $((SECONDS - t0))s"
+    echo "rabbitmq: $NODES node(s) $(node_name 1)… on ports $(port 1)-$(port "$NODES") in $((SECONDS - t0))s"
 }
 
 cmd_stop() {
-    for n in 1 2 3; do
+    for ((n = 1; n <= NODES; n++)); do
         if [[ -s "$DIR/n$n/pid" ]]; then
             # Bounded: a node that does not stop within 30 s is killed.
             HOME="$DIR/home" timeout 30 "$RABBIT_BIN/rabbitmqctl" -q -n "$(node_name "$n")" stop \
@@ -146,8 +158,8 @@ cmd_kill() {
 }
 
 cmd_urls() {
-    local out=""
-    for n in 1 2 3; do
+    local out="" n
+    for ((n = 1; n <= NODES; n++)); do
         out+="${out:+,}amqp://guest:guest@127.0.0.1:$(port "$n")/%2f"
     done
     echo "$out"
@@ -155,7 +167,7 @@ cmd_urls() {
 
 cmd_leader() {
     local queue=$1 leader n
-    for n in 1 2 3; do
+    for ((n = 1; n <= NODES; n++)); do
         leader=$(ctl "$n" list_queues name leader --no-table-headers 2>/dev/null |
             awk -v q="$queue" '$1 == q { print $2 }') || continue
         [[ -n "$leader" ]] && break
@@ -182,8 +194,13 @@ start-node)
     start_node "${2:?node number}"
     ;;
 leader) cmd_leader "${2:?queue name}" ;;
+stop-app) ctl "${2:?node number}" stop_app ;;
+start-app)
+    ctl "${2:?node number}" start_app
+    ctl "$2" await_startup
+    ;;
 *)
-    sed -n '2,18p' "$0"
+    sed -n '2,22p' "$0"
     exit 2
     ;;
 esac

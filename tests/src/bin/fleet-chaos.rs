@@ -19,9 +19,10 @@ use fleet_tests::chaos::{Options, Scenario, soak, table};
 ///
 /// Scenarios: llm-hang (the stub LLM hangs on 10 % of requests, 500 on 5 %), worker-loss
 /// (SIGKILL a random worker every --kill-every, start a new one), broker-cut (every broker
-/// connection cut and refused for 20 s through a proxy), broker-restart (a private
-/// nats-server on port 31222 stopped and started again on its store; NATS only), db-outage (PostgreSQL unreachable for 30 s for the
-/// writers and coordinators), poison (1 % of items: half malformed, half crashing the
+/// connection cut and refused for 20 s through a proxy), broker-restart (a private broker
+/// restarted on its store: a nats-server on port 31222 stopped and started again, or a
+/// RabbitMQ node fleet-chaos1@localhost on port 31672 put through `rabbitmqctl stop_app` /
+/// `start_app`), db-outage (PostgreSQL unreachable for 30 s for the writers and coordinators), poison (1 % of items: half malformed, half crashing the
 /// analyzer process), coordinator-crash (SIGKILL a coordinator replica, start it again
 /// after 5 s), all-at-once (all of these, the broker fault as the cut).
 ///
@@ -109,13 +110,6 @@ async fn main() -> std::process::ExitCode {
     println!("{}", table::header());
     for backend in brokers {
         for scenario in &scenarios {
-            if *scenario == Scenario::BrokerRestart && backend != Backend::Nats {
-                eprintln!(
-                    "fleet-chaos: broker-restart runs on a private nats-server only; skipped on {}",
-                    broker_name(backend)
-                );
-                continue;
-            }
             let mut o = Options::new(backend, *scenario);
             o.items = args.items;
             o.seed = args.seed;

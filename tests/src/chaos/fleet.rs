@@ -12,6 +12,8 @@ use super::record::Target;
 use super::rss::{Usage, usage};
 use crate::procs::sample_sum;
 
+/// The tokio task gauge every service exports (`shared/runtime/src/telemetry/names.rs`).
+const TASKS: &str = "fleet_tokio_alive_tasks";
 /// Bound of a readiness wait at start-up.
 const READY: Duration = Duration::from_secs(60);
 /// The worker kinds, in start order.
@@ -191,14 +193,41 @@ impl Fleet {
             .collect()
     }
 
-    /// Samples every live process's resources (peak RSS per kind, and the log).
-    pub fn sample_usage(&mut self, t: f64) {
+    /// Samples every live process's resources (peak RSS per kind, and the log): `/proc`,
+    /// and the tokio task count from its `/metrics` (all scraped at once, each bounded).
+    pub async fn sample_usage(&mut self, t: f64) {
         let ids: Vec<ProcId> = self.live().collect();
-        for id in ids {
+        let mut set = tokio::task::JoinSet::new();
+        for (i, &id) in ids.iter().enumerate() {
+            let admin = self.world.proc(id).admin;
+            set.spawn(async move {
+                let r = tokio::time::timeout(
+                    Duration::from_secs(1),
+                    crate::procs::http(admin, "GET", "/metrics", None),
+                )
+                .await;
+                let tasks = match r {
+                    Ok(Ok((200, text))) if text.contains(TASKS) => {
+                        Some(sample_sum(&text, TASKS, &[]) as u64)
+                    }
+                    _ => None,
+                };
+                (i, tasks)
+            });
+        }
+        // Each scrape is bounded (1 s), so this ends within about a second.
+        let mut scrapes = vec![None; ids.len()];
+        while let Some(r) = set.join_next().await {
+            if let Ok((i, tasks)) = r {
+                scrapes[i] = tasks;
+            }
+        }
+        for (id, tasks) in ids.into_iter().zip(scrapes) {
             let Some(pid) = self.world.proc(id).pid() else {
                 continue;
             };
-            let Some(u) = usage(pid) else { continue };
+            let Some(mut u) = usage(pid) else { continue };
+            u.tasks = tasks;
             let kind = self.world.kind(id).to_owned();
             let peak = self.peak_rss.entry(kind.clone()).or_default();
             *peak = (*peak).max(u.rss);

@@ -1,5 +1,6 @@
-//! Per-process resource samples from `/proc` (resident memory, open descriptors, threads)
-//! and the least-squares slope the soak prints.
+//! Per-process resource samples from `/proc` (resident memory, open descriptors, threads),
+//! the tokio task count from the process's `/metrics`, and the least-squares slope the soak
+//! prints.
 
 /// One process's resources at one moment.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -10,6 +11,9 @@ pub struct Usage {
     pub fds: u64,
     /// OS threads (`Threads`).
     pub threads: u64,
+    /// Tokio tasks alive (`fleet_tokio_alive_tasks` of its `/metrics`); `None` when the
+    /// scrape did not answer in time.
+    pub tasks: Option<u64>,
 }
 
 /// The usage of process `pid`, `None` when it is gone (or not on Linux).
@@ -28,6 +32,7 @@ pub fn usage(pid: u32) -> Option<Usage> {
         rss: field("VmRSS:").unwrap_or(0) * 1024,
         fds,
         threads: field("Threads:").unwrap_or(0),
+        tasks: None,
     })
 }
 

@@ -20,7 +20,7 @@ use crate::world::{Limits, STAGES, World};
 use super::check::end_state;
 use super::feed::{self, FeedState, Pace};
 use super::fleet::{Flags, Fleet};
-use super::private::PrivateNats;
+use super::private::{Private, PrivateNats, PrivateRabbit};
 use super::record::Recorder;
 use super::scenario::{Faults, Scenario};
 use super::table::Row;
@@ -253,14 +253,21 @@ pub async fn run_scenario(o: &Options) -> Outcome {
     // The broker-restart scenario runs on a private broker (the shared one is never restarted).
     let mut private = None;
     if faults.broker_restart {
-        if o.backend != Backend::Nats {
-            errors.push("broker-restart needs a private broker: only NATS has one here".into());
-        } else {
-            let dir = std::env::temp_dir().join(format!("fleet-chaos-nats-{}", std::process::id()));
-            match PrivateNats::start(&dir).await {
-                Ok(p) => private = Some(p),
-                Err(e) => errors.push(e),
+        let started = match o.backend {
+            Backend::Nats => {
+                let dir =
+                    std::env::temp_dir().join(format!("fleet-chaos-nats-{}", std::process::id()));
+                PrivateNats::start(&dir).await.map(Private::Nats)
             }
+            Backend::Rabbit => {
+                say("starting a private RabbitMQ node".into());
+                PrivateRabbit::start().await.map(Private::Rabbit)
+            }
+            Backend::Memory => Err("broker-restart needs a real broker".into()),
+        };
+        match started {
+            Ok(p) => private = Some(p),
+            Err(e) => errors.push(e),
         }
     }
     let url = match (&private, o.backend) {
@@ -452,7 +459,14 @@ pub async fn run_scenario(o: &Options) -> Outcome {
                         }
                         "broker-restart" if private.is_some() => {
                             if let Some(p) = private.as_mut() {
-                                p.down().await;
+                                let t = Instant::now();
+                                match p.down().await {
+                                    Ok(()) => say(format!(
+                                        "private broker down (took {:.1} s)",
+                                        t.elapsed().as_secs_f64()
+                                    )),
+                                    Err(e) => errors.push(e),
+                                }
                             }
                         }
                         _ => errors.push(format!("fault {} is not available", w.fault)),
@@ -476,10 +490,15 @@ pub async fn run_scenario(o: &Options) -> Outcome {
                         "db-outage" => db_proxy.set_refuse(false),
                         "coordinator-crash" => fleet.restart_down(),
                         "broker-restart" => {
-                            if let Some(p) = private.as_mut()
-                                && let Err(e) = p.up().await
-                            {
-                                errors.push(e);
+                            if let Some(p) = private.as_mut() {
+                                let t = Instant::now();
+                                match p.up().await {
+                                    Ok(()) => say(format!(
+                                        "private broker up again (took {:.1} s)",
+                                        t.elapsed().as_secs_f64()
+                                    )),
+                                    Err(e) => errors.push(e),
+                                }
                             }
                         }
                         _ => {}
@@ -497,7 +516,7 @@ pub async fn run_scenario(o: &Options) -> Outcome {
         // Sampling.
         if last_usage.is_none_or(|t| now - t >= Duration::from_secs(2)) {
             last_usage = Some(now);
-            fleet.sample_usage((now - t0).as_secs_f64());
+            fleet.sample_usage((now - t0).as_secs_f64()).await;
         }
         if last_scrape.is_none_or(|t| now - t >= SCRAPE_EVERY) {
             last_scrape = Some(now);
@@ -564,7 +583,9 @@ pub async fn run_scenario(o: &Options) -> Outcome {
         errors,
     };
     let failed = !row.violations().is_empty();
-    if failed {
+    // A process that exited on its own says why only in its log: keep the logs then too
+    // (found this way: a shared-broker sweep by another test run deleting the scenario's queues).
+    if failed || !row.exits.is_empty() {
         // Keep the services' logs next to the recording.
         let logs = dir.join("logs");
         let _ = std::fs::create_dir_all(&logs);
@@ -573,7 +594,8 @@ pub async fn run_scenario(o: &Options) -> Outcome {
                 let _ = std::fs::copy(e.path(), logs.join(e.file_name()));
             }
         }
-        say(format!("FAILED; logs kept in {}", logs.display()));
+        let why = if failed { "FAILED" } else { "processes exited" };
+        say(format!("{why}; logs kept in {}", logs.display()));
     }
     let usage_log = std::mem::take(&mut fleet.usage_log);
     let mut world = fleet.world;

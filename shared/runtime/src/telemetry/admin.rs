@@ -238,6 +238,7 @@ impl AdminServer {
                         health.tick();
                         // Keeps the pause gauge and log current while nothing else asks.
                         health.refresh_pause();
+                        sample_runtime();
                         prom.run_upkeep();
                     }
                     () = stop.cancelled() => return Ok(()),
@@ -248,7 +249,17 @@ impl AdminServer {
     }
 }
 
+/// Sets the gauges read from the tokio runtime this runs on (`num_alive_tasks` is stable
+/// since tokio 1.39: no `tokio_unstable` needed).
+fn sample_runtime() {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        metrics::gauge!(names::TOKIO_ALIVE_TASKS).set(rt.metrics().num_alive_tasks() as f64);
+    }
+}
+
 async fn metrics_text(State(s): State<AppState>) -> String {
+    // Sampled at scrape time too, so a scrape never reads a count a second old.
+    sample_runtime();
     s.prom.render()
 }
 

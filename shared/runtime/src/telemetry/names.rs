@@ -39,6 +39,8 @@ pub const HANDLER_PANICS: &str = "fleet_handler_panics_total";
 pub const LEASES_LOST: &str = "fleet_leases_lost_total";
 /// Counter `{source}`: failed subscribes or fetches of a consumer (each is retried after redeclaring).
 pub const SUBSCRIBE_FAILURES: &str = "fleet_subscribe_failures_total";
+/// Gauge: tokio tasks alive in the process (sampled every second and at each scrape).
+pub const TOKIO_ALIVE_TASKS: &str = "fleet_tokio_alive_tasks";
 
 /// The closed set of `outcome` label values.
 pub const OUTCOMES: [&str; 5] = [
@@ -79,6 +81,10 @@ pub fn describe() {
         "1 while the stage pulls no jobs because a dependency it needs is unusable (breaker open or probing, no fallback left)."
     );
     describe_gauge!(BROKER_CONNECTED, "1 while the broker connection is up.");
+    describe_gauge!(
+        TOKIO_ALIVE_TASKS,
+        "Tokio tasks alive in this process (spawned and not yet finished): a count that only grows is a task leak."
+    );
     describe_counter!(BROKER_RECONNECTS, "Successful broker reconnects.");
     describe_counter!(
         BROKER_CONFIG_DRIFT,
