@@ -21,6 +21,8 @@ pub struct EndState {
     /// Items with a dead letter that still succeeded (one row): the dead letter was a
     /// redelivered copy of a job whose earlier attempt had passed the item on.
     pub superseded: usize,
+    /// Failed items without an archived dead letter (yet: see `run_scenario`).
+    pub unarchived: usize,
     /// Dead letters by `stage:reason`.
     pub reasons: BTreeMap<String, usize>,
     /// Items submitted but not terminal, or succeeded without a row.
@@ -170,6 +172,7 @@ pub async fn end_state(w: &World, pid: &str, expected: usize, in_flight: Option<
         .difference(&failed)
         .filter(|i| !superseded.contains(*i))
         .collect();
+    e.unarchived = failed.difference(&dead_items).count();
     if !failed.is_subset(&dead_items) || !unexplained.is_empty() {
         v.push(format!(
             "dead letters ≠ failed items: {} failed without a dead letter [{}], {} dead-lettered neither failed nor succeeded [{}]",
