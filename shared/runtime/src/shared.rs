@@ -16,6 +16,7 @@ use crate::context::Runaways;
 use crate::events::EventSink;
 use crate::inflight::InFlight;
 use crate::pause::IntakeGate;
+use crate::unsettled::Unsettled;
 
 /// Cancelled pipelines known to this worker, each scoped to one life of its id (its creation
 /// time), so a cancellation of an earlier pipeline never hits a later one that reuses the id.
@@ -113,6 +114,8 @@ pub struct Shared {
     pub pause: Option<Arc<dyn IntakeGate>>,
     /// Runaway blocking work.
     pub runaways: Arc<Runaways>,
+    /// Deliveries not settled yet (the gauge every fetched delivery's acker lowers).
+    pub unsettled: Unsettled,
     /// Fires at the end of the drain period: what still runs goes back to the broker.
     pub drain: CancellationToken,
     /// Stages whose queues this worker has declared (next stages are declared before the

@@ -29,6 +29,7 @@ use crate::resubscribe::{Limits, Resubscriber};
 use crate::shared::{Cancellations, Shared};
 use crate::supervise::Supervisor;
 use crate::telemetry::{AdminServer, Health, names};
+use crate::unsettled::Unsettled;
 use crate::{background, connect, events, process};
 
 /// How long one pull waits for messages; also how quickly shutdown is noticed.
@@ -208,6 +209,7 @@ impl Worker {
             ),
             pause: self.pause.clone(),
             runaways,
+            unsettled: Unsettled::new(&self.stage),
             drain: CancellationToken::new(),
             declared: Mutex::new(HashSet::from([self.stage.clone()])),
             cfg,
@@ -468,8 +470,9 @@ async fn consume(
             };
             let fetched = sub.fetch(free.len(), wait).await;
             let deliveries = match fetched {
-                Ok(d) => {
+                Ok(mut d) => {
                     resub.working();
+                    sh.unsettled.track(&mut d);
                     d
                 }
                 Err(e @ BrokerError::ConsumerCancelled(_)) => {
