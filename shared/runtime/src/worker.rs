@@ -21,13 +21,14 @@ use tokio_util::task::TaskTracker;
 use crate::breaker::{Breaker, BreakerState};
 use crate::budget::RetryBudget;
 use crate::config::{RuntimeConfig, topology};
-use crate::context::Runaways;
+use crate::context::{EventOrigin, Runaways};
 use crate::handler::{BatchHandler, Handler};
 use crate::inflight::InFlight;
 use crate::pause::IntakeGate;
 use crate::resubscribe::{Limits, Resubscriber};
 use crate::shared::{Cancellations, Shared};
 use crate::supervise::Supervisor;
+use crate::telemetry::stage::StageMetrics;
 use crate::telemetry::{AdminServer, Health, names};
 use crate::unsettled::Unsettled;
 use crate::{background, connect, events, process};
@@ -197,7 +198,7 @@ impl Worker {
         let sh = Arc::new(Shared {
             broker: broker.clone(),
             stage: self.stage.clone(),
-            worker_id,
+            worker_id: worker_id.clone(),
             names,
             sink,
             inflight: InFlight::new(&self.stage),
@@ -210,6 +211,11 @@ impl Worker {
             pause: self.pause.clone(),
             runaways,
             unsettled: Unsettled::new(&self.stage),
+            metrics: StageMetrics::new(&self.stage),
+            origin: Arc::new(EventOrigin {
+                stage: self.stage.clone(),
+                worker_id: worker_id.clone(),
+            }),
             drain: CancellationToken::new(),
             declared: Mutex::new(HashSet::from([self.stage.clone()])),
             cfg,
