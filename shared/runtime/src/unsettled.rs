@@ -59,27 +59,27 @@ impl Drop for Tracked {
 #[async_trait]
 impl Acker for Tracked {
     async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        let (inner, _done) = self.split();
+        let (inner, _done) = (*self).split();
         inner.ack().await
     }
     async fn retry(self: Box<Self>, delay: Duration) -> Result<Duration, BrokerError> {
-        let (inner, _done) = self.split();
+        let (inner, _done) = (*self).split();
         inner.retry(delay).await
     }
     async fn dead_letter(self: Box<Self>, info: &DeadLetterInfo) -> Result<(), BrokerError> {
-        let (inner, _done) = self.split();
+        let (inner, _done) = (*self).split();
         inner.dead_letter(info).await
     }
     async fn release(self: Box<Self>) -> Result<(), BrokerError> {
-        let (inner, _done) = self.split();
+        let (inner, _done) = (*self).split();
         inner.release().await
     }
     async fn release_uncounted(self: Box<Self>) -> Result<(), BrokerError> {
-        let (inner, _done) = self.split();
+        let (inner, _done) = (*self).split();
         inner.release_uncounted().await
     }
     async fn park(self: Box<Self>, info: &ParkInfo) -> Result<(), BrokerError> {
-        let (inner, _done) = self.split();
+        let (inner, _done) = (*self).split();
         inner.park(info).await
     }
     async fn extend(&self) -> Result<(), BrokerError> {
@@ -92,10 +92,9 @@ impl Acker for Tracked {
 
 impl Tracked {
     /// The inner acker, and a guard that lowers the gauge once the settlement call returned.
-    fn split(self: Box<Self>) -> (Box<dyn Acker>, Tracked) {
-        let mut me = *self;
-        let inner = std::mem::replace(&mut me.inner, Box::new(Settled));
-        (inner, me)
+    fn split(mut self) -> (Box<dyn Acker>, Tracked) {
+        let inner = std::mem::replace(&mut self.inner, Box::new(Settled));
+        (inner, self)
     }
 }
 
