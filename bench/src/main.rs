@@ -16,6 +16,7 @@ mod load;
 mod mixed;
 mod probe;
 mod raw_amqp;
+mod raw_floor;
 mod raw_nats;
 mod report;
 mod runtime_side;

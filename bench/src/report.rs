@@ -60,6 +60,8 @@ pub struct Row {
     pub raw: Measured,
     /// The plain client loop acking `multiple=true` (RabbitMQ only).
     pub raw_multiple: Option<Measured>,
+    /// The floor: raw loop plus decode and one confirmed event batch per N jobs (NATS only).
+    pub raw_floor: Option<Measured>,
     /// The fleet runtime with a no-op handler.
     pub runtime: Measured,
 }
@@ -82,22 +84,28 @@ pub fn print(args: &Args, rows: &[Row], idle: Option<f64>) {
     );
     println!();
     println!(
-        "| broker | raw jobs/s | raw multiple-ack jobs/s | runtime jobs/s | runtime/raw | runtime/raw multiple-ack |"
+        "| broker | raw jobs/s | raw multiple-ack jobs/s | raw floor jobs/s | runtime jobs/s | runtime/raw | runtime/raw multiple-ack | runtime/raw floor |"
     );
-    println!("|---|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|");
+    let ratio = |runtime: f64, side: Option<f64>| {
+        side.map_or_else(
+            || "-".to_owned(),
+            |m| format!("{:.1} %", 100.0 * runtime / m),
+        )
+    };
     for r in rows {
         let multi = r.raw_multiple.as_ref().map(Measured::rate);
+        let floor = r.raw_floor.as_ref().map(Measured::rate);
         println!(
-            "| {} | {:.0} | {} | {:.0} | {:.1} % | {} |",
+            "| {} | {:.0} | {} | {} | {:.0} | {:.1} % | {} | {} |",
             r.broker,
             r.raw.rate(),
             opt(multi, 0),
+            opt(floor, 0),
             r.runtime.rate(),
             100.0 * r.runtime.rate() / r.raw.rate(),
-            multi.map_or_else(
-                || "-".to_owned(),
-                |m| format!("{:.1} %", 100.0 * r.runtime.rate() / m)
-            )
+            ratio(r.runtime.rate(), multi),
+            ratio(r.runtime.rate(), floor),
         );
     }
     println!();
@@ -109,6 +117,7 @@ pub fn print(args: &Args, rows: &[Row], idle: Option<f64>) {
         let sides = [
             ("raw", Some(&r.raw)),
             ("raw multiple-ack", r.raw_multiple.as_ref()),
+            ("raw floor", r.raw_floor.as_ref()),
             ("runtime", Some(&r.runtime)),
         ];
         for (side, m) in sides {

@@ -2,8 +2,9 @@
 //! metrics, admin server) running a no-op [`Handler`], connecting by URL like a service.
 //!
 //! The clock starts at the first handler call and stops once the handler has seen all N jobs
-//! and the worker's in-flight gauge (`fleet_jobs_in_flight`, released after each ack) is back
-//! to zero; the stage queue must then be empty.
+//! and the worker's unsettled-deliveries gauge (`fleet_deliveries_unsettled`, lowered once a
+//! delivery's settlement has gone out) is back to zero: the worker owes the broker nothing,
+//! whatever its concurrency slots say. The stage queue must then be empty.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -12,7 +13,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use async_trait::async_trait;
 use fleet_core::Broker;
-use fleet_runtime::telemetry::names::JOBS_IN_FLIGHT;
+use fleet_runtime::telemetry::names::DELIVERIES_UNSETTLED;
 use fleet_runtime::{Handler, JobContext, JobEnvelope, JobError, Output, Worker};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -79,7 +80,7 @@ pub async fn consume(
             bail!("the worker stopped before consuming everything");
         }
         let handled = handler.handled.load(Ordering::Relaxed);
-        if handled >= n && in_flight(&metrics.render()) == Some(0.0) {
+        if handled >= n && unsettled(&metrics.render()) == Some(0.0) {
             break Snapshot::now();
         }
         if Instant::now() >= until {
@@ -117,11 +118,11 @@ pub async fn consume(
     Ok(measured)
 }
 
-/// The stage's in-flight gauge in a Prometheus text rendering.
-fn in_flight(text: &str) -> Option<f64> {
+/// The stage's unsettled-deliveries gauge in a Prometheus text rendering.
+fn unsettled(text: &str) -> Option<f64> {
     let label = format!("stage=\"{STAGE}\"");
     text.lines()
-        .filter(|l| l.starts_with(JOBS_IN_FLIGHT) && l.contains(&label))
+        .filter(|l| l.starts_with(DELIVERIES_UNSETTLED) && l.contains(&label))
         .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
@@ -130,10 +131,13 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reads_the_in_flight_gauge() {
-        let text = "# TYPE fleet_jobs_in_flight gauge\nfleet_jobs_in_flight{stage=\"noop\"} 3\n\
-                    fleet_jobs_in_flight{stage=\"other\"} 1\n";
-        assert_eq!(in_flight(text), Some(3.0));
-        assert_eq!(in_flight("fleet_jobs_in_flight{stage=\"other\"} 1\n"), None);
+    fn reads_the_unsettled_gauge() {
+        let text = "# TYPE fleet_deliveries_unsettled gauge\nfleet_deliveries_unsettled{stage=\"noop\"} 3\n\
+                    fleet_deliveries_unsettled{stage=\"other\"} 1\n";
+        assert_eq!(unsettled(text), Some(3.0));
+        assert_eq!(
+            unsettled("fleet_deliveries_unsettled{stage=\"other\"} 1\n"),
+            None
+        );
     }
 }

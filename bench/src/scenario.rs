@@ -9,7 +9,7 @@ use fleet_core::Broker;
 use crate::Args;
 use crate::load::{self, Kind, Run};
 use crate::report::{Measured, Row};
-use crate::{cpu, raw_amqp, raw_nats, runtime_side};
+use crate::{cpu, raw_amqp, raw_floor, raw_nats, runtime_side};
 
 /// Benchmarks one broker: raw loop, then runtime; deletes the run's topology on every path.
 pub async fn run(kind: Kind, args: &Args) -> anyhow::Result<Row> {
@@ -37,7 +37,8 @@ pub async fn run(kind: Kind, args: &Args) -> anyhow::Result<Row> {
     Ok(Row {
         broker: kind.label(),
         raw,
-        raw_multiple,
+        raw_multiple: raw_multiple.0,
+        raw_floor: raw_multiple.1,
         runtime,
     })
 }
@@ -46,7 +47,7 @@ async fn measure(
     run: &Run,
     broker: &Arc<dyn Broker>,
     args: &Args,
-) -> anyhow::Result<(Measured, Option<Measured>, Measured)> {
+) -> anyhow::Result<(Measured, (Option<Measured>, Option<Measured>), Measured)> {
     let n = args.jobs;
     let limit = args.limit();
     load::declare(run, &**broker, limit).await?;
@@ -99,6 +100,32 @@ async fn measure(
         Kind::Nats => None,
     };
 
+    let raw_floor = match run.kind {
+        Kind::RabbitMq => None,
+        Kind::Nats => {
+            load::preload(&**broker, "bench-raw-floor", n, limit).await?;
+            eprintln!(
+                "[{}] loaded {n} jobs; raw floor (decode, confirmed event batch per {}, plain acks)",
+                run.kind.label(),
+                raw_floor::BATCH
+            );
+            let (stream, events) = (run.names().jobs_stream(), run.names().events(load::STAGE));
+            let target = raw_floor::Target {
+                url: &args.nats_url,
+                stream: &stream,
+                consumer: load::STAGE,
+                events: &events,
+                stage: load::STAGE,
+            };
+            let m = raw_floor::consume(&target, args.prefetch, n, limit).await?;
+            load::wait_depth(&**broker, 0, limit)
+                .await
+                .context("after the raw floor loop")?;
+            eprintln!("[{}] raw floor: {:.0} jobs/s", run.kind.label(), m.rate());
+            Some(m)
+        }
+    };
+
     load::preload(&**broker, "bench-runtime", n, limit).await?;
     eprintln!("[{}] loaded {n} jobs; runtime", run.kind.label());
     let runtime = runtime_side::consume(run, &**broker, n, limit, args.probe).await?;
@@ -107,5 +134,5 @@ async fn measure(
         run.kind.label(),
         runtime.rate()
     );
-    Ok((raw, raw_multiple, runtime))
+    Ok((raw, (raw_multiple, raw_floor), runtime))
 }

@@ -32,25 +32,43 @@ pub(crate) struct NatsAcker {
     pub(crate) body: Bytes,
     pub(crate) headers: Option<HeaderMap>,
     pub(crate) lease: Duration,
-    /// De-duplication id of the dead-letter copy (`dlq-<stream>-<stream sequence>`), so that
-    /// dead-lettering the same stored message twice (Term lost, redelivered) keeps one copy.
-    pub(crate) dlq_msg_id: Option<String>,
     /// The delivery's ack subject, to confirm settlements through the client's shared
     /// request inbox.
     pub(crate) reply: Option<async_nats::Subject>,
     /// The subject the message was published to (where an uncounted release puts its copy and
     /// where replay sends a parked message back).
-    pub(crate) subject: String,
+    pub(crate) subject: async_nats::Subject,
     /// The attempt this delivery is (a retry or release copy carries the attempts before it as
     /// `fleet-attempt`).
     pub(crate) attempt: u32,
-    /// `Nats-Msg-Id` of this attempt's retry copy (see [`crate::retry`]).
-    pub(crate) retry_id: String,
     /// Stream and stream sequence, for de-duplication ids of copies.
     pub(crate) origin: Option<(String, u64)>,
 }
 
 impl NatsAcker {
+    /// De-duplication id of the dead-letter copy (`dlq-<stream>-<stream sequence>`), so that
+    /// dead-lettering the same stored message twice (Term lost, redelivered) keeps one copy.
+    /// Built when needed, not per delivery (most deliveries are acked).
+    fn dlq_msg_id(&self) -> Option<String> {
+        self.origin
+            .as_ref()
+            .map(|(stream, seq)| format!("dlq-{stream}-{seq}"))
+    }
+
+    /// `Nats-Msg-Id` of this attempt's retry copy (see [`crate::retry`]); built when needed.
+    fn retry_id(&self) -> String {
+        let origin = self
+            .origin
+            .as_ref()
+            .map_or_else(String::new, |(stream, seq)| format!("{stream}-{seq}"));
+        let original = self
+            .headers
+            .as_ref()
+            .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
+            .map(|v| v.as_str());
+        crate::retry::retry_msg_id(original, &origin, self.attempt)
+    }
+
     /// Sends `kind` and waits (bounded) for the server's confirmation.
     async fn confirmed(&self, kind: AckKind, what: &str) -> Result<(), BrokerError> {
         let shared = &self.shared;
@@ -135,7 +153,7 @@ impl Acker for NatsAcker {
             return Ok(delay);
         };
         let subject = self.shared.names().retry_queue(stage, &ladder_label(step));
-        let headers = copy_headers(self.headers.as_ref(), self.attempt, &self.retry_id);
+        let headers = copy_headers(self.headers.as_ref(), self.attempt, &self.retry_id());
         self.shared
             .publish_raw(subject, headers, self.body.clone())
             .await?;
@@ -164,10 +182,10 @@ impl Acker for NatsAcker {
         // A copy put back by an uncounted release carries `fleet-attempt`: the dead letter's own
         // deliveries (to the coordinator's archive) count from 1.
         headers.insert(ATTEMPT, "0");
-        if let Some(id) = &self.dlq_msg_id {
+        if let Some(id) = self.dlq_msg_id() {
             headers.insert(
                 async_nats::header::NATS_MESSAGE_ID,
-                crate::wire::header_value(id),
+                crate::wire::header_value(&id),
             );
         }
         self.shared
@@ -190,7 +208,7 @@ impl Acker for NatsAcker {
         insert_headers(&mut headers, &vec![(ATTEMPT.into(), made.to_string())])?;
         if let Err(e) = self
             .shared
-            .publish_raw(self.subject.clone(), headers, self.body.clone())
+            .publish_raw(self.subject.to_string(), headers, self.body.clone())
             .await
         {
             tracing::warn!(subject = %self.subject, error = %e,
@@ -204,7 +222,7 @@ impl Acker for NatsAcker {
     async fn park(self: Box<Self>, info: &ParkInfo) -> Result<(), BrokerError> {
         let subject = format!("{}.{}", self.shared.names().parked(), self.subject);
         let mut headers = plain_copy_headers(self.headers.as_ref());
-        insert_headers(&mut headers, &info.to_headers(&self.subject))?;
+        insert_headers(&mut headers, &info.to_headers(self.subject.as_str()))?;
         if let Some((stream, seq)) = &self.origin {
             // Parking the same stored message twice (ack lost, redelivered) keeps one copy.
             headers.insert(

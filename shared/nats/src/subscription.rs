@@ -22,7 +22,7 @@ use tokio::time::Instant;
 use crate::acker::{ControlAcker, NatsAcker};
 use crate::attempts::{AttemptMemory, REMEMBERED};
 use crate::broker::Shared;
-use crate::retry::{Movers, attempts_before, retry_msg_id};
+use crate::retry::{Movers, attempts_before};
 use crate::topology::{consumer_error, consumer_info_error};
 use crate::wire::{bounded, from_header_map};
 
@@ -139,22 +139,9 @@ impl PullSubscription {
             0
         };
         let attempt = before.saturating_add(delivered);
-        let origin = info
-            .as_ref()
-            .map_or_else(String::new, |(stream, seq)| format!("{stream}-{seq}"));
-        let retry_id = retry_msg_id(
-            msg.headers
-                .as_ref()
-                .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
-                .map(|v| v.as_str()),
-            &origin,
-            attempt,
-        );
-        let dlq_msg_id = info
-            .as_ref()
-            .map(|(stream, seq)| format!("dlq-{stream}-{seq}"));
+        // The ids of copies (retry, dead letter) are built by the acker when it makes one.
         let reply = msg.reply.clone();
-        let subject = msg.subject.to_string();
+        let subject = msg.subject.clone();
         let (msg, acker) = msg.split();
         Delivery {
             body: msg.payload.clone(),
@@ -167,11 +154,9 @@ impl PullSubscription {
                 body: msg.payload,
                 headers: msg.headers,
                 lease: self.lease,
-                dlq_msg_id,
                 reply,
                 subject,
                 attempt,
-                retry_id,
                 origin: info,
             }),
         }

@@ -59,6 +59,22 @@ impl Fixture {
             .await
             .expect("consumer info")
     }
+
+    /// The jobs consumer's info once nothing is ack-pending, or as it is after `limit`: a
+    /// plain `+ACK` is not confirmed (DESIGN §5.6), so the server applies it a moment later.
+    async fn jobs_consumer_settled(
+        &self,
+        limit: Duration,
+    ) -> async_nats::jetstream::consumer::Info {
+        let until = Instant::now() + limit;
+        loop {
+            let info = self.jobs_consumer().await;
+            if info.num_ack_pending == 0 || Instant::now() >= until {
+                return info;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// Fetches until something comes or `total` passes.
@@ -111,7 +127,7 @@ async fn publish_fetch_ack_leaves_depth_zero() {
     assert_eq!(f.depth().await, 0);
     d.acker.ack().await.expect("ack");
 
-    let info = f.jobs_consumer().await;
+    let info = f.jobs_consumer_settled(Duration::from_secs(5)).await;
     assert_eq!((info.num_pending, info.num_ack_pending), (0, 0));
     let stream = f
         .broker

@@ -148,15 +148,24 @@ async fn parked_retries_do_not_block_fresh_jobs() {
     assert_eq!(bodies.len(), 40, "fresh jobs flow past the parked retries");
     assert!(took < Duration::from_secs(5), "fresh jobs took {took:?}");
     assert!(bodies.iter().all(|b| b.starts_with("fresh")), "{bodies:?}");
-    let info = f
-        .broker
-        .jetstream()
-        .get_stream_no_info(f.topo.names.jobs_stream())
-        .await
-        .expect("stream")
-        .consumer_info(STAGE)
-        .await
-        .expect("consumer info");
+    // The last fresh jobs' plain acks are not confirmed (DESIGN §5.6): the server applies them
+    // a moment later, so wait (bounded) for the ack-pending count to come down.
+    let settled_by = Instant::now() + Duration::from_secs(5);
+    let info = loop {
+        let info = f
+            .broker
+            .jetstream()
+            .get_stream_no_info(f.topo.names.jobs_stream())
+            .await
+            .expect("stream")
+            .consumer_info(STAGE)
+            .await
+            .expect("consumer info");
+        if info.num_ack_pending == 0 || Instant::now() >= settled_by {
+            break info;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     assert_eq!(
         info.num_ack_pending, 0,
         "parked retries are not ack-pending"

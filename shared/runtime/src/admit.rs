@@ -2,6 +2,7 @@
 //! before running, refuse expired and cancelled jobs. Refused deliveries carry their
 //! [`Outcome`]; [`crate::settle`] applies it (their event, then the settlement).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
@@ -11,12 +12,11 @@ use tokio::time::Instant;
 
 use crate::outcome::{Attempt, Outcome, exhausted_before_running};
 use crate::shared::Shared;
-use crate::telemetry::names;
 
 /// A delivery that may run.
 pub struct Admitted {
-    /// The decoded job.
-    pub job: JobEnvelope,
+    /// The decoded job (shared with the handler's task without copying it).
+    pub job: Arc<JobEnvelope>,
     /// Settles it.
     pub acker: Box<dyn Acker>,
     /// This attempt's number.
@@ -65,7 +65,7 @@ pub struct Refused {
 /// Decodes and checks a delivery: it runs, or it is refused with its outcome (nothing is
 /// settled here).
 pub fn admit(sh: &Shared, d: Delivery) -> Result<Admitted, Box<Refused>> {
-    metrics::counter!(names::JOBS_RECEIVED, "stage" => sh.stage.clone()).increment(1);
+    sh.metrics.received.increment(1);
     let refuse = |job, acker, attempt, outcome| {
         Err(Box::new(Refused {
             job,
@@ -118,7 +118,7 @@ pub fn admit(sh: &Shared, d: Delivery) -> Result<Admitted, Box<Refused>> {
         return refuse(Some(job), d.acker, attempt, Outcome::Cancelled);
     }
     Ok(Admitted {
-        job,
+        job: Arc::new(job),
         acker: d.acker,
         attempt: d.attempt,
         max_attempts: attempt.max,

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use fleet_core::JobError;
-use fleet_protocol::{Event, EventKind};
+use fleet_protocol::{Event, EventKind, JobEnvelope};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -49,6 +49,14 @@ impl Runaways {
     }
 }
 
+/// Who writes a worker's events (stage and worker id), shared by every job's context.
+pub struct EventOrigin {
+    /// The stage consumed.
+    pub stage: String,
+    /// This process's worker id.
+    pub worker_id: String,
+}
+
 /// The per-attempt context handed to a handler.
 #[derive(Clone)]
 pub struct JobContext {
@@ -56,7 +64,9 @@ pub struct JobContext {
     pub(crate) deadline: Instant,
     pub(crate) cancel: CancellationToken,
     pub(crate) seq: Arc<AtomicU32>,
-    pub(crate) template: Arc<Event>,
+    /// The job, for progress events (built only when a handler reports progress).
+    pub(crate) job: Arc<JobEnvelope>,
+    pub(crate) origin: Arc<EventOrigin>,
     pub(crate) sink: EventSink,
     pub(crate) guard: Option<Arc<InFlightGuard>>,
     pub(crate) runaways: Arc<Runaways>,
@@ -88,13 +98,20 @@ impl JobContext {
         if let Some(g) = &self.guard {
             g.touch();
         }
-        let mut e = (*self.template).clone();
-        e.seq = self.seq.fetch_add(1, Ordering::SeqCst);
-        e.at = Utc::now();
-        e.kind = EventKind::Progress {
-            done,
-            total,
-            note: note.to_owned(),
+        let e = Event {
+            job_id: self.job.job_id.clone(),
+            pipeline_id: self.job.pipeline_id.clone(),
+            stage: self.origin.stage.clone(),
+            attempt: self.attempt,
+            seq: self.seq.fetch_add(1, Ordering::SeqCst),
+            worker_id: self.origin.worker_id.clone(),
+            at: Utc::now(),
+            kind: EventKind::Progress {
+                done,
+                total,
+                note: note.to_owned(),
+            },
+            degraded: None,
         };
         self.sink.emit(e);
     }

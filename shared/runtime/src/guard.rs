@@ -6,7 +6,7 @@ use std::future::Future;
 use std::time::Duration;
 
 use fleet_core::Acker;
-use tokio::time::{Instant, Interval};
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 /// How a guarded run ended.
@@ -52,16 +52,10 @@ pub struct Limits<'a> {
     pub attempt_token: &'a CancellationToken,
 }
 
-async fn tick(t: &mut Option<Interval>) {
-    match t {
-        Some(i) => {
-            i.tick().await;
-        }
-        None => std::future::pending().await,
-    }
-}
-
 /// Spawns `fut` and waits for it or for the first limit; extends every acker's lease meanwhile.
+///
+/// One timer per run: it sleeps until the earlier of the deadline and the next lease extension
+/// (most runs end before either, so a run registers one timer entry, not two).
 pub async fn run_guarded<T, F>(ackers: &[&dyn Acker], limits: Limits<'_>, fut: F) -> Guarded<T>
 where
     F: Future<Output = T> + Send + 'static,
@@ -74,7 +68,10 @@ where
         .filter_map(|a| a.lease())
         .min()
         .map(|l| (l / 3).max(Duration::from_millis(100)));
-    let mut ticker = every.map(|e| tokio::time::interval_at(Instant::now() + e, e));
+    let mut next_extend = every.map(|e| Instant::now() + e);
+    let wake_at = |next: Option<Instant>| next.map_or(limits.deadline, |n| n.min(limits.deadline));
+    let timer = tokio::time::sleep_until(wake_at(next_extend));
+    tokio::pin!(timer);
     let out = loop {
         tokio::select! {
             r = &mut task => break match r {
@@ -82,15 +79,23 @@ where
                 Err(e) if e.is_panic() => Guarded::Panicked(panic_message(e.into_panic())),
                 Err(e) => Guarded::Panicked(format!("handler task ended: {e}")),
             },
-            () = tokio::time::sleep_until(limits.deadline) => break Guarded::TimedOut,
+            () = &mut timer => {
+                let now = Instant::now();
+                if now >= limits.deadline {
+                    break Guarded::TimedOut;
+                }
+                if let (Some(e), Some(at)) = (every, next_extend)
+                    && now >= at
+                {
+                    if let Some(err) = extend_all(ackers, e).await {
+                        break Guarded::LeaseLost(err);
+                    }
+                    next_extend = Some(at + e);
+                }
+                timer.as_mut().reset(wake_at(next_extend));
+            }
             () = limits.pipeline_cancel.cancelled() => break Guarded::Cancelled,
             () = limits.drain.cancelled() => break Guarded::Drained,
-            () = tick(&mut ticker) => {
-                let wait = every.unwrap_or(Duration::from_secs(5));
-                if let Some(e) = extend_all(ackers, wait).await {
-                    break Guarded::LeaseLost(e);
-                }
-            }
         }
     };
     if !matches!(out, Guarded::Done(_)) {

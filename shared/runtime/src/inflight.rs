@@ -21,7 +21,8 @@ struct Entry {
 
 /// Running jobs by a process-local key.
 pub struct InFlight {
-    stage: String,
+    /// `fleet_last_progress_timestamp_seconds{stage}`, registered once.
+    last_progress: metrics::Gauge,
     next: AtomicU64,
     jobs: Mutex<HashMap<u64, Entry>>,
 }
@@ -49,7 +50,7 @@ impl InFlight {
     /// An empty registry for `stage`.
     pub fn new(stage: &str) -> Arc<InFlight> {
         Arc::new(InFlight {
-            stage: stage.to_owned(),
+            last_progress: metrics::gauge!(names::LAST_PROGRESS, "stage" => stage.to_owned()),
             next: AtomicU64::new(0),
             jobs: Mutex::new(HashMap::new()),
         })
@@ -100,7 +101,7 @@ impl InFlight {
     }
 
     fn export(&self, now: DateTime<Utc>) {
-        metrics::gauge!(names::LAST_PROGRESS, "stage" => self.stage.clone())
+        self.last_progress
             .set(now.timestamp_millis() as f64 / 1000.0);
     }
 

@@ -38,6 +38,7 @@ pub mod shared;
 pub mod shutdown;
 pub mod supervise;
 pub mod telemetry;
+pub mod unsettled;
 pub mod worker;
 
 pub use breaker::{Breaker, BreakerConfig, BreakerPolicy, BreakerState};

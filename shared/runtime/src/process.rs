@@ -20,28 +20,27 @@ use crate::outcome::AttemptResult;
 use crate::pause::IntakeGate;
 use crate::settle::{self, settle};
 use crate::shared::Shared;
-use crate::telemetry::names;
 
 /// A concurrency slot: the permit and the in-flight gauge, released on every path.
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
-    stage: String,
+    in_flight: metrics::Gauge,
 }
 
 impl Slot {
-    /// Takes ownership of a permit for one delivery.
-    pub fn new(stage: &str, permit: OwnedSemaphorePermit) -> Slot {
-        metrics::gauge!(names::JOBS_IN_FLIGHT, "stage" => stage.to_owned()).increment(1.0);
+    /// Takes ownership of a permit for one delivery (`in_flight`: the stage's gauge handle).
+    pub fn new(in_flight: &metrics::Gauge, permit: OwnedSemaphorePermit) -> Slot {
+        in_flight.increment(1.0);
         Slot {
             _permit: permit,
-            stage: stage.to_owned(),
+            in_flight: in_flight.clone(),
         }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        metrics::gauge!(names::JOBS_IN_FLIGHT, "stage" => self.stage.clone()).decrement(1.0);
+        self.in_flight.decrement(1.0);
     }
 }
 
@@ -128,7 +127,8 @@ fn context(
         deadline,
         cancel: token,
         seq: seq.clone(),
-        template: Arc::new(sh.event(&adm.job, adm.attempt, 0, EventKind::Started)),
+        job: adm.job.clone(),
+        origin: sh.origin.clone(),
         sink: sh.sink.clone(),
         guard,
         runaways: sh.runaways.clone(),
@@ -142,7 +142,7 @@ pub async fn run_one(
     d: Delivery,
     permit: OwnedSemaphorePermit,
 ) {
-    let _slot = Slot::new(&sh.stage, permit);
+    let _slot = Slot::new(&sh.metrics.in_flight, permit);
     let adm = match admit(&sh, d) {
         Ok(adm) => adm,
         Err(r) => return settle::refused(&sh, *r).await,
@@ -219,7 +219,7 @@ pub async fn run_batch(
     let mut slots = Vec::with_capacity(batch.len());
     let mut adms = Vec::with_capacity(batch.len());
     for (d, permit) in batch {
-        slots.push(Slot::new(&sh.stage, permit));
+        slots.push(Slot::new(&sh.metrics.in_flight, permit));
         match admit(&sh, d) {
             Ok(a) => {
                 if a.attempt == 1 {
@@ -252,7 +252,7 @@ pub async fn run_batch(
         let ctx = context(&sh, first, deadline, token.clone(), &seq, None);
         let (h, jobs) = (
             handler.clone(),
-            adms.iter().map(|a| a.job.clone()).collect::<Vec<_>>(),
+            adms.iter().map(|a| (*a.job).clone()).collect::<Vec<_>>(),
         );
         let limits = Limits {
             deadline,

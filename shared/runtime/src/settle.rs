@@ -19,16 +19,6 @@ use crate::outcome::{Attempt, AttemptResult, Outcome, decide, retry_or_give_up};
 use crate::shared::Shared;
 use crate::telemetry::names;
 
-/// Counts a finished job (and its handler time, when it ran).
-fn finished(sh: &Shared, outcome: &'static str, started: Option<Instant>) {
-    metrics::counter!(names::JOBS_FINISHED, "stage" => sh.stage.clone(), "outcome" => outcome)
-        .increment(1);
-    if let Some(s) = started {
-        metrics::histogram!(names::JOB_DURATION, "stage" => sh.stage.clone(), "outcome" => outcome)
-            .record(s.elapsed().as_secs_f64());
-    }
-}
-
 /// Settles an attempt that ran: decides its outcome, then applies it.
 pub async fn settle(
     sh: &Shared,
@@ -48,7 +38,7 @@ pub async fn settle(
     let outcome = decide(&attempt, result);
     apply(
         sh,
-        Some(&adm.job),
+        Some(&*adm.job),
         adm.acker,
         &attempt,
         seq,
@@ -146,7 +136,7 @@ pub async fn apply(
     // 4. Metrics (and the `retrying` event, which names the delay the broker used) only for
     // what was applied.
     if let Some(label) = outcome.label() {
-        finished(sh, label, started);
+        sh.metrics.finished(label, started);
     }
     if let (Some(job), Outcome::Retry { error, .. }, Applied::Retried(used)) =
         (job, &outcome, applied)

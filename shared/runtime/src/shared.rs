@@ -12,10 +12,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::budget::RetryBudget;
 use crate::config::RuntimeConfig;
-use crate::context::Runaways;
+use crate::context::{EventOrigin, Runaways};
 use crate::events::EventSink;
 use crate::inflight::InFlight;
 use crate::pause::IntakeGate;
+use crate::telemetry::stage::StageMetrics;
+use crate::unsettled::Unsettled;
 
 /// Cancelled pipelines known to this worker, each scoped to one life of its id (its creation
 /// time), so a cancellation of an earlier pipeline never hits a later one that reuses the id.
@@ -113,6 +115,12 @@ pub struct Shared {
     pub pause: Option<Arc<dyn IntakeGate>>,
     /// Runaway blocking work.
     pub runaways: Arc<Runaways>,
+    /// Stage and worker id as every job's context writes them into progress events.
+    pub origin: Arc<EventOrigin>,
+    /// The stage's per-job metric handles.
+    pub metrics: StageMetrics,
+    /// Deliveries not settled yet (the gauge every fetched delivery's acker lowers).
+    pub unsettled: Unsettled,
     /// Fires at the end of the drain period: what still runs goes back to the broker.
     pub drain: CancellationToken,
     /// Stages whose queues this worker has declared (next stages are declared before the

@@ -21,14 +21,16 @@ use tokio_util::task::TaskTracker;
 use crate::breaker::{Breaker, BreakerState};
 use crate::budget::RetryBudget;
 use crate::config::{RuntimeConfig, topology};
-use crate::context::Runaways;
+use crate::context::{EventOrigin, Runaways};
 use crate::handler::{BatchHandler, Handler};
 use crate::inflight::InFlight;
 use crate::pause::IntakeGate;
 use crate::resubscribe::{Limits, Resubscriber};
 use crate::shared::{Cancellations, Shared};
 use crate::supervise::Supervisor;
+use crate::telemetry::stage::StageMetrics;
 use crate::telemetry::{AdminServer, Health, names};
+use crate::unsettled::Unsettled;
 use crate::{background, connect, events, process};
 
 /// How long one pull waits for messages; also how quickly shutdown is noticed.
@@ -196,7 +198,7 @@ impl Worker {
         let sh = Arc::new(Shared {
             broker: broker.clone(),
             stage: self.stage.clone(),
-            worker_id,
+            worker_id: worker_id.clone(),
             names,
             sink,
             inflight: InFlight::new(&self.stage),
@@ -208,6 +210,12 @@ impl Worker {
             ),
             pause: self.pause.clone(),
             runaways,
+            unsettled: Unsettled::new(&self.stage),
+            metrics: StageMetrics::new(&self.stage),
+            origin: Arc::new(EventOrigin {
+                stage: self.stage.clone(),
+                worker_id: worker_id.clone(),
+            }),
             drain: CancellationToken::new(),
             declared: Mutex::new(HashSet::from([self.stage.clone()])),
             cfg,
@@ -468,8 +476,9 @@ async fn consume(
             };
             let fetched = sub.fetch(free.len(), wait).await;
             let deliveries = match fetched {
-                Ok(d) => {
+                Ok(mut d) => {
                     resub.working();
+                    sh.unsettled.track(&mut d);
                     d
                 }
                 Err(e @ BrokerError::ConsumerCancelled(_)) => {

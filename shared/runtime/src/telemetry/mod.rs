@@ -4,5 +4,6 @@
 pub mod admin;
 pub mod logging;
 pub mod names;
+pub mod stage;
 
 pub use admin::{AdminServer, Health, Resubscribing};

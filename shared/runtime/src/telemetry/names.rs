@@ -11,6 +11,9 @@ pub const JOBS_FINISHED: &str = "fleet_jobs_finished_total";
 pub const JOB_DURATION: &str = "fleet_job_duration_seconds";
 /// Gauge `{stage}`: jobs holding a slot now.
 pub const JOBS_IN_FLIGHT: &str = "fleet_jobs_in_flight";
+/// Gauge `{stage}`: deliveries received and not settled yet (acked, retried, dead-lettered,
+/// released) or given up.
+pub const DELIVERIES_UNSETTLED: &str = "fleet_deliveries_unsettled";
 /// Counter `{stage}`: attempts cut at their deadline.
 pub const DEADLINE_EXCEEDED: &str = "fleet_attempt_deadline_exceeded_total";
 /// Counter `{stage}`: retries whose delay was stretched because the budget was exceeded.
@@ -64,6 +67,10 @@ pub fn describe() {
         "Handler wall time, by stage and outcome."
     );
     describe_gauge!(JOBS_IN_FLIGHT, "Jobs holding a concurrency slot, by stage.");
+    describe_gauge!(
+        DELIVERIES_UNSETTLED,
+        "Deliveries received and not settled yet, by stage."
+    );
     describe_counter!(
         DEADLINE_EXCEEDED,
         "Attempts cut at their deadline, by stage."
