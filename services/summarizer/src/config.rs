@@ -149,6 +149,14 @@ impl Config {
             None => Vec::new(),
         };
         if let Some(base_url) = &self.openai_base_url {
+            if let Some(file) = &self.openai_api_key_file {
+                if self.openai_api_key_env.is_some() {
+                    anyhow::bail!(
+                        "both FLEET_OPENAI_API_KEY_ENV and FLEET_OPENAI_API_KEY_FILE are set: keep only one"
+                    );
+                }
+                check_key_file(file)?;
+            }
             out.push(ProviderConfig {
                 api_key_env: self.openai_api_key_env.clone(),
                 api_key_file: self.openai_api_key_file.clone(),
@@ -166,6 +174,24 @@ impl Config {
         }
         Ok(out)
     }
+}
+
+/// Checks that FLEET_OPENAI_API_KEY_FILE can be used, so the start-up error names that
+/// setting and the fix (the provider's own error only says `api_key_file`). Never shows the key.
+fn check_key_file(file: &Path) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(file).map_err(|e| {
+        anyhow::anyhow!(
+            "FLEET_OPENAI_API_KEY_FILE={}: cannot read it ({e}); check the path and the mount",
+            file.display()
+        )
+    })?;
+    if text.trim().is_empty() {
+        anyhow::bail!(
+            "FLEET_OPENAI_API_KEY_FILE={}: the file is empty; put the API key in it",
+            file.display()
+        );
+    }
+    Ok(())
 }
 
 /// An API key. `Debug` and `Display` print `***`; use [`Secret::expose`] to send it.
