@@ -4,7 +4,9 @@
 //! is SIGKILLed and later started again. Asserted end state: every item terminal and succeeded
 //! (so the stall detector finalized nothing wrongly), exactly one row per item, one
 //! finalization, the queues empty, no process exited, every process ready again, and each
-//! process that was connected to the killed node went unready and came back. Printed: the
+//! process that was connected to the killed node counted the disconnection
+//! (`fleet_broker_disconnects_total`: its reconnect is faster than /readyz samples see) and
+//! reconnected to a surviving node. Printed: the
 //! failover time (last completion before the kill → first after) and the items/s of the run
 //! beside the same run on the healthy cluster.
 //!
@@ -49,6 +51,9 @@ struct Run {
     killed: Option<(String, Vec<String>)>,
     /// Per process: /readyz samples that were not 200.
     unready: BTreeMap<String, usize>,
+    /// Per process: `fleet_broker_disconnects_total` at the end (disconnections its NATS client
+    /// reported; the reconnect is too fast for /readyz samples to see reliably).
+    disconnects: BTreeMap<String, f64>,
 }
 
 impl Run {
@@ -204,6 +209,14 @@ async fn run(tag: &str, items: usize, kill: bool) -> Run {
         )
         .await;
     }
+    let mut disconnects = BTreeMap::new();
+    for (name, id) in &procs {
+        let n = w
+            .proc(*id)
+            .metric("fleet_broker_disconnects_total", &[])
+            .await;
+        disconnects.insert(name.clone(), n);
+    }
     stop.cancel();
     let unready = readiness.await.expect("readiness sampler");
     sampler.await.expect("completion sampler");
@@ -238,6 +251,7 @@ async fn run(tag: &str, items: usize, kill: bool) -> Run {
         longest_gap,
         killed,
         unready,
+        disconnects,
     }
 }
 
@@ -271,7 +285,8 @@ async fn nats_node_loss_loses_nothing() {
          healthy cluster:  {:>6.1} s  {:>7.1} items/s\n\
          node {node} killed:    {:>6.1} s  {:>7.1} items/s  failover {:.2} s \
          (last completion before the kill -> first after), longest pause after the kill {:.2} s\n\
-         processes on the killed node: {lost_procs:?}; unready samples per process: {:?}",
+         processes on the killed node: {lost_procs:?}; unready samples per process: {:?}; \
+         disconnections per process: {:?}",
         healthy.elapsed.as_secs_f64(),
         healthy.items_per_sec(),
         lossy.elapsed.as_secs_f64(),
@@ -279,10 +294,26 @@ async fn nats_node_loss_loses_nothing() {
         lossy.failover.expect("failover measured").as_secs_f64(),
         lossy.longest_gap.unwrap_or_default().as_secs_f64(),
         lossy.unready,
+        lossy.disconnects,
+    );
+    // Each process that lost its node saw it: its client reported the disconnection (and, in
+    // `run`, reconnected to a survivor and is ready again). On the healthy run nobody did.
+    for p in &lost_procs {
+        assert!(
+            lossy.disconnects[*p] >= 1.0,
+            "{p} was connected to the killed node {node} but reported no disconnection \
+             (fleet_broker_disconnects_total): {:?}",
+            lossy.disconnects
+        );
+    }
+    assert!(
+        healthy.disconnects.values().all(|n| *n == 0.0),
+        "disconnections on the healthy run: {:?}",
+        healthy.disconnects
     );
     // /readyz is not asserted to go 503: the client of a process whose node dies reconnects to
     // another node within milliseconds, faster than a probe (or this 20 ms sampler) sees; a
     // process goes unready only while its pulls fail during the stream leader election. What
-    // is asserted instead: those processes reconnected to a survivor without exiting, and every
-    // process is ready at the end (both in `run`).
+    // is asserted instead: those processes counted the disconnection (above), reconnected to a
+    // survivor without exiting, and every process is ready at the end (both in `run`).
 }

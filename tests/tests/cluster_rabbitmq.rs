@@ -3,7 +3,9 @@
 //! three nodes; mid-run the node leading the `summarize` jobs queue is SIGKILLed and later
 //! started again. Every item must end `succeeded` with exactly one row, no process may exit,
 //! the pipeline is finalized once as `completed` (the stall detector finalized nothing
-//! wrongly), and the queues drain. Prints the failover time and items/s beside a healthy
+//! wrongly), the queues drain, and some process went unready during the loss and every one is
+//! ready again after it.
+//! Prints the failover time and items/s beside a healthy
 //! run of the same size on the same cluster.
 //!
 //! Ignored by default: `scripts/ci-extra.d/72-rabbitmq-cluster.sh` starts the cluster
@@ -20,6 +22,7 @@ use fleet_store::params;
 use fleet_test_support::wait_for;
 use fleet_tests::Backend;
 use fleet_tests::cluster::{Completions, sample_completions, sample_readiness};
+use fleet_tests::procs::http;
 use fleet_tests::world::{Limits, World, submission, text};
 use serde_json::json;
 use tokio::time::Instant;
@@ -207,5 +210,15 @@ async fn rabbitmq_node_loss_loses_nothing() {
         !lossy.unready().is_empty(),
         "no process reported unready while its node was lost"
     );
+    // ... and back: every process answers /readyz 200 again (it reconnected, it did not hang).
+    for &id in &procs {
+        let (name, admin) = (w.proc(id).name.clone(), w.proc(id).admin);
+        wait_for(
+            &format!("{name} ready again after the node loss"),
+            Duration::from_secs(60),
+            || async move { matches!(http(admin, "GET", "/readyz", None).await, Ok((200, _))) },
+        )
+        .await;
+    }
     w.cleanup().await;
 }

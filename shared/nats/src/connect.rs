@@ -45,6 +45,10 @@ impl Default for NatsOptions {
     }
 }
 
+/// Counter: disconnections the NATS client reported (it reconnects by itself, often within
+/// milliseconds: faster than `/readyz` shows, so this is how a lost node is seen afterwards).
+pub const BROKER_DISCONNECTS: &str = "fleet_broker_disconnects_total";
+
 /// What the client's event callback has told us about the connection.
 #[derive(Default)]
 pub(crate) struct ConnState {
@@ -62,6 +66,7 @@ impl ConnState {
             Event::Connected => tracing::info!("nats: connected"),
             Event::Disconnected => {
                 self.disconnects.fetch_add(1, Ordering::Relaxed);
+                metrics::counter!(BROKER_DISCONNECTS).increment(1);
                 tracing::warn!("nats: disconnected; the client reconnects by itself");
             }
             Event::Closed => {

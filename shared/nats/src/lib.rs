@@ -40,4 +40,4 @@ pub mod topology;
 mod wire;
 
 pub use broker::NatsBroker;
-pub use connect::{NatsOptions, connect};
+pub use connect::{BROKER_DISCONNECTS, NatsOptions, connect};
