@@ -451,15 +451,17 @@ async fn stuck_then_overdue_then_timed_out(backend: Backend) {
     let mut w = World::new(backend, "stuck").await;
     let stub = StubLlm::start().await;
     stub.rule("STUCK", Behavior::Hang);
-    // The grace keeps the overdue job visible for a while before the pipeline is finalized.
-    w.start_coordinator(&["--stall-window=summarize=1s", "--deadline-grace=4s"])
+    // The grace keeps the overdue job visible for a while before the pipeline is finalized
+    // (8 s: a CI run on a loaded 2-core box missed a 4 s window once).
+    w.start_coordinator(&["--stall-window=summarize=1s", "--deadline-grace=8s"])
         .await;
     w.start_analyzer().await;
     let flags = summarizer_flags(&w, &stub, "60s", true);
     w.start_summarizer(&flags).await;
     // No writer yet: item q gets through summarize and waits in `write` past the deadline.
     let pid = "stuck";
-    let deadline = (chrono::Utc::now() + chrono::Duration::seconds(6)).to_rfc3339();
+    // Long enough for q to reach `write` on a loaded machine before the deadline passes.
+    let deadline = (chrono::Utc::now() + chrono::Duration::seconds(10)).to_rfc3339();
     w.submit(&submission(
         pid,
         &[("s", text("STUCK")), ("q", text("plain q"))],
