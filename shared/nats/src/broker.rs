@@ -23,6 +23,9 @@ use crate::subscription::{ControlSubscription, PullSubscription};
 use crate::topology::{self, COORDINATOR, dlq_consumer};
 use crate::wire::{self, bounded};
 
+/// The JetStream API prefix of the context (and of the pull requests sent by hand, see `pull`).
+pub(crate) const JS_API_PREFIX: &str = "$JS.API";
+
 /// State shared by the broker, its subscriptions and its ackers.
 pub(crate) struct Shared {
     pub(crate) client: async_nats::Client,
@@ -33,6 +36,8 @@ pub(crate) struct Shared {
     /// Retry ladder of the last declared topology (the default before any).
     ladder: RwLock<Arc<Vec<Duration>>>,
     drift: AtomicU64,
+    /// Pull inboxes subscribed since connecting (one per pull subscription).
+    pub(crate) pull_inboxes: AtomicU64,
 }
 
 impl Shared {
@@ -125,6 +130,7 @@ impl std::fmt::Debug for NatsBroker {
 impl NatsBroker {
     pub(crate) fn new(client: async_nats::Client, opts: NatsOptions, conn: Arc<ConnState>) -> Self {
         let js = jetstream::ContextBuilder::new()
+            .api_prefix(JS_API_PREFIX)
             .timeout(opts.request_timeout)
             .build(client.clone());
         NatsBroker {
@@ -136,6 +142,7 @@ impl NatsBroker {
                 names: RwLock::new(Arc::new(Names::default())),
                 ladder: RwLock::new(Arc::new(default_retry_ladder())),
                 drift: AtomicU64::new(0),
+                pull_inboxes: AtomicU64::new(0),
             }),
         }
     }
@@ -149,6 +156,12 @@ impl NatsBroker {
     /// Replicas of every stream this broker declares (`FLEET_NATS_REPLICAS`).
     pub fn replicas(&self) -> usize {
         self.shared.opts.replicas
+    }
+
+    /// Pull inboxes subscribed since connecting: one per pull subscription, not one per fetch.
+    #[doc(hidden)]
+    pub fn pull_inbox_count(&self) -> u64 {
+        self.shared.pull_inboxes.load(Ordering::Relaxed)
     }
 
     /// Disconnections the client has reported since connecting.

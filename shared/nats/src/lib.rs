@@ -34,6 +34,7 @@ mod attempts;
 pub mod backstop;
 mod broker;
 mod connect;
+mod pull;
 pub mod retry;
 pub mod subscription;
 pub mod topology;

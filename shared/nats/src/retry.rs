@@ -49,7 +49,8 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::broker::Shared;
-use crate::subscription::{pull_once, release_all};
+use crate::pull::release_all;
+use crate::subscription::pull_once;
 use crate::topology::{DUPLICATE_WINDOW, WantedConsumer, durable};
 use crate::wire::{bounded, check_token, header_value};
 
@@ -308,7 +309,7 @@ async fn move_batch(
             .await
         {
             held.push_front(msg);
-            release_all(shared, held.into()).await;
+            release_all(shared, held).await;
             return Err(e);
         }
         // Plain ack: a lost one redelivers the copy, whose republish the jobs stream

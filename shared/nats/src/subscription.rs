@@ -1,37 +1,31 @@
 //! Subscriptions: bounded pulls from a durable consumer, and the replaying control feed.
 //!
-//! A pull asks the server for at most `max` messages (`fetch().max_messages(max)
-//! .expires(wait)`, which sends `no_wait` with `expires`): nats-server 2.9.10 holds such a request
-//! until the first message arrives or `expires` passes, then ends it, so `fetch` returns as soon as
-//! something is there and nothing is ever buffered beyond what was asked for. The pull runs in its
-//! own task: if the caller drops `fetch` half-way, whatever arrives is given back at once (Nak)
-//! instead of waiting out its `ack_wait`.
+//! [`PullSubscription`] pulls over one persistent inbox (see [`crate::pull`]): a fetch asks the
+//! server for at most the caller's `max`, returns as soon as something is there, and keeps what
+//! arrives afterwards for the next fetch; what is still buffered when the subscription is
+//! stopped, closed or dropped is given back (Nak) at once. [`pull_once`] is the older one-shot
+//! pull (an inbox per call), still used by the retry movers.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_nats::jetstream::consumer::pull::{self, Ordered, OrderedConfig};
 use async_nats::jetstream::consumer::{DeliverPolicy, FromConsumer, PullConsumer};
-use async_nats::jetstream::{self, AckKind};
+use async_nats::jetstream;
 use async_trait::async_trait;
 use fleet_core::{BrokerError, Delivery, Subscription};
 use futures::{FutureExt, StreamExt};
-use tokio::sync::oneshot;
 use tokio::time::Instant;
 
 use crate::acker::{ControlAcker, NatsAcker};
 use crate::attempts::{AttemptMemory, REMEMBERED};
 use crate::broker::Shared;
+use crate::pull::{PULL_GRACE, Puller, is_max_ack_pending, pull_item_error, release_all};
 use crate::retry::{Movers, attempts_before};
 use crate::topology::{consumer_error, consumer_info_error};
 use crate::wire::{bounded, from_header_map};
 
-/// Shortest `expires` sent with a pull (a shorter positive `wait` waits this long).
-pub const MIN_PULL_EXPIRES: Duration = Duration::from_millis(50);
-/// Longest `wait` honoured by one `fetch` (longer ones are cut to this).
-pub const MAX_PULL_WAIT: Duration = Duration::from_secs(300);
-/// How long past `expires` to wait for the server to end a pull before checking on the consumer.
-const PULL_GRACE: Duration = Duration::from_secs(2);
+pub use crate::pull::{MAX_PULL_WAIT, MIN_PULL_EXPIRES};
 
 /// The server's delivery count of a JetStream delivery (`info().delivered`, from 1).
 fn attempt_of(msg: &jetstream::Message) -> u32 {
@@ -39,40 +33,14 @@ fn attempt_of(msg: &jetstream::Message) -> u32 {
     u32::try_from(delivered).unwrap_or(u32::MAX)
 }
 
-/// Maps an error item of a pull to a broker error.
-fn pull_item_error(shared: &Shared, what: &str, e: &dyn std::fmt::Display) -> BrokerError {
-    let text = e.to_string();
-    let lower = text.to_lowercase();
-    if lower.contains("consumer deleted")
-        || lower.contains("503")
-        || lower.contains("no responders")
-    {
-        BrokerError::ConsumerCancelled(format!("{what}: {text}"))
-    } else if lower.contains("leadership change") || lower.contains("server shutdown") {
-        BrokerError::ConnectionLost(format!("{what}: {text}"))
-    } else if lower.contains("exceeded max") {
-        BrokerError::Rejected(format!("{what}: {text}"))
-    } else if !shared.is_up() {
-        shared.lost(what)
-    } else {
-        BrokerError::ConsumerCancelled(format!("{what}: {text}"))
-    }
-}
-
-/// True for the 409 "Exceeded MaxAckPending" status of a pull.
-fn is_max_ack_pending(e: &dyn std::fmt::Display) -> bool {
-    e.to_string()
-        .to_lowercase()
-        .replace(' ', "")
-        .contains("maxackpending")
-}
-
 /// A durable pull consumer (jobs, dead letters, events, submissions).
 pub(crate) struct PullSubscription {
     shared: Arc<Shared>,
-    consumer: PullConsumer,
-    stream: String,
-    name: String,
+    puller: Puller,
+    /// "pulling from consumer <name> on <stream>", for errors.
+    what: String,
+    /// Set by `stop`: no more pulls.
+    stopped: bool,
     dlq_stage: Option<String>,
     lease: Duration,
     attempts: AttemptMemory,
@@ -110,11 +78,12 @@ impl PullSubscription {
             .map_err(|e| BrokerError::Config(format!("{what}: {e}")))?;
         let lease = info.config.ack_wait;
         let consumer = PullConsumer::new(config, info, shared.js.clone());
+        let puller = Puller::open(shared.clone(), consumer, &what).await?;
         Ok(PullSubscription {
             shared,
-            consumer,
-            stream,
-            name,
+            puller,
+            what: format!("pulling from consumer {name} on {stream}"),
+            stopped: false,
             dlq_stage,
             lease,
             attempts: AttemptMemory::new(REMEMBERED),
@@ -230,41 +199,31 @@ pub(crate) async fn pull_once(
     Ok(out)
 }
 
-/// Gives messages back for immediate redelivery, best effort and bounded.
-pub(crate) async fn release_all(shared: &Shared, msgs: Vec<jetstream::Message>) {
-    for msg in msgs {
-        if let Ok(Err(e)) = bounded(shared.outer_limit(), msg.ack_with(AckKind::Nak(None))).await {
-            tracing::debug!(error = %e, "nats: could not give back a pulled message");
-        }
-    }
-}
-
 #[async_trait]
 impl Subscription for PullSubscription {
     async fn fetch(&mut self, max: usize, wait: Duration) -> Result<Vec<Delivery>, BrokerError> {
-        let what = format!("pulling from consumer {} on {}", self.name, self.stream);
+        let wait = wait.min(MAX_PULL_WAIT);
         if max == 0 {
             return Ok(Vec::new());
         }
-        if !self.shared.is_up() {
-            return Err(self.shared.lost(&what));
+        if self.stopped {
+            tokio::time::sleep(wait).await;
+            return Ok(Vec::new());
         }
-        let wait = wait.min(MAX_PULL_WAIT);
-        let (tx, rx) = oneshot::channel();
-        let shared = self.shared.clone();
-        let consumer = self.consumer.clone();
-        let task_what = what.clone();
-        tokio::spawn(async move {
-            let result = pull_once(&shared, &consumer, &task_what, max, wait).await;
-            if let Err(Ok(msgs)) = tx.send(result) {
-                // fetch() was dropped: do not let these wait out their ack_wait.
-                release_all(&shared, msgs).await;
-            }
-        });
-        let msgs = rx
-            .await
-            .map_err(|_| BrokerError::ConnectionLost(format!("{what}: pull task ended")))??;
+        if !self.shared.is_up() {
+            return Err(self.shared.lost(&self.what));
+        }
+        let msgs = self.puller.pull(max, wait, &self.what).await?;
         Ok(msgs.into_iter().map(|m| self.delivery(m)).collect())
+    }
+
+    async fn stop(&mut self) {
+        self.stopped = true;
+        self.puller.shut_down().await;
+    }
+
+    async fn close(mut self: Box<Self>) {
+        self.puller.shut_down().await;
     }
 }
 
