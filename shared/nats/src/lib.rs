@@ -14,8 +14,8 @@
 //!
 //! Where NATS differs from the other backends:
 //!
-//! * `SubscribeOptions::prefetch` is not used: every `fetch(max, wait)` pulls exactly `max`, so
-//!   the caller's free slots are its prefetch.
+//! * `SubscribeOptions::prefetch` is not used: a `fetch(max, wait)` never has more than `max`
+//!   requested or buffered (see `pull`), so the caller's free slots are its prefetch.
 //! * `depth` is the consumer's `num_pending` (not yet delivered). A job waiting for a delayed
 //!   retry is in `<P>_RETRY`, so it is not in `depth` but in `retrying` (the memory broker counts
 //!   delayed retries in both). For `Source::Control` it is the number of kept cancellations.

@@ -19,7 +19,7 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::consumer::pull::BatchConfig;
 use async_nats::jetstream::{self, AckKind};
-use async_nats::{StatusCode, Subscriber};
+use async_nats::{StatusCode, Subject, Subscriber};
 use fleet_core::BrokerError;
 use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
@@ -36,7 +36,11 @@ pub const MAX_PULL_WAIT: Duration = Duration::from_secs(300);
 pub(crate) const PULL_GRACE: Duration = Duration::from_secs(2);
 
 /// Maps an error status of a pull to a broker error.
-pub(crate) fn pull_item_error(shared: &Shared, what: &str, e: &dyn std::fmt::Display) -> BrokerError {
+pub(crate) fn pull_item_error(
+    shared: &Shared,
+    what: &str,
+    e: &dyn std::fmt::Display,
+) -> BrokerError {
     let text = e.to_string();
     let lower = text.to_lowercase();
     if lower.contains("consumer deleted")
@@ -64,7 +68,10 @@ pub(crate) fn is_max_ack_pending(e: &dyn std::fmt::Display) -> bool {
 }
 
 /// Gives messages back for immediate redelivery, best effort and bounded.
-pub(crate) async fn release_all(shared: &Shared, msgs: impl IntoIterator<Item = jetstream::Message>) {
+pub(crate) async fn release_all(
+    shared: &Shared,
+    msgs: impl IntoIterator<Item = jetstream::Message>,
+) {
     for msg in msgs {
         if let Ok(Err(e)) = bounded(shared.outer_limit(), msg.ack_with(AckKind::Nak(None))).await {
             tracing::debug!(error = %e, "nats: could not give back a pulled message");
@@ -97,7 +104,7 @@ pub(crate) struct Puller {
     shared: Arc<Shared>,
     consumer: PullConsumer,
     /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`.
-    next_subject: String,
+    next_subject: Subject,
     /// The inbox; requests reply to `<inbox>.<id>`.
     inbox: String,
     /// `None` once shut down.
@@ -115,17 +122,18 @@ impl Puller {
         what: &str,
     ) -> Result<Puller, BrokerError> {
         let info = consumer.cached_info();
-        let next_subject = format!(
+        let next_subject = Subject::from(format!(
             "{JS_API_PREFIX}.CONSUMER.MSG.NEXT.{}.{}",
             info.stream_name, info.name
-        );
+        ));
         let inbox = shared.client.new_inbox();
-        let sub = bounded(shared.outer_limit(), shared.client.subscribe(format!("{inbox}.*")))
-            .await
-            .map_err(|e| shared.or_lost(what, e))?
-            .map_err(|e| {
-                shared.or_lost(what, BrokerError::ConnectionLost(format!("{what}: {e}")))
-            })?;
+        let sub = bounded(
+            shared.outer_limit(),
+            shared.client.subscribe(format!("{inbox}.*")),
+        )
+        .await
+        .map_err(|e| shared.or_lost(what, e))?
+        .map_err(|e| shared.or_lost(what, BrokerError::ConnectionLost(format!("{what}: {e}"))))?;
         shared.pull_inboxes.fetch_add(1, Ordering::Relaxed);
         Ok(Puller {
             shared,
@@ -165,9 +173,7 @@ impl Puller {
                 self.open = None;
             }
             if self.sub.is_none() {
-                return Err(BrokerError::ConsumerCancelled(format!(
-                    "{what}: the subscription was stopped"
-                )));
+                return Err(self.inbox_closed(what));
             }
             // Whatever already came, without waiting.
             while let Some(item) = self.sub.as_mut().and_then(|s| s.next().now_or_never()) {
@@ -349,7 +355,7 @@ impl Puller {
         self.sub = None;
         self.shared.or_lost(
             what,
-            BrokerError::ConnectionLost(format!("{what}: the pull inbox was closed")),
+            BrokerError::ConnectionLost(format!("{what}: the pull inbox is closed")),
         )
     }
 

@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream;
 use async_nats::jetstream::consumer::pull::{self, Ordered, OrderedConfig};
 use async_nats::jetstream::consumer::{DeliverPolicy, FromConsumer, PullConsumer};
-use async_nats::jetstream;
 use async_trait::async_trait;
 use fleet_core::{BrokerError, Delivery, Subscription};
 use futures::{FutureExt, StreamExt};

@@ -73,7 +73,11 @@ async fn consumer_counts(
 /// Starts a fetch for `max` on an empty stream and drops it while it waits: its pull request
 /// stays open on the server.
 async fn leave_a_request_open(sub: &mut Box<dyn Subscription>, max: usize) {
-    let dropped = tokio::time::timeout(Duration::from_millis(300), sub.fetch(max, Duration::from_secs(5))).await;
+    let dropped = tokio::time::timeout(
+        Duration::from_millis(300),
+        sub.fetch(max, Duration::from_secs(5)),
+    )
+    .await;
     assert!(dropped.is_err(), "the fetch should still be waiting");
 }
 
@@ -148,20 +152,35 @@ async fn late_arrivals_come_with_the_next_fetches_and_never_more_than_asked() {
     let gate = hold_the_gate(&f, &mut sub).await;
     leave_a_request_open(&mut sub, 10).await;
     // The open request covers a caller that asks for 10 again: no second request goes out.
-    let got = sub.fetch(10, Duration::from_millis(300)).await.expect("fetch");
+    let got = sub
+        .fetch(10, Duration::from_millis(300))
+        .await
+        .expect("fetch");
     assert!(got.is_empty());
     let counts = consumer_counts(&f, Duration::ZERO, |_| true).await;
-    assert_eq!(counts, (GATE, 0, 1), "(ack pending, pending, waiting requests)");
+    assert_eq!(
+        counts,
+        (GATE, 0, 1),
+        "(ack pending, pending, waiting requests)"
+    );
     publish(&f, (0..12).map(|i| format!("m{i}"))).await;
     ack_all(gate).await;
     // The open request takes 10, which wait in the buffer; 2 stay on the server.
     let counts = consumer_counts(&f, Duration::from_secs(5), |(a, p, _)| a == 10 && p == 2).await;
-    assert_eq!(counts, (10, 2, 0), "(ack pending, pending, waiting requests)");
+    assert_eq!(
+        counts,
+        (10, 2, 0),
+        "(ack pending, pending, waiting requests)"
+    );
     let mut all = Vec::new();
     let until = Instant::now() + Duration::from_secs(10);
     while all.len() < 10 && Instant::now() < until {
         let got = sub.fetch(4, Duration::from_secs(1)).await.expect("fetch");
-        assert!(got.len() <= 4, "the buffer serves up to max, not {}", got.len());
+        assert!(
+            got.len() <= 4,
+            "the buffer serves up to max, not {}",
+            got.len()
+        );
         all.extend(got);
     }
     assert_eq!(all.len(), 10);
@@ -191,7 +210,11 @@ async fn buffered_jobs_are_given_back_at_once_when_the_subscription_goes() {
         publish(&f, (0..n).map(|i| format!("{close}-{i}"))).await;
         ack_all(gate).await;
         let counts = consumer_counts(&f, Duration::from_secs(5), |(a, _, _)| a == n).await;
-        assert_eq!((counts.0, counts.1), (n, 0), "all {n} buffered in the subscription");
+        assert_eq!(
+            (counts.0, counts.1),
+            (n, 0),
+            "all {n} buffered in the subscription"
+        );
         if close {
             sub.close().await;
         } else {
@@ -201,10 +224,18 @@ async fn buffered_jobs_are_given_back_at_once_when_the_subscription_goes() {
         let mut got = Vec::new();
         let until = Instant::now() + Duration::from_secs(10);
         while got.len() < n && Instant::now() < until {
-            got.extend(again.fetch(10, Duration::from_millis(500)).await.expect("fetch"));
+            got.extend(
+                again
+                    .fetch(10, Duration::from_millis(500))
+                    .await
+                    .expect("fetch"),
+            );
         }
         assert_eq!(got.len(), n, "given back: {:?}", bodies(&got));
-        assert!(got.iter().all(|d| d.attempt == 2), "a Nak counts the delivery");
+        assert!(
+            got.iter().all(|d| d.attempt == 2),
+            "a Nak counts the delivery"
+        );
         ack_all(got).await;
         again.close().await;
     }
