@@ -204,9 +204,7 @@ impl<A: Clone> Entries<A> {
     /// Frame for `count` entries from `first` written (`ok`) or failed: the waiter of the new
     /// first entry if it is finished (it sends the next run).
     fn sent(&mut self, first: u64, count: usize, ok: bool) -> Option<Arc<Waiter>> {
-        let Some(at) = self.position(first) else {
-            return None;
-        };
+        let at = self.position(first)?;
         if ok {
             self.list.drain(at..at + count);
         } else {
@@ -269,8 +267,7 @@ impl InFlight<'_> {
         if self.ack && result.is_ok() {
             let c = &self.window.counters;
             c.frames.fetch_add(1, Ordering::Relaxed);
-            c.deliveries
-                .fetch_add(self.count as u64, Ordering::Relaxed);
+            c.deliveries.fetch_add(self.count as u64, Ordering::Relaxed);
             self.window.frames.increment(1);
         }
         for w in self.waiters.drain(..) {
@@ -405,7 +402,12 @@ impl AckWindow {
         F: Future<Output = Result<(), BrokerError>>,
     {
         debug_assert_eq!(run.last.is_some(), run.count > 1);
-        tracing::trace!(first = run.first, hi = run.hi, count = run.count, "amqp: ack frame");
+        tracing::trace!(
+            first = run.first,
+            hi = run.hi,
+            count = run.count,
+            "amqp: ack frame"
+        );
         let mut flight = InFlight {
             window: self,
             first: run.first,

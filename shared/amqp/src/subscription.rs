@@ -63,7 +63,13 @@ impl AmqpSubscription {
         let table = d.properties.headers().as_ref();
         let attempt = attempt(table);
         let headers = to_strings(table);
-        let acker = self.acker(d.delivery_tag, d.acker, Bytes::from(d.data), d.properties, attempt);
+        let acker = self.acker(
+            d.delivery_tag,
+            d.acker,
+            Bytes::from(d.data),
+            d.properties,
+            attempt,
+        );
         Delivery {
             body: acker.body.clone(),
             headers,
@@ -123,8 +129,13 @@ impl AmqpSubscription {
             let mut n = 0u32;
             while let Some(Some(Ok(d))) = self.consumer.next().now_or_never() {
                 let attempt = attempt(d.properties.headers().as_ref());
-                let acker =
-                    self.acker(d.delivery_tag, d.acker, Bytes::from(d.data), d.properties, attempt);
+                let acker = self.acker(
+                    d.delivery_tag,
+                    d.acker,
+                    Bytes::from(d.data),
+                    d.properties,
+                    attempt,
+                );
                 // Alone, not through the cover wait: the jobs still running below these
                 // deliveries may hold the run for long, and they are given back one by one.
                 if acker.release_uncounted_with(false).await.is_err() {

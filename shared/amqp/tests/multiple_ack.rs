@@ -124,7 +124,11 @@ async fn shuffled_concurrent_acks_go_out_in_few_frames() {
             .expect("subscribe");
         let mut deliveries: Vec<Option<Delivery>> =
             fetch_n(&mut sub, N).await.into_iter().map(Some).collect();
-        let bodies: HashSet<Bytes> = deliveries.iter().flatten().map(|d| d.body.clone()).collect();
+        let bodies: HashSet<Bytes> = deliveries
+            .iter()
+            .flatten()
+            .map(|d| d.body.clone())
+            .collect();
         assert_eq!(bodies.len(), N, "no delivery twice");
         let before = env.broker.ack_stats();
         let order: Vec<Delivery> = shuffled(N, 12)
@@ -236,12 +240,7 @@ async fn retry_dead_letter_and_release_in_the_middle_are_never_covered() {
             .into_iter()
             .filter_map(|i| deliveries[i].take())
             .collect();
-        tokio::join!(
-            ack_all_concurrently(order),
-            retry,
-            dead_letter,
-            release
-        );
+        tokio::join!(ack_all_concurrently(order), retry, dead_letter, release);
         // The held one last, given back: it must come back, so no ack covered it.
         bounded("release", d_held.acker.release())
             .await
@@ -265,9 +264,11 @@ async fn retry_dead_letter_and_release_in_the_middle_are_never_covered() {
                 d.acker.ack().await.expect("ack a returned delivery");
             }
         }
-        let expected: HashMap<Bytes, u32> =
-            HashMap::from([(retried, 2), (released, 2), (held, 2)]);
-        assert_eq!(back, expected, "exactly the retried and released ones, once each");
+        let expected: HashMap<Bytes, u32> = HashMap::from([(retried, 2), (released, 2), (held, 2)]);
+        assert_eq!(
+            back, expected,
+            "exactly the retried and released ones, once each"
+        );
 
         let mut dlq = env.sub(dead_letters()).await;
         let d = one(&mut dlq, SOON).await;
