@@ -63,18 +63,39 @@ impl AmqpSubscription {
         let table = d.properties.headers().as_ref();
         let attempt = attempt(table);
         let headers = to_strings(table);
-        let body = Bytes::from(d.data);
+        let acker = self.acker(
+            d.delivery_tag,
+            d.acker,
+            Bytes::from(d.data),
+            d.properties,
+            attempt,
+        );
         Delivery {
-            body: body.clone(),
+            body: acker.body.clone(),
             headers,
             attempt,
-            acker: Box::new(AmqpAcker {
-                ctx: self.ctx.clone(),
-                acker: d.acker,
-                body,
-                properties: d.properties,
-                attempt,
-            }),
+            acker: Box::new(acker),
+        }
+    }
+
+    /// The acker of a delivery handed out, registered in the ack window (in tag order: the
+    /// stream yields a channel's deliveries in order and only `&mut self` takes them).
+    fn acker(
+        &self,
+        tag: u64,
+        acker: lapin::Acker,
+        body: Bytes,
+        properties: lapin::BasicProperties,
+        attempt: u32,
+    ) -> AmqpAcker {
+        self.ctx.window.register(tag);
+        AmqpAcker {
+            ctx: self.ctx.clone(),
+            acker,
+            tag,
+            body,
+            properties,
+            attempt,
         }
     }
 }
@@ -107,10 +128,17 @@ impl AmqpSubscription {
         let returned = tokio::time::timeout(limit, async {
             let mut n = 0u32;
             while let Some(Some(Ok(d))) = self.consumer.next().now_or_never() {
-                if fleet_core::Acker::release_uncounted(self.delivery(d).acker)
-                    .await
-                    .is_err()
-                {
+                let attempt = attempt(d.properties.headers().as_ref());
+                let acker = self.acker(
+                    d.delivery_tag,
+                    d.acker,
+                    Bytes::from(d.data),
+                    d.properties,
+                    attempt,
+                );
+                // Alone, not through the cover wait: the jobs still running below these
+                // deliveries may hold the run for long, and they are given back one by one.
+                if acker.release_uncounted_with(false).await.is_err() {
                     break;
                 }
                 n += 1;
