@@ -24,7 +24,7 @@ use fleet_core::BrokerError;
 use futures::{FutureExt, StreamExt};
 use tokio::time::Instant;
 
-use crate::broker::{JS_API_PREFIX, Shared};
+use crate::shared::{JS_API_PREFIX, Shared};
 use crate::topology::consumer_info_error;
 use crate::wire::bounded;
 
@@ -77,6 +77,74 @@ pub(crate) async fn release_all(
             tracing::debug!(error = %e, "nats: could not give back a pulled message");
         }
     }
+}
+
+/// One pull of at most `max` messages over an inbox of its own (the retry movers' pull), waiting
+/// at most about `wait` for the first.
+pub(crate) async fn pull_once(
+    shared: &Shared,
+    consumer: &PullConsumer,
+    what: &str,
+    max: usize,
+    wait: Duration,
+) -> Result<Vec<jetstream::Message>, BrokerError> {
+    let mut builder = consumer.fetch().max_messages(max);
+    let expires = if wait.is_zero() {
+        Duration::ZERO
+    } else {
+        wait.max(MIN_PULL_EXPIRES)
+    };
+    if !expires.is_zero() {
+        builder = builder.expires(expires);
+    }
+    let mut batch = bounded(shared.outer_limit(), builder.messages())
+        .await
+        .map_err(|e| shared.or_lost(what, e))?
+        .map_err(|e| shared.or_lost(what, BrokerError::ConnectionLost(format!("{what}: {e}"))))?;
+    let started = Instant::now();
+    let deadline = started
+        + if expires.is_zero() {
+            shared.opts.request_timeout
+        } else {
+            expires + PULL_GRACE
+        };
+    let mut out = Vec::new();
+    let mut ended_by_server = true;
+    loop {
+        match tokio::time::timeout_at(deadline, batch.next()).await {
+            Ok(Some(Ok(msg))) => out.push(msg),
+            Ok(Some(Err(e))) if out.is_empty() && is_max_ack_pending(&e) => {
+                // Some servers answer a `no_wait` pull at the max_ack_pending limit at once with
+                // 409: that is "nothing for you now", so wait like an empty pull would.
+                tokio::time::sleep_until(started + expires).await;
+                break;
+            }
+            Ok(Some(Err(e))) => {
+                let err = pull_item_error(shared, what, &e);
+                release_all(shared, out).await;
+                return Err(err);
+            }
+            Ok(None) => break,
+            Err(_) => {
+                ended_by_server = false;
+                break;
+            }
+        }
+    }
+    if out.is_empty() {
+        if !shared.is_up() {
+            return Err(shared.lost(what));
+        }
+        if !ended_by_server {
+            // nats-server 2.9.10 does not answer a pull for a consumer that does not exist:
+            // find out whether ours is still there.
+            let info = bounded(shared.outer_limit(), consumer.get_info())
+                .await
+                .map_err(|e| shared.or_lost(what, e))?;
+            info.map_err(|e| consumer_info_error(what, e))?;
+        }
+    }
+    Ok(out)
 }
 
 /// The pull request the server has not ended yet.

@@ -3,8 +3,8 @@
 //! [`PullSubscription`] pulls over one persistent inbox (see [`crate::pull`]): a fetch asks the
 //! server for at most the caller's `max`, returns as soon as something is there, and keeps what
 //! arrives afterwards for the next fetch; what is still buffered when the subscription is
-//! stopped, closed or dropped is given back (Nak) at once. [`pull_once`] is the older one-shot
-//! pull (an inbox per call), still used by the retry movers.
+//! stopped, closed or dropped is given back (Nak) at once. The retry movers pull
+//! with `pull::pull_once` (an inbox per call).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,13 +15,13 @@ use async_nats::jetstream::consumer::{DeliverPolicy, FromConsumer, PullConsumer}
 use async_trait::async_trait;
 use fleet_core::{BrokerError, Delivery, Subscription};
 use futures::{FutureExt, StreamExt};
-use tokio::time::Instant;
 
 use crate::acker::{ControlAcker, NatsAcker};
 use crate::attempts::{AttemptMemory, REMEMBERED};
-use crate::broker::Shared;
-use crate::pull::{PULL_GRACE, Puller, is_max_ack_pending, pull_item_error, release_all};
-use crate::retry::{Movers, attempts_before};
+use crate::copies::attempts_before;
+use crate::pull::Puller;
+use crate::retry::Movers;
+use crate::shared::Shared;
 use crate::topology::{consumer_error, consumer_info_error};
 use crate::wire::{bounded, from_header_map};
 
@@ -130,73 +130,6 @@ impl PullSubscription {
             }),
         }
     }
-}
-
-/// One pull of at most `max` messages, waiting at most about `wait` for the first.
-pub(crate) async fn pull_once(
-    shared: &Shared,
-    consumer: &PullConsumer,
-    what: &str,
-    max: usize,
-    wait: Duration,
-) -> Result<Vec<jetstream::Message>, BrokerError> {
-    let mut builder = consumer.fetch().max_messages(max);
-    let expires = if wait.is_zero() {
-        Duration::ZERO
-    } else {
-        wait.max(MIN_PULL_EXPIRES)
-    };
-    if !expires.is_zero() {
-        builder = builder.expires(expires);
-    }
-    let mut batch = bounded(shared.outer_limit(), builder.messages())
-        .await
-        .map_err(|e| shared.or_lost(what, e))?
-        .map_err(|e| shared.or_lost(what, BrokerError::ConnectionLost(format!("{what}: {e}"))))?;
-    let started = Instant::now();
-    let deadline = started
-        + if expires.is_zero() {
-            shared.opts.request_timeout
-        } else {
-            expires + PULL_GRACE
-        };
-    let mut out = Vec::new();
-    let mut ended_by_server = true;
-    loop {
-        match tokio::time::timeout_at(deadline, batch.next()).await {
-            Ok(Some(Ok(msg))) => out.push(msg),
-            Ok(Some(Err(e))) if out.is_empty() && is_max_ack_pending(&e) => {
-                // Some servers answer a `no_wait` pull at the max_ack_pending limit at once with
-                // 409: that is "nothing for you now", so wait like an empty pull would.
-                tokio::time::sleep_until(started + expires).await;
-                break;
-            }
-            Ok(Some(Err(e))) => {
-                let err = pull_item_error(shared, what, &e);
-                release_all(shared, out).await;
-                return Err(err);
-            }
-            Ok(None) => break,
-            Err(_) => {
-                ended_by_server = false;
-                break;
-            }
-        }
-    }
-    if out.is_empty() {
-        if !shared.is_up() {
-            return Err(shared.lost(what));
-        }
-        if !ended_by_server {
-            // nats-server 2.9.10 does not answer a pull for a consumer that does not exist:
-            // find out whether ours is still there.
-            let info = bounded(shared.outer_limit(), consumer.get_info())
-                .await
-                .map_err(|e| shared.or_lost(what, e))?;
-            info.map_err(|e| consumer_info_error(what, e))?;
-        }
-    }
-    Ok(out)
 }
 
 #[async_trait]
