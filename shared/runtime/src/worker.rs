@@ -21,10 +21,11 @@ use tokio_util::task::TaskTracker;
 use crate::breaker::{Breaker, BreakerState};
 use crate::budget::RetryBudget;
 use crate::config::{RuntimeConfig, topology};
-use crate::context::{EventOrigin, Runaways};
+use crate::context::Runaways;
 use crate::handler::{BatchHandler, Handler};
 use crate::inflight::InFlight;
 use crate::pause::IntakeGate;
+use crate::process::Taken;
 use crate::resubscribe::{Limits, Resubscriber};
 use crate::shared::{Cancellations, Shared};
 use crate::supervise::Supervisor;
@@ -212,10 +213,6 @@ impl Worker {
             runaways,
             unsettled: Unsettled::new(&self.stage),
             metrics: StageMetrics::new(&self.stage),
-            origin: Arc::new(EventOrigin {
-                stage: self.stage.clone(),
-                worker_id: worker_id.clone(),
-            }),
             drain: CancellationToken::new(),
             declared: Mutex::new(HashSet::from([self.stage.clone()])),
             cfg,
@@ -362,24 +359,27 @@ pub fn redact(url: &str) -> String {
     fleet_protocol::redact::redact_url(url)
 }
 
-/// Waits until a permit is free or shutdown; then takes every free one up to `max`.
+/// Waits until a permit is free or shutdown; then takes every free one up to `max`, as one
+/// permit for that many slots ([`OwnedSemaphorePermit::split`] hands them out one by one, and
+/// what is not handed out goes back when it is dropped).
 async fn permits(
     sem: &Arc<Semaphore>,
     max: usize,
     shutdown: &CancellationToken,
-) -> Option<Vec<OwnedSemaphorePermit>> {
-    let first = tokio::select! {
+) -> Option<OwnedSemaphorePermit> {
+    let mut free = tokio::select! {
         p = sem.clone().acquire_owned() => p.ok()?,
         () = shutdown.cancelled() => return None,
     };
-    let mut out = vec![first];
-    while out.len() < max {
-        match sem.clone().try_acquire_owned() {
-            Ok(p) => out.push(p),
-            Err(_) => break,
-        }
+    let more = sem.available_permits().min(max.saturating_sub(1));
+    if more > 0
+        && let Ok(more) = sem
+            .clone()
+            .try_acquire_many_owned(u32::try_from(more).unwrap_or(u32::MAX))
+    {
+        free.merge(more);
     }
-    Some(out)
+    Some(free)
 }
 
 /// How many deliveries the pause breaker lets us pull now (waits while it is open).
@@ -433,7 +433,7 @@ async fn consume(
         health.clone(),
     );
     let mut consumer_cancellations = 0u32;
-    let mut pending: Vec<(Delivery, OwnedSemaphorePermit)> = Vec::new();
+    let mut pending: Vec<Taken> = Vec::new();
     let mut batch_started: Option<Instant> = None;
     'subscribe: loop {
         // Reconnects, redeclares and retries with backoff; fails past its limits.
@@ -474,11 +474,10 @@ async fn consume(
             let Some(mut free) = permits(&sem, max, shutdown).await else {
                 continue;
             };
-            let fetched = sub.fetch(free.len(), wait).await;
+            let fetched = sub.fetch(free.num_permits(), wait).await;
             let deliveries = match fetched {
-                Ok(mut d) => {
+                Ok(d) => {
                     resub.working();
-                    sh.unsettled.track(&mut d);
                     d
                 }
                 Err(e @ BrokerError::ConsumerCancelled(_)) => {
@@ -520,8 +519,10 @@ async fn consume(
             match mode {
                 Mode::Single(handler) => {
                     for d in deliveries {
-                        let Some(permit) = free.pop() else { break };
-                        tracker.spawn(process::run_one(sh.clone(), handler.clone(), d, permit));
+                        let Some(taken) = take(sh, &mut free, d) else {
+                            break;
+                        };
+                        tracker.spawn(process::run_one(sh.clone(), handler.clone(), taken));
                     }
                 }
                 Mode::Batch {
@@ -530,9 +531,11 @@ async fn consume(
                     linger,
                 } => {
                     for d in deliveries {
-                        let Some(permit) = free.pop() else { break };
+                        let Some(taken) = take(sh, &mut free, d) else {
+                            break;
+                        };
                         batch_started.get_or_insert_with(Instant::now);
-                        pending.push((d, permit));
+                        pending.push(taken);
                     }
                     let due = batch_started.is_some_and(|t| t.elapsed() >= *linger);
                     if pending.len() >= *size || (due && !pending.is_empty()) {
@@ -547,4 +550,14 @@ async fn consume(
             }
         }
     }
+}
+
+/// Pairs a delivery with one of the `free` permits and counts it unsettled (`None`: no permit
+/// left; the delivery is dropped and the broker redelivers it).
+fn take(sh: &Shared, free: &mut OwnedSemaphorePermit, delivery: Delivery) -> Option<Taken> {
+    Some(Taken {
+        delivery,
+        permit: free.split(1)?,
+        held: sh.unsettled.hold(),
+    })
 }
