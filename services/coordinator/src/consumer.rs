@@ -1,7 +1,8 @@
-//! A resilient consume loop over one broker [`Source`]: bounded fetches, a handler per
-//! fetched batch of deliveries, and after any failure (a refused subscribe, a lost
-//! connection, a consumer the broker cancelled because its queue was deleted) a resubscribe
-//! that reconnects and redeclares the coordinator's topology, with backoff. A consumer that
+//! A resilient consume loop over one broker [`Source`] (the runtime's [`Consumer`], the same
+//! loop the workers use): bounded fetches, a handler per fetched batch of deliveries, and
+//! after any failure (a refused subscribe, a lost connection, a consumer the broker cancelled
+//! because its queue was deleted) a resubscribe that reconnects and redeclares the
+//! coordinator's topology, with backoff. A consumer that
 //! cannot get its subscription back within the limits (`FLEET_RESUBSCRIBE_LIMIT` while the
 //! broker is connected, `FLEET_MAX_OUTAGE` while it is not) returns an error: its supervisor
 //! then makes the coordinator unready and exit non-zero.
@@ -11,6 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fleet_core::{Delivery, Settlement, Source, SubscribeOptions};
+use fleet_runtime::consume::{Consumer, Step};
 use fleet_runtime::resubscribe::{Limits, Resubscriber};
 use fleet_runtime::telemetry::Health;
 use tokio_util::sync::CancellationToken;
@@ -19,8 +21,6 @@ use crate::app::App;
 
 /// Longest wait of one fetch (also how quickly shutdown is noticed).
 const FETCH_WAIT: Duration = Duration::from_millis(500);
-/// Pause after a failed fetch before resubscribing.
-const FETCH_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// Consumes `source` until `shutdown`, handing each non-empty fetch (at most `max`) to `handle`,
 /// which returns every delivery it was given with its [`Settlement`]; this loop applies them
@@ -39,41 +39,23 @@ where
     Fut: Future<Output = Vec<(Delivery, Settlement)>>,
 {
     let prefetch = u16::try_from(max).unwrap_or(u16::MAX);
-    let mut resub = Resubscriber::new(
+    let resub = Resubscriber::new(
         app.broker.clone(),
-        source.clone(),
+        source,
         SubscribeOptions { prefetch },
         crate::topology(&app.config),
         Limits::from_config(&app.config.runtime),
         health,
     );
-    'subscribe: while let Some(mut sub) = resub.subscribe(&shutdown).await? {
-        while !shutdown.is_cancelled() {
-            let fetched = tokio::select! {
-                r = sub.fetch(max, FETCH_WAIT) => r,
-                () = shutdown.cancelled() => break,
-            };
-            match fetched {
-                Ok(ds) => {
-                    resub.working();
-                    if !ds.is_empty() {
-                        apply(what, handle(ds).await).await;
-                    }
-                }
-                Err(e) => {
-                    resub.failed("fetching", &e)?;
-                    drop(sub);
-                    tokio::select! {
-                        () = tokio::time::sleep(FETCH_RETRY_PAUSE) => {}
-                        () = shutdown.cancelled() => break 'subscribe,
-                    }
-                    continue 'subscribe;
-                }
-            }
+    let mut consumer = Consumer::new(resub, what);
+    while let Some(step) = consumer.next(max, FETCH_WAIT, &shutdown).await? {
+        if let Step::Fetched(ds) = step
+            && !ds.is_empty()
+        {
+            apply(what, handle(ds).await).await;
         }
-        sub.close().await;
-        break;
     }
+    consumer.close().await;
     Ok(())
 }
 

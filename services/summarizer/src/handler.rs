@@ -131,8 +131,15 @@ impl Handler for SummarizeHandler {
             out.degraded(Degradation::new(
                 DegradationKind::SummaryMixed,
                 &format!(
-                    "{}: {} of {} chunks extractive",
-                    summary.provider, summary.extractive_chunks, summary.chunks
+                    "{}: {} of {} chunks extractive{}",
+                    summary.provider,
+                    summary.extractive_chunks,
+                    summary.chunks,
+                    if summary.extractive_reduce {
+                        ", combined extractively"
+                    } else {
+                        ""
+                    }
                 ),
             ))
         } else {

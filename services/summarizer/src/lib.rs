@@ -19,13 +19,16 @@
 //! {"text": "...", "metadata": {...}, "analysis": {...},
 //!  "summary": {"text": "...", "provider": "extractive", "fallback": true,
 //!              "fallback_reason": "local: timed out: ...", "chunks": 1,
-//!              "mixed": false, "extractive_chunks": 0, "duration_ms": 12}}
+//!              "mixed": false, "extractive_chunks": 0, "extractive_reduce": false,
+//!              "duration_ms": 12}}
 //! ```
 //!
 //! A failed chunk call is retried within the attempt (`FLEET_CHUNK_RETRIES`,
 //! bounded by the deadline); a chunk still failing is summarized extractively
 //! and the summary is `mixed` (`extractive_chunks` says how many), with the
 //! degradation `summary_mixed`: one bad call costs one chunk, not the item.
+//! A reduce call still failing after its retries combines the LLM's chunk
+//! summaries extractively (`extractive_reduce: true`, also `mixed`).
 //!
 //! `provider` is `extractive` or a configured provider's name; `fallback` is
 //! true when a configured provider failed (error, timeout, open breaker) and

@@ -41,6 +41,9 @@ pub struct Summary {
     pub mixed: bool,
     /// Chunks summarized extractively in a mixed summary (0 otherwise).
     pub extractive_chunks: usize,
+    /// True when the reduce call kept failing and the LLM's chunk summaries were
+    /// combined extractively (a mixed summary too).
+    pub extractive_reduce: bool,
     /// Wall time of the whole summarization.
     pub duration_ms: u64,
 }
@@ -59,6 +62,7 @@ struct Mapped {
     text: String,
     chunks: usize,
     extractive_chunks: usize,
+    extractive_reduce: bool,
 }
 
 /// First delay between retries of a chunk call (full jitter, doubling).
@@ -163,8 +167,9 @@ impl Summarizer {
             match self.with_provider(p, item, ctx, call_deadline).await {
                 Ok(m) => {
                     let mut s = self.done(m.text, p.name(), failed, reasons, m.chunks, started);
-                    s.mixed = m.extractive_chunks > 0;
+                    s.mixed = m.extractive_chunks > 0 || m.extractive_reduce;
                     s.extractive_chunks = m.extractive_chunks;
+                    s.extractive_reduce = m.extractive_reduce;
                     return Ok(s);
                 }
                 Err(CallError::RateLimited {
@@ -222,6 +227,7 @@ impl Summarizer {
             chunks,
             mixed: false,
             extractive_chunks: 0,
+            extractive_reduce: false,
             duration_ms: started.elapsed().as_millis() as u64,
         }
     }
@@ -285,6 +291,7 @@ impl Summarizer {
                 text: s,
                 chunks: 1,
                 extractive_chunks: 0,
+                extractive_reduce: false,
             });
         }
         let total = item.chunks.len() as u64 + 1;
@@ -338,14 +345,24 @@ impl Summarizer {
             "Combine these partial summaries into one summary of at most {} sentences:\n\n{joined}",
             self.extractive.target_sentences
         );
-        // The reduce is retried like a chunk: failing it would cost the whole item.
-        let s = self
+        // The reduce is retried like a chunk; if it still fails, the chunk summaries
+        // (the LLM's work) are combined extractively rather than thrown away: one bad
+        // call costs the combining step, not the item.
+        let (text, extractive_reduce) = match self
             .call_with_retry(p, SYSTEM_REDUCE, &reduce, deadline)
-            .await?;
+            .await
+        {
+            Ok(s) => (s, false),
+            Err(e) => {
+                tracing::warn!(provider = %p.name(), error = %e, "reduce call failed after retries; combining the chunk summaries extractively");
+                (extractive::summarize(&joined, &self.extractive), true)
+            }
+        };
         ctx.progress(total, Some(total), &format!("reduced by {}", p.name()));
         Ok(Mapped {
-            text: s,
+            text,
             chunks: item.chunks.len(),
+            extractive_reduce,
             extractive_chunks: failed.len(),
         })
     }

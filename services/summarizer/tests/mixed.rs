@@ -75,7 +75,8 @@ async fn run(retries: u32) -> (usize, usize, usize) {
         } else if sm["mixed"] == true {
             mixed += 1;
             assert!(
-                sm["extractive_chunks"].as_u64().is_some_and(|n| n >= 1),
+                sm["extractive_chunks"].as_u64().is_some_and(|n| n >= 1)
+                    || sm["extractive_reduce"] == true,
                 "{sm}"
             );
         }
@@ -102,4 +103,29 @@ async fn one_failing_chunk_costs_a_chunk_not_the_item() {
         "{lost_before}: the stub fails too rarely"
     );
     assert_eq!(fb, 0, "an item fell back entirely despite chunk retries");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_reduce_keeps_the_chunk_summaries() {
+    // Four chunk calls answer, then the reduce fails on every try (1 + 2 retries): the
+    // LLM's chunk summaries are combined extractively instead of the item falling back.
+    let s = Stub::start(Reply::Answer("A summary.".into())).await;
+    let mut replies =
+        vec![Reply::Answer("Queues keep the work while workers come and go.".into()); 4];
+    replies.extend((0..3).map(|_| Reply::Status(500, None)));
+    s.script(replies);
+    let p = provider("flaky", &s, |p| p.breaker_failures = 10_000);
+    let mut w = World::start_retrying("memory://", vec![p], 1, true, true, 2).await;
+    let job = w.job("r0", serde_json::json!({"text": long_text(0)}), 30_000);
+    w.publish(&job).await;
+    let out = w.next_output(Duration::from_secs(60)).await;
+    let sm = summary(&out);
+    assert_eq!(sm["provider"], "flaky", "{sm}");
+    assert_eq!(sm["fallback"], false, "{sm}");
+    assert_eq!(sm["mixed"], true, "{sm}");
+    assert_eq!(sm["extractive_reduce"], true, "{sm}");
+    assert_eq!(sm["extractive_chunks"], 0, "{sm}");
+    assert_eq!(sm["chunks"], 4, "{sm}");
+    assert_eq!(s.requests(), 7);
+    w.stop().await;
 }

@@ -12,14 +12,15 @@ use fleet_protocol::{DeadLetterInfo, Names};
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::{BasicProperties, ChannelStatus};
 
+use crate::ack_window::AckWindow;
 use crate::connect::Conn;
 use crate::headers::copy_for_republish;
 use crate::publish::{PERSISTENT, Route};
 
-/// What every delivery of one subscription shares.
 /// How often a running delivery's channel is checked (the runtime polls at a third of it).
 const CHANNEL_CHECK_EVERY: Duration = Duration::from_secs(3);
 
+/// What every delivery of one subscription shares.
 pub(crate) struct SubContext {
     /// The connection the subscription was made on (its publish channel is used for copies).
     pub(crate) conn: Arc<Conn>,
@@ -36,12 +37,16 @@ pub(crate) struct SubContext {
     pub(crate) queue: String,
     /// State of the consuming channel: deliveries can only be settled while it is open.
     pub(crate) status: ChannelStatus,
+    /// The consuming channel's deliveries, for acks with `multiple=true`.
+    pub(crate) window: AckWindow,
 }
 
 /// Settles one RabbitMQ delivery.
 pub(crate) struct AmqpAcker {
     pub(crate) ctx: Arc<SubContext>,
     pub(crate) acker: lapin::Acker,
+    /// The delivery tag (registered in the window).
+    pub(crate) tag: u64,
     pub(crate) body: Bytes,
     pub(crate) properties: BasicProperties,
     pub(crate) attempt: u32,
@@ -78,9 +83,63 @@ impl AmqpAcker {
         }
     }
 
+    /// Acks through the window: one `basic.ack(multiple=true)` for a run of finished
+    /// deliveries, or alone after a short wait behind an unfinished one.
     async fn ack_now(&self) -> Result<(), BrokerError> {
-        self.settle("ack", self.acker.ack(BasicAckOptions::default()))
+        let limit = self.ctx.conn.op_timeout;
+        self.ctx
+            .window
+            .ack(self.tag, &self.acker, limit, |last| async move {
+                match last {
+                    // lapin has no channel-level ack without the channel handle (whose clones
+                    // keep the channel open): the last delivery's own handle sends it.
+                    Some(last) => {
+                        let all = BasicAckOptions { multiple: true };
+                        self.settle("ack", last.ack(all)).await
+                    }
+                    None => {
+                        self.settle("ack", self.acker.ack(BasicAckOptions::default()))
+                            .await
+                    }
+                }
+            })
             .await
+    }
+
+    /// Acks alone at once, never waiting to be covered (giving back prefetched deliveries:
+    /// the running jobs below them may take long).
+    async fn ack_alone(&self) -> Result<(), BrokerError> {
+        let frame = self.settle("ack", self.acker.ack(BasicAckOptions::default()));
+        self.ctx.window.settle_alone(self.tag, true, frame).await
+    }
+
+    /// Requeues (counted by the quorum queue): a frame of its own that no multiple ack covers.
+    async fn requeue(&self, what: &str) -> Result<(), BrokerError> {
+        let frame = self.settle(what, self.acker.nack(requeue()));
+        self.ctx.window.settle_alone(self.tag, false, frame).await
+    }
+
+    /// [`Acker::release_uncounted`], acking the original through the window (`wait`) or alone.
+    pub(crate) async fn release_uncounted_with(&self, wait: bool) -> Result<(), BrokerError> {
+        self.ensure_channel("release")?;
+        // A requeue would raise `x-delivery-count`: put a copy back that carries the attempts
+        // made before this delivery instead, then remove the original.
+        let route = Route {
+            exchange: String::new(),
+            key: self.ctx.queue.clone(),
+            mandatory: true,
+        };
+        let made = self.attempt.saturating_sub(1);
+        if let Err(e) = self.republish_counting(&route, &Vec::new(), made).await {
+            tracing::warn!(queue = %self.ctx.queue, error = %e,
+                "amqp: could not put back an uncounted copy; requeueing (costs an attempt)");
+            return self.requeue("release").await;
+        }
+        if wait {
+            self.ack_now().await
+        } else {
+            self.ack_alone().await
+        }
     }
 
     /// Publishes a copy of this delivery (confirmed) with extra headers, counting this delivery
@@ -122,7 +181,7 @@ impl Acker for AmqpAcker {
         let Some(stage) = &self.ctx.stage else {
             if !self.ctx.control {
                 // A per-subscriber cancellation queue: no ladder, the message goes straight back.
-                self.settle("requeue", self.acker.nack(requeue())).await?;
+                self.requeue("requeue").await?;
                 return Ok(Duration::ZERO);
             }
             // A coordinator queue: wait in the control ladder (never spin on an outage), then
@@ -164,25 +223,11 @@ impl Acker for AmqpAcker {
 
     async fn release(self: Box<Self>) -> Result<(), BrokerError> {
         self.ensure_channel("release")?;
-        self.settle("release", self.acker.nack(requeue())).await
+        self.requeue("release").await
     }
 
     async fn release_uncounted(self: Box<Self>) -> Result<(), BrokerError> {
-        self.ensure_channel("release")?;
-        // A requeue would raise `x-delivery-count`: put a copy back that carries the attempts
-        // made before this delivery instead, then remove the original.
-        let route = Route {
-            exchange: String::new(),
-            key: self.ctx.queue.clone(),
-            mandatory: true,
-        };
-        let made = self.attempt.saturating_sub(1);
-        if let Err(e) = self.republish_counting(&route, &Vec::new(), made).await {
-            tracing::warn!(queue = %self.ctx.queue, error = %e,
-                "amqp: could not put back an uncounted copy; requeueing (costs an attempt)");
-            return self.settle("release", self.acker.nack(requeue())).await;
-        }
-        self.ack_now().await
+        self.release_uncounted_with(true).await
     }
 
     async fn park(self: Box<Self>, info: &ParkInfo) -> Result<(), BrokerError> {
@@ -213,6 +258,14 @@ impl Acker for AmqpAcker {
     fn lease(&self) -> Option<Duration> {
         // Not a broker lease: how often the runtime checks that the channel is still open.
         Some(CHANNEL_CHECK_EVERY)
+    }
+}
+
+impl Drop for AmqpAcker {
+    fn drop(&mut self) {
+        // Unsettled (the channel died, or the delivery was given up): the broker may still
+        // count it outstanding, so no multiple ack may cover it. A no-op once settled.
+        self.ctx.window.abandon(self.tag);
     }
 }
 

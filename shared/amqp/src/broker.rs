@@ -15,6 +15,7 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueBindOptions, Que
 use lapin::types::FieldTable;
 use lapin::uri::AMQPUri;
 
+use crate::ack_window::{AckCounters, AckWindow};
 use crate::acker::SubContext;
 use crate::connect::{Conn, parse_urls};
 use crate::error::{NOT_FOUND, map_lapin, reply_code, short, timed, timed_raw};
@@ -41,6 +42,18 @@ struct Inner {
     reconnecting: tokio::sync::Mutex<()>,
     layout: RwLock<Layout>,
     closed: AtomicBool,
+    /// Ack frames sent and deliveries they acked, over every subscription.
+    acks: Arc<AckCounters>,
+}
+
+/// Ack frames a broker sent and the deliveries they acked (a multiple ack covers several):
+/// see [`AmqpBroker::ack_stats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AckStats {
+    /// `basic.ack` frames sent (each single or multiple).
+    pub frames: u64,
+    /// Deliveries those frames acked.
+    pub deliveries: u64,
 }
 
 /// A RabbitMQ broker (lapin). Cloning shares the connection.
@@ -90,6 +103,7 @@ pub async fn connect(url: &str, opts: AmqpOptions) -> Result<AmqpBroker, BrokerE
                 ladder: default_retry_ladder(),
             }),
             closed: AtomicBool::new(false),
+            acks: Arc::default(),
         }),
     })
 }
@@ -107,6 +121,16 @@ fn write<T>(lock: &RwLock<T>, value: T) {
 }
 
 impl AmqpBroker {
+    /// Ack frames sent so far and the deliveries they acked, over every subscription (for
+    /// tests and diagnostics; the `fleet_amqp_ack_frames_total` metric counts the frames).
+    pub fn ack_stats(&self) -> AckStats {
+        let c = &self.inner.acks;
+        AckStats {
+            frames: c.frames.load(Ordering::Relaxed),
+            deliveries: c.deliveries.load(Ordering::Relaxed),
+        }
+    }
+
     /// Uses `topology`'s names and retry ladder without declaring anything.
     pub fn use_topology(&self, topology: &Topology) {
         write(
@@ -251,6 +275,7 @@ impl Broker for AmqpBroker {
             control,
             queue,
             status: channel.status().clone(),
+            window: AckWindow::new(self.inner.acks.clone()),
         });
         Ok(Box::new(AmqpSubscription {
             channel,

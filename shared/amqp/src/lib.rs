@@ -16,6 +16,7 @@
 // Unit tests may unwrap: a panic is the failure report.
 #![cfg_attr(test, allow(clippy::unwrap_used))]
 
+mod ack_window;
 mod acker;
 mod broker;
 mod connect;
@@ -27,7 +28,7 @@ mod replay;
 mod subscription;
 mod topology;
 
-pub use broker::{AmqpBroker, connect};
+pub use broker::{AckStats, AmqpBroker, connect};
 pub use connect::check_urls;
 pub use options::{
     AmqpOptions, DEFAULT_CONFIRM_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_CONSUMER_TIMEOUT,

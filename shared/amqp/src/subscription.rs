@@ -60,21 +60,27 @@ impl AmqpSubscription {
     }
 
     fn delivery(&self, d: lapin::message::Delivery) -> Delivery {
-        let table = d.properties.headers().as_ref();
-        let attempt = attempt(table);
-        let headers = to_strings(table);
-        let body = Bytes::from(d.data);
+        let headers = to_strings(d.properties.headers().as_ref());
+        let acker = self.acker(d);
         Delivery {
-            body: body.clone(),
+            body: acker.body.clone(),
             headers,
-            attempt,
-            acker: Box::new(AmqpAcker {
-                ctx: self.ctx.clone(),
-                acker: d.acker,
-                body,
-                properties: d.properties,
-                attempt,
-            }),
+            attempt: acker.attempt,
+            acker: Box::new(acker),
+        }
+    }
+
+    /// The acker of a delivery handed out, registered in the ack window (in tag order: the
+    /// stream yields a channel's deliveries in order and only `&mut self` takes them).
+    fn acker(&self, d: lapin::message::Delivery) -> AmqpAcker {
+        self.ctx.window.register(d.delivery_tag);
+        AmqpAcker {
+            ctx: self.ctx.clone(),
+            attempt: attempt(d.properties.headers().as_ref()),
+            acker: d.acker,
+            tag: d.delivery_tag,
+            body: Bytes::from(d.data),
+            properties: d.properties,
         }
     }
 }
@@ -107,10 +113,10 @@ impl AmqpSubscription {
         let returned = tokio::time::timeout(limit, async {
             let mut n = 0u32;
             while let Some(Some(Ok(d))) = self.consumer.next().now_or_never() {
-                if fleet_core::Acker::release_uncounted(self.delivery(d).acker)
-                    .await
-                    .is_err()
-                {
+                let acker = self.acker(d);
+                // Alone, not through the cover wait: the jobs still running below these
+                // deliveries may hold the run for long, and they are given back one by one.
+                if acker.release_uncounted_with(false).await.is_err() {
                     break;
                 }
                 n += 1;

@@ -19,8 +19,8 @@ use fleet_core::{Acker, BrokerError, ParkInfo};
 use fleet_protocol::DeadLetterInfo;
 use fleet_protocol::deadletter::headers::ATTEMPT;
 
-use crate::broker::Shared;
-use crate::retry::copy_headers;
+use crate::copies::{copy_headers, retry_msg_id};
+use crate::shared::Shared;
 use crate::wire::{bounded, insert_headers, keep_header, plain_copy_headers};
 
 /// Settles one delivery of a durable pull consumer.
@@ -66,7 +66,7 @@ impl NatsAcker {
             .as_ref()
             .and_then(|h| h.get(async_nats::header::NATS_MESSAGE_ID))
             .map(|v| v.as_str());
-        crate::retry::retry_msg_id(original, &origin, self.attempt)
+        retry_msg_id(original, &origin, self.attempt)
     }
 
     /// Sends `kind` and waits (bounded) for the server's confirmation.

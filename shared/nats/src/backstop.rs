@@ -36,7 +36,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 use tokio::time::Instant;
 
-use crate::broker::Shared;
+use crate::shared::Shared;
 use crate::subscription::PullSubscription;
 use crate::topology::{backstop_consumer, consumer_info_error};
 use crate::wire::keep_header;
@@ -318,7 +318,7 @@ impl Backstop {
         // A retry copy's deliveries come on top of the attempts made before it (see `retry`).
         info.attempts = info
             .attempts
-            .saturating_add(crate::retry::attempts_before(Some(&stored.headers)));
+            .saturating_add(crate::copies::attempts_before(Some(&stored.headers)));
         let mut headers = HeaderMap::new();
         for (name, values) in stored.headers.iter() {
             let name_str: &str = name.as_ref();

@@ -33,11 +33,15 @@ mod acker;
 mod attempts;
 pub mod backstop;
 mod broker;
+mod conn;
 mod connect;
+mod copies;
 pub mod retry;
+mod shared;
 pub mod subscription;
 pub mod topology;
 mod wire;
 
 pub use broker::NatsBroker;
-pub use connect::{BROKER_DISCONNECTS, NatsOptions, connect};
+pub use conn::{BROKER_DISCONNECTS, NatsOptions};
+pub use connect::connect;

@@ -36,22 +36,20 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::PullConsumer;
 use async_nats::jetstream::stream::{self, RetentionPolicy, StorageType};
 use async_nats::jetstream::{self, AckKind};
 use fleet_core::broker::ladder_label;
 use fleet_core::{BrokerError, Topology};
 use fleet_protocol::Names;
-use fleet_protocol::deadletter::headers::ATTEMPT;
 use futures::TryStreamExt;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::broker::Shared;
+use crate::shared::Shared;
 use crate::subscription::{pull_once, release_all};
 use crate::topology::{DUPLICATE_WINDOW, WantedConsumer, durable};
-use crate::wire::{bounded, check_token, header_value};
+use crate::wire::{bounded, check_token};
 
 /// `ack_wait` of the retry consumers: a mover that dies holding messages gives them back after it.
 pub const RETRY_ACK_WAIT: Duration = Duration::from_secs(30);
@@ -67,8 +65,6 @@ const EXTEND_EVERY: Duration = Duration::from_secs(10);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// Least time between two logged mover failures of one step.
 const LOG_EVERY: Duration = Duration::from_secs(60);
-/// Separates a job's root message id from the attempt of a retry copy.
-const ATTEMPT_MARK: &str = "~a";
 
 /// Counter of failed mover rounds, by stage.
 pub const MOVER_ERRORS: &str = "fleet_retry_mover_errors_total";
@@ -113,34 +109,6 @@ pub(crate) fn retry_consumer_configs(
         }
     }
     Ok(out)
-}
-
-/// Attempts made before this copy was published (`fleet-attempt`; 0 on a first copy).
-pub(crate) fn attempts_before(headers: Option<&HeaderMap>) -> u32 {
-    headers
-        .and_then(|h| h.get(ATTEMPT))
-        .and_then(|v| v.as_str().trim().parse().ok())
-        .unwrap_or(0)
-}
-
-/// The `Nats-Msg-Id` of the retry copy made after `attempt`: the job's root id (the original's
-/// `Nats-Msg-Id` without an earlier copy's mark, else `<stream>-<sequence>`) + `~a<attempt>`.
-pub(crate) fn retry_msg_id(original_id: Option<&str>, origin: &str, attempt: u32) -> String {
-    let root = original_id.map_or(origin, |id| match id.rsplit_once(ATTEMPT_MARK) {
-        Some((root, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => root,
-        _ => id,
-    });
-    format!("{root}{ATTEMPT_MARK}{attempt}")
-}
-
-/// Headers of a retry copy: the original's, without publish expectations, with
-/// `fleet-attempt: <attempt>` and `Nats-Msg-Id: <msg_id>`.
-pub(crate) fn copy_headers(original: Option<&HeaderMap>, attempt: u32, msg_id: &str) -> HeaderMap {
-    let mut headers = crate::wire::plain_copy_headers(original);
-    // `insert` replaces what the original carried under these names.
-    headers.insert(ATTEMPT, header_value(&attempt.to_string()));
-    headers.insert(async_nats::header::NATS_MESSAGE_ID, header_value(msg_id));
-    headers
 }
 
 /// Jobs of `stage` waiting in the retry stream (0 when the stream does not exist yet).
@@ -323,33 +291,6 @@ async fn move_batch(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn retry_ids_are_unique_per_attempt_and_do_not_grow() {
-        assert_eq!(retry_msg_id(Some("p/i/s"), "J-7", 1), "p/i/s~a1");
-        assert_eq!(retry_msg_id(Some("p/i/s~a1"), "J-9", 2), "p/i/s~a2");
-        assert_eq!(retry_msg_id(Some("x~ab"), "J-9", 2), "x~ab~a2");
-        assert_eq!(retry_msg_id(None, "J-7", 3), "J-7~a3");
-    }
-
-    #[test]
-    fn copies_carry_the_attempt_and_a_fresh_id() {
-        let mut original = HeaderMap::new();
-        original.insert(async_nats::header::NATS_MESSAGE_ID, "p/i/s");
-        original.insert(ATTEMPT, "2");
-        original.insert("Nats-Expected-Stream", "X");
-        original.insert("trace", "t1");
-        let h = copy_headers(Some(&original), 3, "p/i/s~a3");
-        assert_eq!(attempts_before(Some(&h)), 3);
-        assert_eq!(
-            h.get(async_nats::header::NATS_MESSAGE_ID)
-                .map(|v| v.as_str()),
-            Some("p/i/s~a3")
-        );
-        assert!(h.get("Nats-Expected-Stream").is_none());
-        assert_eq!(h.get("trace").map(|v| v.as_str()), Some("t1"));
-        assert_eq!(attempts_before(None), 0);
-    }
 
     #[test]
     fn one_retry_consumer_per_stage_and_step() {

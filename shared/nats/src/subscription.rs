@@ -21,8 +21,9 @@ use tokio::time::Instant;
 
 use crate::acker::{ControlAcker, NatsAcker};
 use crate::attempts::{AttemptMemory, REMEMBERED};
-use crate::broker::Shared;
-use crate::retry::{Movers, attempts_before};
+use crate::copies::attempts_before;
+use crate::retry::Movers;
+use crate::shared::Shared;
 use crate::topology::{consumer_error, consumer_info_error};
 use crate::wire::{bounded, from_header_map};
 

@@ -10,6 +10,7 @@ use fleet_protocol::{Heartbeat, control};
 use tokio_util::sync::CancellationToken;
 
 use crate::breaker::BreakerState;
+use crate::consume::{Consumer, Step};
 use crate::resubscribe::{Limits, Resubscriber};
 use crate::shared::Shared;
 use crate::supervise::Supervisor;
@@ -57,7 +58,7 @@ pub fn cancellations(
 ) {
     sup.spawn("cancellations", async move {
         let topology = crate::config::topology(&sh.cfg, &sh.names, &sh.stage);
-        let mut resub = Resubscriber::new(
+        let resub = Resubscriber::new(
             sh.broker.clone(),
             Source::Control,
             SubscribeOptions { prefetch: 256 },
@@ -65,55 +66,48 @@ pub fn cancellations(
             Limits::from_config(&sh.cfg),
             health,
         );
-        while !stop.is_cancelled() {
-            // How many kept cancellations the replay holds (None: the broker keeps none).
-            let kept = if sh.broker.kind() == BrokerKind::RabbitMq || synced.is_cancelled() {
-                None
-            } else {
-                let depth = tokio::time::timeout(Duration::from_secs(10), sh.broker.depth(&Source::Control));
-                Some(depth.await.ok().and_then(Result::ok).unwrap_or(0))
+        let mut consumer = Consumer::new(resub, "the cancellation stream");
+        // How many kept cancellations the replay holds (None: the broker keeps none), and how
+        // many this subscription has seen.
+        let (mut kept, mut seen) = (None, 0u64);
+        loop {
+            if kept.is_some_and(|n| seen >= n) {
+                synced.cancel();
+            }
+            let deliveries = match consumer.next(256, Duration::from_secs(1), &stop).await? {
+                None => break,
+                Some(Step::Subscribed) => {
+                    seen = 0;
+                    kept = if sh.broker.kind() == BrokerKind::RabbitMq || synced.is_cancelled() {
+                        None
+                    } else {
+                        let depth = tokio::time::timeout(
+                            Duration::from_secs(10),
+                            sh.broker.depth(&Source::Control),
+                        );
+                        Some(depth.await.ok().and_then(Result::ok).unwrap_or(0))
+                    };
+                    continue;
+                }
+                Some(Step::Failed(_)) => continue,
+                Some(Step::Fetched(d)) => d,
             };
-            let Some(mut sub) = resub.subscribe(&stop).await? else {
-                break;
-            };
-            let mut seen = 0u64;
-            loop {
-                if kept.is_some_and(|n| seen >= n) {
+            seen += deliveries.len() as u64;
+            for d in deliveries {
+                if let Some(c) = control::parse_cancellation(&d.body) {
+                    let n = sh.inflight.cancel_pipeline(&c);
+                    tracing::info!(pipeline_id = %c.pipeline_id, created_at = ?c.pipeline_created_at, running = n, "pipeline cancelled");
+                    sh.cancels.insert(c);
+                } else if control::is_sync_marker(&d.body) && !synced.is_cancelled() {
+                    tracing::debug!("cancellations in sync with the coordinator");
                     synced.cancel();
                 }
-                let got = tokio::select! {
-                    r = sub.fetch(256, Duration::from_secs(1)) => r,
-                    () = stop.cancelled() => break,
-                };
-                let deliveries = match got {
-                    Ok(d) => d,
-                    Err(e) => {
-                        resub.failed("the cancellation stream", &e)?;
-                        drop(sub);
-                        tokio::select! {
-                            () = tokio::time::sleep(Duration::from_millis(500)) => {}
-                            () = stop.cancelled() => {}
-                        }
-                        break;
-                    }
-                };
-                resub.working();
-                seen += deliveries.len() as u64;
-                for d in deliveries {
-                    if let Some(c) = control::parse_cancellation(&d.body) {
-                        let n = sh.inflight.cancel_pipeline(&c);
-                        tracing::info!(pipeline_id = %c.pipeline_id, created_at = ?c.pipeline_created_at, running = n, "pipeline cancelled");
-                        sh.cancels.insert(c);
-                    } else if control::is_sync_marker(&d.body) && !synced.is_cancelled() {
-                        tracing::debug!("cancellations in sync with the coordinator");
-                        synced.cancel();
-                    }
-                    if let Err(e) = Settlement::Ack.apply(d.acker).await {
-                        tracing::debug!(error = %e, "cancellation ack failed (it is kept by the broker)");
-                    }
+                if let Err(e) = Settlement::Ack.apply(d.acker).await {
+                    tracing::debug!(error = %e, "cancellation ack failed (it is kept by the broker)");
                 }
             }
         }
+        consumer.close().await;
         Ok(())
     });
 }

@@ -22,6 +22,7 @@ pub mod breaker;
 pub mod budget;
 pub mod config;
 pub mod connect;
+pub mod consume;
 pub mod context;
 pub mod events;
 pub mod guard;

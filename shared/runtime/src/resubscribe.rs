@@ -184,7 +184,7 @@ impl Resubscriber {
 
     /// Reconnects a lost connection, then declares the topology again (both bounded; their
     /// failures show in the next attempt).
-    async fn repair(&self, e: &BrokerError) {
+    pub async fn repair(&self, e: &BrokerError) {
         if e.is_connection() || !self.broker.is_connected() {
             match tokio::time::timeout(STEP_TIMEOUT, self.broker.reconnect()).await {
                 Ok(Ok(())) => {}

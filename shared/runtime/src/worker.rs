@@ -21,6 +21,7 @@ use tokio_util::task::TaskTracker;
 use crate::breaker::{Breaker, BreakerState};
 use crate::budget::RetryBudget;
 use crate::config::{RuntimeConfig, topology};
+use crate::consume::{Consumer, Step};
 use crate::context::Runaways;
 use crate::handler::{BatchHandler, Handler};
 use crate::inflight::InFlight;
@@ -424,7 +425,7 @@ async fn consume(
     let source = Source::Jobs {
         stage: sh.stage.clone(),
     };
-    let mut resub = Resubscriber::new(
+    let resub = Resubscriber::new(
         sh.broker.clone(),
         source,
         opts,
@@ -432,120 +433,89 @@ async fn consume(
         Limits::from_config(&sh.cfg),
         health.clone(),
     );
-    let mut consumer_cancellations = 0u32;
+    let mut consumer = Consumer::new(resub, "consuming").exit_on_second_cancel();
     let mut pending: Vec<Taken> = Vec::new();
     let mut batch_started: Option<Instant> = None;
-    'subscribe: loop {
-        // Reconnects, redeclares and retries with backoff; fails past its limits.
-        let Some(mut sub) = resub.subscribe(shutdown).await? else {
-            return Ok(None);
+    loop {
+        if shutdown.is_cancelled() {
+            if let Mode::Batch { handler, .. } = mode
+                && !pending.is_empty()
+            {
+                tracker.spawn(process::run_batch(
+                    sh.clone(),
+                    handler.clone(),
+                    std::mem::take(&mut pending),
+                ));
+            }
+            let Some(mut sub) = consumer.take_subscription() else {
+                return Ok(None);
+            };
+            // Drain: no new messages from here on (RabbitMQ would otherwise push one for
+            // every slot a release frees, and take it back counted at the close).
+            sub.stop().await;
+            return Ok(Some(sub));
+        }
+        let Some(allowance) = intake_allowance(sh, shutdown).await else {
+            continue;
         };
-        health.set_ready(true);
-        loop {
-            if shutdown.is_cancelled() {
-                if let Mode::Batch { handler, .. } = mode
-                    && !pending.is_empty()
-                {
+        let (max, wait) = match mode {
+            Mode::Single(_) => (allowance, FETCH_WAIT),
+            Mode::Batch { size, linger, .. } => {
+                let left = batch_started.map_or(*linger, |t| linger.saturating_sub(t.elapsed()));
+                (
+                    allowance.min(size - pending.len()),
+                    left.min(FETCH_WAIT).max(Duration::from_millis(10)),
+                )
+            }
+        };
+        let Some(mut free) = permits(&sem, max, shutdown).await else {
+            continue;
+        };
+        let deliveries = match consumer.next(free.num_permits(), wait, shutdown).await? {
+            None => continue,
+            Some(Step::Subscribed) => {
+                health.set_ready(true);
+                continue;
+            }
+            Some(Step::Fetched(d)) => d,
+            Some(Step::Failed(e)) => {
+                health.set_ready(false);
+                tracing::warn!(error = %e, "consuming failed; resubscribing");
+                // Deliveries of the dead subscription cannot be acked; their tasks see it.
+                pending.clear();
+                batch_started = None;
+                continue;
+            }
+        };
+        match mode {
+            Mode::Single(handler) => {
+                for d in deliveries {
+                    let Some(taken) = take(sh, &mut free, d) else {
+                        break;
+                    };
+                    tracker.spawn(process::run_one(sh.clone(), handler.clone(), taken));
+                }
+            }
+            Mode::Batch {
+                handler,
+                size,
+                linger,
+            } => {
+                for d in deliveries {
+                    let Some(taken) = take(sh, &mut free, d) else {
+                        break;
+                    };
+                    batch_started.get_or_insert_with(Instant::now);
+                    pending.push(taken);
+                }
+                let due = batch_started.is_some_and(|t| t.elapsed() >= *linger);
+                if pending.len() >= *size || (due && !pending.is_empty()) {
+                    batch_started = None;
                     tracker.spawn(process::run_batch(
                         sh.clone(),
                         handler.clone(),
                         std::mem::take(&mut pending),
                     ));
-                }
-                // Drain: no new messages from here on (RabbitMQ would otherwise push one for
-                // every slot a release frees, and take it back counted at the close).
-                sub.stop().await;
-                return Ok(Some(sub));
-            }
-            let Some(allowance) = intake_allowance(sh, shutdown).await else {
-                continue;
-            };
-            let (max, wait) = match mode {
-                Mode::Single(_) => (allowance, FETCH_WAIT),
-                Mode::Batch { size, linger, .. } => {
-                    let left =
-                        batch_started.map_or(*linger, |t| linger.saturating_sub(t.elapsed()));
-                    (
-                        allowance.min(size - pending.len()),
-                        left.min(FETCH_WAIT).max(Duration::from_millis(10)),
-                    )
-                }
-            };
-            let Some(mut free) = permits(&sem, max, shutdown).await else {
-                continue;
-            };
-            let fetched = sub.fetch(free.num_permits(), wait).await;
-            let deliveries = match fetched {
-                Ok(d) => {
-                    resub.working();
-                    d
-                }
-                Err(e @ BrokerError::ConsumerCancelled(_)) => {
-                    health.set_ready(false);
-                    consumer_cancellations += 1;
-                    if consumer_cancellations > 1 {
-                        bail!(
-                            "the broker cancelled this worker's consumer twice ({e}); exiting so the orchestrator restarts it"
-                        );
-                    }
-                    tracing::warn!(error = %e, "consumer cancelled by the broker; redeclaring and resubscribing once");
-                    sub.close().await;
-                    declare_with_retry(
-                        &*sh.broker,
-                        &topology(&sh.cfg, &sh.names, &sh.stage),
-                        &sh.cfg,
-                        shutdown,
-                    )
-                    .await?;
-                    continue 'subscribe;
-                }
-                Err(e) => {
-                    health.set_ready(false);
-                    tracing::warn!(error = %e, "consuming failed; reconnecting");
-                    // A subscription that keeps failing right after it was made is bounded too.
-                    resub.failed("consuming", &e)?;
-                    // Deliveries of the dead connection cannot be acked; their tasks see it.
-                    pending.clear();
-                    batch_started = None;
-                    sub.close().await;
-                    reconnect(&*sh.broker, &sh.cfg, Instant::now(), shutdown).await?;
-                    tokio::select! {
-                        () = tokio::time::sleep(Duration::from_millis(200)) => {}
-                        () = shutdown.cancelled() => {}
-                    }
-                    continue 'subscribe;
-                }
-            };
-            match mode {
-                Mode::Single(handler) => {
-                    for d in deliveries {
-                        let Some(taken) = take(sh, &mut free, d) else {
-                            break;
-                        };
-                        tracker.spawn(process::run_one(sh.clone(), handler.clone(), taken));
-                    }
-                }
-                Mode::Batch {
-                    handler,
-                    size,
-                    linger,
-                } => {
-                    for d in deliveries {
-                        let Some(taken) = take(sh, &mut free, d) else {
-                            break;
-                        };
-                        batch_started.get_or_insert_with(Instant::now);
-                        pending.push(taken);
-                    }
-                    let due = batch_started.is_some_and(|t| t.elapsed() >= *linger);
-                    if pending.len() >= *size || (due && !pending.is_empty()) {
-                        batch_started = None;
-                        tracker.spawn(process::run_batch(
-                            sh.clone(),
-                            handler.clone(),
-                            std::mem::take(&mut pending),
-                        ));
-                    }
                 }
             }
         }
