@@ -53,7 +53,7 @@ impl Admitted {
 /// [`crate::settle::refused`]).
 pub struct Refused {
     /// The job, when the body decoded.
-    pub job: Option<JobEnvelope>,
+    pub job: Option<Arc<JobEnvelope>>,
     /// Settles it.
     pub acker: Box<dyn Acker>,
     /// The attempt it would have been.
@@ -66,9 +66,9 @@ pub struct Refused {
 /// settled here).
 pub fn admit(sh: &Shared, d: Delivery) -> Result<Admitted, Box<Refused>> {
     sh.metrics.received.increment(1);
-    let refuse = |job, acker, attempt, outcome| {
+    let refuse = |job: Option<JobEnvelope>, acker, attempt, outcome| {
         Err(Box::new(Refused {
-            job,
+            job: job.map(Arc::new),
             acker,
             attempt,
             outcome,

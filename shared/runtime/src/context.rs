@@ -6,11 +6,11 @@ use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
 use fleet_core::JobError;
-use fleet_protocol::{Event, EventKind, JobEnvelope};
+use fleet_protocol::{EventKind, JobEnvelope};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use crate::events::EventSink;
+use crate::events::{EventSink, JobEvent};
 use crate::inflight::InFlightGuard;
 use crate::telemetry::{Health, names};
 
@@ -49,12 +49,32 @@ impl Runaways {
     }
 }
 
-/// Who writes a worker's events (stage and worker id), shared by every job's context.
-pub struct EventOrigin {
-    /// The stage consumed.
-    pub stage: String,
-    /// This process's worker id.
-    pub worker_id: String,
+/// What the attempts of one delivery share, in one allocation per job: the sequence of its
+/// events, and (for a single job) its entry among the running jobs, removed when the last
+/// holder drops it.
+pub struct JobTrack {
+    seq: AtomicU32,
+    guard: Option<InFlightGuard>,
+}
+
+impl JobTrack {
+    /// A track whose events continue at seq 1 (`started` is 0).
+    pub fn new(guard: Option<InFlightGuard>) -> Arc<JobTrack> {
+        Arc::new(JobTrack {
+            seq: AtomicU32::new(1),
+            guard,
+        })
+    }
+
+    /// Takes the next event sequence number.
+    pub fn next_seq(&self) -> u32 {
+        self.seq.fetch_add(1, Ordering::SeqCst)
+    }
+
+    /// The next sequence number, without taking it.
+    pub fn peek_seq(&self) -> u32 {
+        self.seq.load(Ordering::SeqCst)
+    }
 }
 
 /// The per-attempt context handed to a handler.
@@ -63,12 +83,10 @@ pub struct JobContext {
     pub(crate) attempt: u32,
     pub(crate) deadline: Instant,
     pub(crate) cancel: CancellationToken,
-    pub(crate) seq: Arc<AtomicU32>,
+    pub(crate) track: Arc<JobTrack>,
     /// The job, for progress events (built only when a handler reports progress).
     pub(crate) job: Arc<JobEnvelope>,
-    pub(crate) origin: Arc<EventOrigin>,
     pub(crate) sink: EventSink,
-    pub(crate) guard: Option<Arc<InFlightGuard>>,
     pub(crate) runaways: Arc<Runaways>,
 }
 
@@ -95,16 +113,13 @@ impl JobContext {
 
     /// Reports progress; never blocks (may be coalesced or dropped under pressure).
     pub fn progress(&self, done: u64, total: Option<u64>, note: &str) {
-        if let Some(g) = &self.guard {
+        if let Some(g) = &self.track.guard {
             g.touch();
         }
-        let e = Event {
-            job_id: self.job.job_id.clone(),
-            pipeline_id: self.job.pipeline_id.clone(),
-            stage: self.origin.stage.clone(),
+        let e = JobEvent {
+            job: self.job.clone(),
             attempt: self.attempt,
-            seq: self.seq.fetch_add(1, Ordering::SeqCst),
-            worker_id: self.origin.worker_id.clone(),
+            seq: self.track.next_seq(),
             at: Utc::now(),
             kind: EventKind::Progress {
                 done,

@@ -2,14 +2,21 @@
 //! batches are in flight the pending events go at once; otherwise they collect
 //! until a confirmation returns. Terminal events are confirmed to their sender;
 //! progress may be dropped under pressure (counted).
+//!
+//! A queued event is a [`JobEvent`]: it shares its job (no copies of the ids) and takes stage
+//! and worker id from the batch, so building one allocates nothing; the batch is serialized
+//! straight into the wire form of [`EventBatch`].
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use fleet_core::{Broker, BrokerError, Destination, OutMessage, Topology};
-use fleet_protocol::{Event, EventBatch, EventKind, Heartbeat, PROTOCOL_VERSION};
+use fleet_protocol::{Degradation, EventKind, Heartbeat, JobEnvelope, PROTOCOL_VERSION};
 use futures::StreamExt as _;
 use futures::stream::FuturesUnordered;
+use serde::Serialize;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::supervise::Supervisor;
@@ -26,8 +33,27 @@ const PUBLISH_GIVE_UP: Duration = Duration::from_secs(30);
 
 type Confirm = oneshot::Sender<Result<(), BrokerError>>;
 
+/// One job event as queued: a [`fleet_protocol::Event`] whose stage and worker id are the
+/// batch's (every event of a worker has the worker's own) and whose ids are read from the
+/// shared job when the batch is serialized.
+#[derive(Debug, Clone)]
+pub struct JobEvent {
+    /// The job the event is about.
+    pub job: Arc<JobEnvelope>,
+    /// Attempt number, from 1.
+    pub attempt: u32,
+    /// Sequence within the attempt, from 0.
+    pub seq: u32,
+    /// When it happened.
+    pub at: DateTime<Utc>,
+    /// What happened.
+    pub kind: EventKind,
+    /// On `succeeded` only: the attempt succeeded with less than the full result.
+    pub degraded: Option<Degradation>,
+}
+
 enum Item {
-    Event(Event, Option<Confirm>),
+    Event(JobEvent, Option<Confirm>),
     Heartbeat(Heartbeat),
 }
 
@@ -39,7 +65,7 @@ pub struct EventSink {
 
 impl EventSink {
     /// Queues a non-terminal event; drops it (counted) when the queue is full.
-    pub fn emit(&self, event: Event) {
+    pub fn emit(&self, event: JobEvent) {
         let kind = match event.kind {
             EventKind::Started => "started",
             EventKind::Retrying { .. } => "retrying",
@@ -59,7 +85,7 @@ impl EventSink {
     }
 
     /// Sends an event and waits (at most `wait`) until the batch carrying it is confirmed.
-    pub async fn emit_confirmed(&self, event: Event, wait: Duration) -> Result<(), BrokerError> {
+    pub async fn emit_confirmed(&self, event: JobEvent, wait: Duration) -> Result<(), BrokerError> {
         let (tx, rx) = oneshot::channel();
         let sent = tokio::time::timeout(wait, self.tx.send(Item::Event(event, Some(tx)))).await;
         match sent {
@@ -103,6 +129,8 @@ async fn batcher(
     worker_id: String,
     mut rx: mpsc::Receiver<Item>,
 ) {
+    // Registered once: a confirmed batch then costs one atomic add.
+    let confirmed = metrics::counter!(names::EVENT_BATCHES, "stage" => stage.clone());
     let mut in_flight = FuturesUnordered::new();
     let mut open = true;
     while open || !in_flight.is_empty() {
@@ -111,8 +139,9 @@ async fn batcher(
             Some(()) = in_flight.next(), if !in_flight.is_empty() => {}
             first = rx.recv(), if open && in_flight.len() < IN_FLIGHT => match first {
                 Some(first) => {
-                    let batch = collect(first, &mut rx, &stage, &worker_id);
-                    in_flight.push(send(&*broker, &topology, &stage, batch));
+                    let batch = collect(first, &mut rx);
+                    let to = Origin { stage: &stage, worker_id: &worker_id, confirmed: &confirmed };
+                    in_flight.push(send(&*broker, &topology, to, batch));
                 }
                 None => open = false,
             },
@@ -120,13 +149,15 @@ async fn batcher(
     }
 }
 
+/// The events of one batch message, its heartbeat, and who waits for its confirmation.
+struct Batch {
+    events: Vec<JobEvent>,
+    heartbeat: Option<Heartbeat>,
+    waiters: Vec<Confirm>,
+}
+
 /// Group commit: `first` and everything that queued behind it, up to [`MAX_BATCH`].
-fn collect(
-    first: Item,
-    rx: &mut mpsc::Receiver<Item>,
-    stage: &str,
-    worker_id: &str,
-) -> (EventBatch, Vec<Confirm>) {
+fn collect(first: Item, rx: &mut mpsc::Receiver<Item>) -> Batch {
     let mut items = vec![first];
     while items.len() < MAX_BATCH {
         match rx.try_recv() {
@@ -147,26 +178,93 @@ fn collect(
         }
     }
     fold_started(&mut events);
-    let batch = EventBatch {
-        v: PROTOCOL_VERSION,
-        worker_id: worker_id.to_owned(),
-        stage: stage.to_owned(),
+    Batch {
         events,
         heartbeat,
+        waiters,
+    }
+}
+
+/// The wire form of [`fleet_protocol::EventBatch`], borrowed from a [`Batch`].
+#[derive(Serialize)]
+struct WireBatch<'a> {
+    v: u32,
+    worker_id: &'a str,
+    stage: &'a str,
+    events: WireEvents<'a>,
+    heartbeat: Option<&'a Heartbeat>,
+}
+
+/// The events of a [`WireBatch`], each in the wire form of [`fleet_protocol::Event`].
+struct WireEvents<'a> {
+    events: &'a [JobEvent],
+    worker_id: &'a str,
+    stage: &'a str,
+}
+
+/// The wire form of [`fleet_protocol::Event`] (same fields, same order, same attributes).
+#[derive(Serialize)]
+struct WireEvent<'a> {
+    job_id: &'a str,
+    pipeline_id: &'a str,
+    stage: &'a str,
+    attempt: u32,
+    seq: u32,
+    worker_id: &'a str,
+    at: &'a DateTime<Utc>,
+    #[serde(flatten)]
+    kind: &'a EventKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    degraded: Option<&'a Degradation>,
+}
+
+impl Serialize for WireEvents<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.events.iter().map(|e| WireEvent {
+            job_id: &e.job.job_id,
+            pipeline_id: &e.job.pipeline_id,
+            stage: self.stage,
+            attempt: e.attempt,
+            seq: e.seq,
+            worker_id: self.worker_id,
+            at: &e.at,
+            kind: &e.kind,
+            degraded: e.degraded.as_ref(),
+        }))
+    }
+}
+
+/// The batch message's body.
+fn encode(batch: &Batch, stage: &str, worker_id: &str) -> Vec<u8> {
+    let wire = WireBatch {
+        v: PROTOCOL_VERSION,
+        worker_id,
+        stage,
+        events: WireEvents {
+            events: &batch.events,
+            worker_id,
+            stage,
+        },
+        heartbeat: batch.heartbeat.as_ref(),
     };
-    (batch, waiters)
+    // Strings, numbers and timestamps cannot fail to serialize.
+    serde_json::to_vec(&wire).unwrap_or_default()
+}
+
+/// Who sends a batch, and the counter of its confirmed batches.
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    stage: &'a str,
+    worker_id: &'a str,
+    confirmed: &'a metrics::Counter,
 }
 
 /// Publishes one batch (retried, bounded) and tells its waiters how it went.
-async fn send(
-    broker: &dyn Broker,
-    topology: &Topology,
-    stage: &str,
-    (batch, waiters): (EventBatch, Vec<Confirm>),
-) {
-    let result = publish_with_retry(broker, topology, stage, &batch).await;
+async fn send(broker: &dyn Broker, topology: &Topology, to: Origin<'_>, batch: Batch) {
+    let body = encode(&batch, to.stage, to.worker_id);
+    let result = publish_with_retry(broker, topology, to.stage, body).await;
     if result.is_ok() {
-        metrics::counter!(names::EVENT_BATCHES, "stage" => stage.to_owned()).increment(1);
+        to.confirmed.increment(1);
     } else {
         let lost = batch
             .events
@@ -175,32 +273,40 @@ async fn send(
             .count();
         metrics::counter!(names::EVENTS_DROPPED, "kind" => "unconfirmed").increment(lost as u64);
     }
-    for w in waiters {
+    for w in batch.waiters {
         let _ = w.send(result.clone());
     }
 }
 
 /// A job's `started` folds into its `succeeded` when both are in one batch.
-fn fold_started(events: &mut Vec<Event>) {
-    let succeeded: std::collections::HashSet<(String, u32)> = events
+fn fold_started(events: &mut Vec<JobEvent>) {
+    // Keys borrow from the events (no id copies); which to keep is decided before removing.
+    let succeeded: HashSet<(&str, u32)> = events
         .iter()
         .filter(|e| e.kind == EventKind::Succeeded)
-        .map(|e| (e.job_id.clone(), e.attempt))
+        .map(|e| (e.job.job_id.as_str(), e.attempt))
         .collect();
-    if !succeeded.is_empty() {
-        events.retain(|e| {
-            e.kind != EventKind::Started || !succeeded.contains(&(e.job_id.clone(), e.attempt))
-        });
+    if succeeded.is_empty() {
+        return;
     }
+    let keep: Vec<bool> = events
+        .iter()
+        .map(|e| {
+            e.kind != EventKind::Started || !succeeded.contains(&(e.job.job_id.as_str(), e.attempt))
+        })
+        .collect();
+    drop(succeeded);
+    let mut keep = keep.into_iter();
+    events.retain(|_| keep.next().unwrap_or(true));
 }
 
 async fn publish_with_retry(
     broker: &dyn Broker,
     topology: &Topology,
     stage: &str,
-    batch: &EventBatch,
+    body: Vec<u8>,
 ) -> Result<(), BrokerError> {
-    let body = serde_json::to_vec(batch).unwrap_or_default();
+    let body = bytes::Bytes::from(body);
     let started = tokio::time::Instant::now();
     let mut pause = Duration::from_millis(100);
     loop {
@@ -237,17 +343,99 @@ mod tests {
     use super::*;
     use chrono::Utc;
 
-    fn ev(job: &str, kind: EventKind) -> Event {
-        Event {
-            job_id: job.into(),
-            pipeline_id: "p".into(),
-            stage: "s".into(),
+    use fleet_protocol::{DegradationKind, Event, EventBatch, InFlightJob};
+
+    fn ev(job: &str, kind: EventKind) -> JobEvent {
+        let mut envelope = JobEnvelope::new("p", "i", "s", serde_json::Value::Null);
+        envelope.job_id = job.into();
+        JobEvent {
+            job: Arc::new(envelope),
             attempt: 1,
             seq: 0,
-            worker_id: "w".into(),
             at: Utc::now(),
             kind,
             degraded: None,
+        }
+    }
+
+    /// The same event as the protocol type, as the coordinator decodes it.
+    fn full(e: &JobEvent, stage: &str, worker_id: &str) -> Event {
+        Event {
+            job_id: e.job.job_id.clone(),
+            pipeline_id: e.job.pipeline_id.clone(),
+            stage: stage.into(),
+            attempt: e.attempt,
+            seq: e.seq,
+            worker_id: worker_id.into(),
+            at: e.at,
+            kind: e.kind.clone(),
+            degraded: e.degraded.clone(),
+        }
+    }
+
+    #[test]
+    fn the_wire_form_is_the_protocol_event_batch() {
+        let mut degraded = ev("a", EventKind::Succeeded);
+        degraded.degraded = Some(Degradation::new(DegradationKind::StageSkipped, "x"));
+        degraded.seq = 3;
+        let mut progress = ev(
+            "b",
+            EventKind::Progress {
+                done: 1,
+                total: Some(2),
+                note: "half".into(),
+            },
+        );
+        progress.attempt = 2;
+        let events = vec![
+            degraded,
+            progress,
+            ev("c", EventKind::Started),
+            ev(
+                "c",
+                EventKind::DeadLettered {
+                    reason: fleet_protocol::DeadLetterReason::AttemptsExhausted,
+                    error: "boom".into(),
+                },
+            ),
+        ];
+        let heartbeat = Heartbeat {
+            worker_id: "w".into(),
+            stage: "s".into(),
+            at: Utc::now(),
+            slots: 4,
+            in_flight: vec![InFlightJob {
+                job_id: "a".into(),
+                pipeline_id: "p".into(),
+                attempt: 1,
+                started_at: Utc::now(),
+                last_progress_at: Utc::now(),
+            }],
+            paused: None,
+        };
+        for heartbeat in [None, Some(heartbeat)] {
+            let batch = Batch {
+                events: events.clone(),
+                heartbeat: heartbeat.clone(),
+                waiters: Vec::new(),
+            };
+            let expected = EventBatch {
+                v: PROTOCOL_VERSION,
+                worker_id: "w".into(),
+                stage: "s".into(),
+                events: events.iter().map(|e| full(e, "s", "w")).collect(),
+                heartbeat,
+            };
+            let body = encode(&batch, "s", "w");
+            assert_eq!(
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+                serde_json::to_value(&expected).unwrap(),
+                "same JSON as the protocol type"
+            );
+            assert_eq!(
+                serde_json::from_slice::<EventBatch>(&body).unwrap(),
+                expected
+            );
         }
     }
 
@@ -260,7 +448,8 @@ mod tests {
         ];
         fold_started(&mut events);
         assert_eq!(events.len(), 2);
-        assert_eq!(events[0].job_id, "b");
+        assert_eq!(events[0].job.job_id, "b");
+        assert_eq!(events[1].kind, EventKind::Succeeded);
     }
 
     fn supervisor() -> (Supervisor, tokio_util::sync::CancellationToken) {

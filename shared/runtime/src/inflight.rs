@@ -13,10 +13,24 @@ use tokio_util::sync::CancellationToken;
 use crate::telemetry::names;
 
 struct Entry {
-    job: InFlightJob,
-    /// When the job's pipeline was created (scopes cancellations to one life of the id).
-    pipeline_created_at: Option<DateTime<Utc>>,
+    /// The running job (shared, not copied: its ids are read when a heartbeat is built).
+    job: Arc<JobEnvelope>,
+    attempt: u32,
+    started_at: DateTime<Utc>,
+    last_progress_at: DateTime<Utc>,
     cancel: CancellationToken,
+}
+
+impl Entry {
+    fn report(&self) -> InFlightJob {
+        InFlightJob {
+            job_id: self.job.job_id.clone(),
+            pipeline_id: self.job.pipeline_id.clone(),
+            attempt: self.attempt,
+            started_at: self.started_at,
+            last_progress_at: self.last_progress_at,
+        }
+    }
 }
 
 /// Running jobs by a process-local key.
@@ -65,7 +79,7 @@ impl InFlight {
     /// Registers a running attempt; `cancel` fires if its pipeline is cancelled.
     pub fn insert(
         self: &Arc<Self>,
-        job: &JobEnvelope,
+        job: &Arc<JobEnvelope>,
         attempt: u32,
         cancel: CancellationToken,
     ) -> InFlightGuard {
@@ -74,14 +88,10 @@ impl InFlight {
         self.lock().insert(
             key,
             Entry {
-                job: InFlightJob {
-                    job_id: job.job_id.clone(),
-                    pipeline_id: job.pipeline_id.clone(),
-                    attempt,
-                    started_at: now,
-                    last_progress_at: now,
-                },
-                pipeline_created_at: job.pipeline_created_at,
+                job: job.clone(),
+                attempt,
+                started_at: now,
+                last_progress_at: now,
                 cancel,
             },
         );
@@ -95,7 +105,7 @@ impl InFlight {
     fn touch(&self, key: u64) {
         let now = Utc::now();
         if let Some(e) = self.lock().get_mut(&key) {
-            e.job.last_progress_at = now;
+            e.last_progress_at = now;
         }
         self.export(now);
     }
@@ -107,7 +117,7 @@ impl InFlight {
 
     /// A snapshot for the heartbeat.
     pub fn snapshot(&self) -> Vec<InFlightJob> {
-        self.lock().values().map(|e| e.job.clone()).collect()
+        self.lock().values().map(Entry::report).collect()
     }
 
     /// Number of running attempts.
@@ -125,7 +135,7 @@ impl InFlight {
         let jobs = self.lock();
         let hits: Vec<_> = jobs
             .values()
-            .filter(|e| c.applies_to(&e.job.pipeline_id, e.pipeline_created_at))
+            .filter(|e| c.applies_to(&e.job.pipeline_id, e.job.pipeline_created_at))
             .collect();
         for e in &hits {
             e.cancel.cancel();

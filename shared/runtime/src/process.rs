@@ -3,7 +3,6 @@
 //! limits, hold deliveries while a `pause` breaker is open, then settle.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use fleet_core::{Acker, Delivery, JobError};
 use fleet_protocol::EventKind;
@@ -13,26 +12,42 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admit::{Admitted, admit};
 use crate::breaker::{Admission, BreakerState};
-use crate::context::JobContext;
+use crate::context::{JobContext, JobTrack};
 use crate::guard::{Guarded, Limits, run_guarded};
 use crate::handler::{BatchHandler, Handler};
 use crate::outcome::AttemptResult;
 use crate::pause::IntakeGate;
 use crate::settle::{self, settle};
 use crate::shared::Shared;
+use crate::unsettled::Held;
 
-/// A concurrency slot: the permit and the in-flight gauge, released on every path.
+/// A delivery as the consume loop hands it over: its concurrency permit, and its mark on the
+/// unsettled-deliveries gauge (both released when the task that settles it ends).
+pub struct Taken {
+    /// The delivery.
+    pub delivery: Delivery,
+    /// Its concurrency permit.
+    pub permit: OwnedSemaphorePermit,
+    /// Its mark on `fleet_deliveries_unsettled`.
+    pub held: Held,
+}
+
+/// A concurrency slot: the permit, the in-flight gauge and the unsettled mark, released on
+/// every path (after the settlement, which happens while the slot is held).
 pub struct Slot {
     _permit: OwnedSemaphorePermit,
+    _held: Held,
     in_flight: metrics::Gauge,
 }
 
 impl Slot {
-    /// Takes ownership of a permit for one delivery (`in_flight`: the stage's gauge handle).
-    pub fn new(in_flight: &metrics::Gauge, permit: OwnedSemaphorePermit) -> Slot {
+    /// Takes ownership of a permit and a mark for one delivery (`in_flight`: the stage's gauge
+    /// handle).
+    pub fn new(in_flight: &metrics::Gauge, permit: OwnedSemaphorePermit, held: Held) -> Slot {
         in_flight.increment(1.0);
         Slot {
             _permit: permit,
+            _held: held,
             in_flight: in_flight.clone(),
         }
     }
@@ -119,31 +134,23 @@ fn context(
     adm: &Admitted,
     deadline: Instant,
     token: CancellationToken,
-    seq: &Arc<AtomicU32>,
-    guard: Option<Arc<crate::inflight::InFlightGuard>>,
+    track: &Arc<JobTrack>,
 ) -> JobContext {
     JobContext {
         attempt: adm.attempt,
         deadline,
         cancel: token,
-        seq: seq.clone(),
+        track: track.clone(),
         job: adm.job.clone(),
-        origin: sh.origin.clone(),
         sink: sh.sink.clone(),
-        guard,
         runaways: sh.runaways.clone(),
     }
 }
 
 /// Runs one delivery through the whole contract.
-pub async fn run_one(
-    sh: Arc<Shared>,
-    handler: Arc<dyn Handler>,
-    d: Delivery,
-    permit: OwnedSemaphorePermit,
-) {
-    let _slot = Slot::new(&sh.metrics.in_flight, permit);
-    let adm = match admit(&sh, d) {
+pub async fn run_one(sh: Arc<Shared>, handler: Arc<dyn Handler>, taken: Taken) {
+    let _slot = Slot::new(&sh.metrics.in_flight, taken.permit, taken.held);
+    let adm = match admit(&sh, taken.delivery) {
         Ok(adm) => adm,
         Err(r) => return settle::refused(&sh, *r).await,
     };
@@ -151,11 +158,11 @@ pub async fn run_one(
         sh.budget.record_first_attempt();
     }
     let pipeline_cancel = CancellationToken::new();
-    let registered = Arc::new(
-        sh.inflight
-            .insert(&adm.job, adm.attempt, pipeline_cancel.clone()),
-    );
-    let seq = Arc::new(AtomicU32::new(1));
+    let track = JobTrack::new(Some(sh.inflight.insert(
+        &adm.job,
+        adm.attempt,
+        pipeline_cancel.clone(),
+    )));
     sh.sink
         .emit(sh.event(&adm.job, adm.attempt, 0, EventKind::Started));
     let started = Instant::now();
@@ -167,14 +174,7 @@ pub async fn run_one(
         };
         let (deadline, pipeline_deadline) = adm.attempt_deadline();
         let token = CancellationToken::new();
-        let ctx = context(
-            &sh,
-            &adm,
-            deadline,
-            token.clone(),
-            &seq,
-            Some(registered.clone()),
-        );
+        let ctx = context(&sh, &adm, deadline, token.clone(), &track);
         let (h, job) = (handler.clone(), adm.job.clone());
         let limits = Limits {
             deadline,
@@ -198,29 +198,19 @@ pub async fn run_one(
         }
         break (r, pipeline_deadline);
     };
-    drop(registered);
-    settle(
-        &sh,
-        adm,
-        result,
-        seq.fetch_add(1, Ordering::SeqCst),
-        started,
-        pipeline_deadline,
-    )
-    .await;
+    // The job leaves the running set before it settles (with the last holder of its track).
+    let seq = track.next_seq();
+    drop(track);
+    settle(&sh, adm, result, seq, started, pipeline_deadline).await;
 }
 
 /// Runs up to N deliveries through one batch handler call; one outcome each.
-pub async fn run_batch(
-    sh: Arc<Shared>,
-    handler: Arc<dyn BatchHandler>,
-    batch: Vec<(Delivery, OwnedSemaphorePermit)>,
-) {
+pub async fn run_batch(sh: Arc<Shared>, handler: Arc<dyn BatchHandler>, batch: Vec<Taken>) {
     let mut slots = Vec::with_capacity(batch.len());
     let mut adms = Vec::with_capacity(batch.len());
-    for (d, permit) in batch {
-        slots.push(Slot::new(&sh.metrics.in_flight, permit));
-        match admit(&sh, d) {
+    for t in batch {
+        slots.push(Slot::new(&sh.metrics.in_flight, t.permit, t.held));
+        match admit(&sh, t.delivery) {
             Ok(a) => {
                 if a.attempt == 1 {
                     sh.budget.record_first_attempt();
@@ -233,7 +223,7 @@ pub async fn run_batch(
         }
     }
     let Some(first) = adms.first() else { return };
-    let seq = Arc::new(AtomicU32::new(1));
+    let track = JobTrack::new(None);
     let started = Instant::now();
     let hold_until = started + sh.cfg.max_outage;
     let never = CancellationToken::new();
@@ -249,7 +239,7 @@ pub async fn run_batch(
             .min_by_key(|(d, _)| *d)
             .unwrap_or((Instant::now(), false));
         let token = CancellationToken::new();
-        let ctx = context(&sh, first, deadline, token.clone(), &seq, None);
+        let ctx = context(&sh, first, deadline, token.clone(), &track);
         let (h, jobs) = (
             handler.clone(),
             adms.iter().map(|a| (*a.job).clone()).collect::<Vec<_>>(),
@@ -296,7 +286,7 @@ pub async fn run_batch(
     };
     let settles = adms.into_iter().zip(results).map(|(adm, (r, pd))| {
         let sh = sh.clone();
-        let seq = seq.load(Ordering::SeqCst);
+        let seq = track.peek_seq();
         async move { settle(&sh, adm, r, seq, started, pd).await }
     });
     futures::future::join_all(settles).await;

@@ -5,15 +5,17 @@
 //!
 //! What the outcome is, is decided purely in [`crate::outcome`].
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use chrono::Utc;
 use fleet_core::{Acker, Applied, Destination, OutMessage, Settlement};
-use fleet_protocol::{DeadLetterInfo, ErrorKind, Event, EventKind, JobEnvelope};
+use fleet_protocol::{DeadLetterInfo, ErrorKind, EventKind, JobEnvelope};
 use tokio::time::Instant;
 
 use crate::admit::{Admitted, Refused};
 use crate::backoff::full_jitter;
+use crate::events::JobEvent;
 use crate::guard::Guarded;
 use crate::outcome::{Attempt, AttemptResult, Outcome, decide, retry_or_give_up};
 use crate::shared::Shared;
@@ -38,7 +40,7 @@ pub async fn settle(
     let outcome = decide(&attempt, result);
     apply(
         sh,
-        Some(&*adm.job),
+        Some(&adm.job),
         adm.acker,
         &attempt,
         seq,
@@ -81,7 +83,7 @@ fn note_failure(sh: &Shared, job: &JobEnvelope, a: &Attempt, result: &AttemptRes
 /// event because there is no job id to report).
 pub async fn apply(
     sh: &Shared,
-    job: Option<&JobEnvelope>,
+    job: Option<&Arc<JobEnvelope>>,
     acker: Box<dyn Acker>,
     a: &Attempt,
     seq: u32,
@@ -154,7 +156,7 @@ pub async fn apply(
 /// it is dead-lettered (a failed publish is an error: the job is released).
 async fn outputs(
     sh: &Shared,
-    job: Option<&JobEnvelope>,
+    job: Option<&Arc<JobEnvelope>>,
     a: &Attempt,
     outcome: Outcome,
 ) -> Result<Outcome, fleet_core::BrokerError> {
@@ -194,12 +196,12 @@ async fn outputs(
 /// The terminal event of an outcome that has one (retries report theirs after the settlement).
 fn terminal_event(
     sh: &Shared,
-    job: &JobEnvelope,
+    job: &Arc<JobEnvelope>,
     attempt: u32,
     seq: u32,
     outcome: &Outcome,
     dl: Option<&DeadLetterInfo>,
-) -> Option<Event> {
+) -> Option<JobEvent> {
     let kind = match outcome {
         Outcome::Succeeded { degraded, .. } => {
             return Some(sh.event_degraded(

@@ -7,13 +7,13 @@ use std::time::{Duration, Instant};
 use chrono::{DateTime, Utc};
 use fleet_core::Broker;
 use fleet_protocol::control::{self, Cancellation};
-use fleet_protocol::{Degradation, Event, EventKind, JobEnvelope, Names};
+use fleet_protocol::{Degradation, EventKind, JobEnvelope, Names};
 use tokio_util::sync::CancellationToken;
 
 use crate::budget::RetryBudget;
 use crate::config::RuntimeConfig;
-use crate::context::{EventOrigin, Runaways};
-use crate::events::EventSink;
+use crate::context::Runaways;
+use crate::events::{EventSink, JobEvent};
 use crate::inflight::InFlight;
 use crate::pause::IntakeGate;
 use crate::telemetry::stage::StageMetrics;
@@ -115,8 +115,6 @@ pub struct Shared {
     pub pause: Option<Arc<dyn IntakeGate>>,
     /// Runaway blocking work.
     pub runaways: Arc<Runaways>,
-    /// Stage and worker id as every job's context writes them into progress events.
-    pub origin: Arc<EventOrigin>,
     /// The stage's per-job metric handles.
     pub metrics: StageMetrics,
     /// Deliveries not settled yet (the gauge every fetched delivery's acker lowers).
@@ -147,27 +145,31 @@ impl Shared {
         Ok(())
     }
 
-    /// An event about `job` for `attempt`.
-    pub fn event(&self, job: &JobEnvelope, attempt: u32, seq: u32, kind: EventKind) -> Event {
+    /// An event about `job` for `attempt` (stage and worker id are this worker's, written by
+    /// the event batch).
+    pub fn event(
+        &self,
+        job: &Arc<JobEnvelope>,
+        attempt: u32,
+        seq: u32,
+        kind: EventKind,
+    ) -> JobEvent {
         self.event_degraded(job, attempt, seq, kind, None)
     }
 
     /// An event about `job` for `attempt`, with a degradation note (on `succeeded`).
     pub fn event_degraded(
         &self,
-        job: &JobEnvelope,
+        job: &Arc<JobEnvelope>,
         attempt: u32,
         seq: u32,
         kind: EventKind,
         degraded: Option<Degradation>,
-    ) -> Event {
-        Event {
-            job_id: job.job_id.clone(),
-            pipeline_id: job.pipeline_id.clone(),
-            stage: self.stage.clone(),
+    ) -> JobEvent {
+        JobEvent {
+            job: job.clone(),
             attempt,
             seq,
-            worker_id: self.worker_id.clone(),
             at: Utc::now(),
             kind,
             degraded,

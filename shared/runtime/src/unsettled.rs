@@ -1,14 +1,13 @@
 //! Deliveries this worker holds and has not settled yet: the `fleet_deliveries_unsettled`
-//! gauge. Every delivery's [`Acker`] is wrapped on arrival; the wrapper lowers the gauge when
-//! it is dropped, which is after its settlement went out (or when the delivery was given up,
-//! e.g. with a lost connection: the broker redelivers it). A worker with the gauge at 0 owes
-//! the broker nothing, whatever its concurrency slots say.
+//! gauge. Every delivery is handed to its task with a [`Held`] mark that lowers the gauge when
+//! it is dropped, which is when the task ends: after the delivery's settlement went out, or
+//! when it was given up (e.g. with a lost connection: the broker redelivers it). A worker with
+//! the gauge at 0 owes the broker nothing, whatever its concurrency slots say.
+//!
+//! The mark travels beside the delivery's [`fleet_core::Acker`] rather than wrapping it, so
+//! counting costs no allocation per delivery (a wrapper costs a box, and a boxed future per
+//! settlement call).
 
-use std::time::Duration;
-
-use async_trait::async_trait;
-use fleet_core::{Acker, BrokerError, Delivery, ParkInfo};
-use fleet_protocol::DeadLetterInfo;
 use metrics::Gauge;
 
 use crate::telemetry::names;
@@ -27,102 +26,22 @@ impl Unsettled {
         }
     }
 
-    /// Counts `deliveries` as unsettled until each one's acker is dropped (one gauge update
-    /// per fetch on the way in).
-    pub fn track(&self, deliveries: &mut [Delivery]) {
-        if deliveries.is_empty() {
-            return;
-        }
-        self.gauge.increment(deliveries.len() as f64);
-        for d in deliveries {
-            let inner = std::mem::replace(&mut d.acker, Box::new(Settled));
-            d.acker = Box::new(Tracked {
-                inner,
-                gauge: self.gauge.clone(),
-            });
+    /// Counts one delivery as unsettled until the returned mark is dropped.
+    pub fn hold(&self) -> Held {
+        self.gauge.increment(1.0);
+        Held {
+            gauge: self.gauge.clone(),
         }
     }
 }
 
-/// A wrapped acker: lowers the gauge when dropped (settled, or given up).
-struct Tracked {
-    inner: Box<dyn Acker>,
+/// One unsettled delivery: lowers the gauge when dropped (settled, or given up).
+pub struct Held {
     gauge: Gauge,
 }
 
-impl Drop for Tracked {
+impl Drop for Held {
     fn drop(&mut self) {
         self.gauge.decrement(1.0);
-    }
-}
-
-#[async_trait]
-impl Acker for Tracked {
-    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        let (inner, _done) = (*self).split();
-        inner.ack().await
-    }
-    async fn retry(self: Box<Self>, delay: Duration) -> Result<Duration, BrokerError> {
-        let (inner, _done) = (*self).split();
-        inner.retry(delay).await
-    }
-    async fn dead_letter(self: Box<Self>, info: &DeadLetterInfo) -> Result<(), BrokerError> {
-        let (inner, _done) = (*self).split();
-        inner.dead_letter(info).await
-    }
-    async fn release(self: Box<Self>) -> Result<(), BrokerError> {
-        let (inner, _done) = (*self).split();
-        inner.release().await
-    }
-    async fn release_uncounted(self: Box<Self>) -> Result<(), BrokerError> {
-        let (inner, _done) = (*self).split();
-        inner.release_uncounted().await
-    }
-    async fn park(self: Box<Self>, info: &ParkInfo) -> Result<(), BrokerError> {
-        let (inner, _done) = (*self).split();
-        inner.park(info).await
-    }
-    async fn extend(&self) -> Result<(), BrokerError> {
-        self.inner.extend().await
-    }
-    fn lease(&self) -> Option<Duration> {
-        self.inner.lease()
-    }
-}
-
-impl Tracked {
-    /// The inner acker, and a guard that lowers the gauge once the settlement call returned.
-    fn split(mut self) -> (Box<dyn Acker>, Tracked) {
-        let inner = std::mem::replace(&mut self.inner, Box::new(Settled));
-        (inner, self)
-    }
-}
-
-/// The placeholder left behind by [`Unsettled::track`] and [`Tracked::split`]; never settles
-/// anything.
-struct Settled;
-
-#[async_trait]
-impl Acker for Settled {
-    async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
-        Ok(())
-    }
-    async fn retry(self: Box<Self>, delay: Duration) -> Result<Duration, BrokerError> {
-        Ok(delay)
-    }
-    async fn dead_letter(self: Box<Self>, _info: &DeadLetterInfo) -> Result<(), BrokerError> {
-        Ok(())
-    }
-    async fn release(self: Box<Self>) -> Result<(), BrokerError> {
-        Ok(())
-    }
-    async fn park(self: Box<Self>, _info: &ParkInfo) -> Result<(), BrokerError> {
-        Ok(())
-    }
-    async fn extend(&self) -> Result<(), BrokerError> {
-        Ok(())
-    }
-    fn lease(&self) -> Option<Duration> {
-        None
     }
 }

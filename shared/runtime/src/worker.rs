@@ -22,10 +22,11 @@ use crate::breaker::{Breaker, BreakerState};
 use crate::budget::RetryBudget;
 use crate::config::{RuntimeConfig, topology};
 use crate::consume::{Consumer, Step};
-use crate::context::{EventOrigin, Runaways};
+use crate::context::Runaways;
 use crate::handler::{BatchHandler, Handler};
 use crate::inflight::InFlight;
 use crate::pause::IntakeGate;
+use crate::process::Taken;
 use crate::resubscribe::{Limits, Resubscriber};
 use crate::shared::{Cancellations, Shared};
 use crate::supervise::Supervisor;
@@ -213,10 +214,6 @@ impl Worker {
             runaways,
             unsettled: Unsettled::new(&self.stage),
             metrics: StageMetrics::new(&self.stage),
-            origin: Arc::new(EventOrigin {
-                stage: self.stage.clone(),
-                worker_id: worker_id.clone(),
-            }),
             drain: CancellationToken::new(),
             declared: Mutex::new(HashSet::from([self.stage.clone()])),
             cfg,
@@ -363,24 +360,27 @@ pub fn redact(url: &str) -> String {
     fleet_protocol::redact::redact_url(url)
 }
 
-/// Waits until a permit is free or shutdown; then takes every free one up to `max`.
+/// Waits until a permit is free or shutdown; then takes every free one up to `max`, as one
+/// permit for that many slots ([`OwnedSemaphorePermit::split`] hands them out one by one, and
+/// what is not handed out goes back when it is dropped).
 async fn permits(
     sem: &Arc<Semaphore>,
     max: usize,
     shutdown: &CancellationToken,
-) -> Option<Vec<OwnedSemaphorePermit>> {
-    let first = tokio::select! {
+) -> Option<OwnedSemaphorePermit> {
+    let mut free = tokio::select! {
         p = sem.clone().acquire_owned() => p.ok()?,
         () = shutdown.cancelled() => return None,
     };
-    let mut out = vec![first];
-    while out.len() < max {
-        match sem.clone().try_acquire_owned() {
-            Ok(p) => out.push(p),
-            Err(_) => break,
-        }
+    let more = sem.available_permits().min(max.saturating_sub(1));
+    if more > 0
+        && let Ok(more) = sem
+            .clone()
+            .try_acquire_many_owned(u32::try_from(more).unwrap_or(u32::MAX))
+    {
+        free.merge(more);
     }
-    Some(out)
+    Some(free)
 }
 
 /// How many deliveries the pause breaker lets us pull now (waits while it is open).
@@ -434,7 +434,7 @@ async fn consume(
         health.clone(),
     );
     let mut consumer = Consumer::new(resub, "consuming").exit_on_second_cancel();
-    let mut pending: Vec<(Delivery, OwnedSemaphorePermit)> = Vec::new();
+    let mut pending: Vec<Taken> = Vec::new();
     let mut batch_started: Option<Instant> = None;
     loop {
         if shutdown.is_cancelled() {
@@ -471,16 +471,13 @@ async fn consume(
         let Some(mut free) = permits(&sem, max, shutdown).await else {
             continue;
         };
-        let deliveries = match consumer.next(free.len(), wait, shutdown).await? {
+        let deliveries = match consumer.next(free.num_permits(), wait, shutdown).await? {
             None => continue,
             Some(Step::Subscribed) => {
                 health.set_ready(true);
                 continue;
             }
-            Some(Step::Fetched(mut d)) => {
-                sh.unsettled.track(&mut d);
-                d
-            }
+            Some(Step::Fetched(d)) => d,
             Some(Step::Failed(e)) => {
                 health.set_ready(false);
                 tracing::warn!(error = %e, "consuming failed; resubscribing");
@@ -493,8 +490,10 @@ async fn consume(
         match mode {
             Mode::Single(handler) => {
                 for d in deliveries {
-                    let Some(permit) = free.pop() else { break };
-                    tracker.spawn(process::run_one(sh.clone(), handler.clone(), d, permit));
+                    let Some(taken) = take(sh, &mut free, d) else {
+                        break;
+                    };
+                    tracker.spawn(process::run_one(sh.clone(), handler.clone(), taken));
                 }
             }
             Mode::Batch {
@@ -503,9 +502,11 @@ async fn consume(
                 linger,
             } => {
                 for d in deliveries {
-                    let Some(permit) = free.pop() else { break };
+                    let Some(taken) = take(sh, &mut free, d) else {
+                        break;
+                    };
                     batch_started.get_or_insert_with(Instant::now);
-                    pending.push((d, permit));
+                    pending.push(taken);
                 }
                 let due = batch_started.is_some_and(|t| t.elapsed() >= *linger);
                 if pending.len() >= *size || (due && !pending.is_empty()) {
@@ -519,4 +520,14 @@ async fn consume(
             }
         }
     }
+}
+
+/// Pairs a delivery with one of the `free` permits and counts it unsettled (`None`: no permit
+/// left; the delivery is dropped and the broker redelivers it).
+fn take(sh: &Shared, free: &mut OwnedSemaphorePermit, delivery: Delivery) -> Option<Taken> {
+    Some(Taken {
+        delivery,
+        permit: free.split(1)?,
+        held: sh.unsettled.hold(),
+    })
 }
