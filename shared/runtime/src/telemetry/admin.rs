@@ -9,10 +9,14 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use axum::Router;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use tower::limit::GlobalConcurrencyLimitLayer;
+use tower_http::limit::RequestBodyLimitLayer;
 
 use super::names;
 use crate::breaker::BreakerState;
@@ -195,6 +199,41 @@ struct AppState {
     prom: PrometheusHandle,
 }
 
+/// Longest an admin request may take (they answer from memory; a scrape of a wedged
+/// process should fail, not hang the scraper's connection).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Admin requests handled at once (a few scrapers and probes; more wait, within the timeout).
+const MAX_CONCURRENT_REQUESTS: usize = 16;
+/// Largest request body accepted: every admin route is a GET, so anything bigger is abuse.
+const MAX_BODY_BYTES: usize = 4 * 1024;
+
+/// The admin routes within their bounds: a request timeout (waiting for a slot included), a
+/// concurrency limit, and a body limit (connection bounds are in [`crate::serve`]).
+fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route_layer(GlobalConcurrencyLimitLayer::new(MAX_CONCURRENT_REQUESTS))
+        .route_layer(middleware::from_fn(request_timeout))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn request_timeout(req: Request, next: Next) -> Response {
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(req)).await {
+        Ok(resp) => resp,
+        Err(_elapsed) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the admin request did not finish within {}s: the process may be overloaded or wedged\n",
+                REQUEST_TIMEOUT.as_secs()
+            ),
+        )
+            .into_response(),
+    }
+}
+
 /// A running admin server.
 pub struct AdminServer {
     /// The address it listens on (useful with port 0).
@@ -217,11 +256,7 @@ impl AdminServer {
             health: health.clone(),
             prom: prom.clone(),
         };
-        let app = Router::new()
-            .route("/metrics", get(metrics_text))
-            .route("/healthz", get(healthz))
-            .route("/readyz", get(readyz))
-            .with_state(state);
+        let app = router(state);
         let stop = sup.last_token();
         sup.spawn_last("admin", async move {
             crate::serve::serve(listener, app, "admin", ServeLimits::ADMIN, stop)
@@ -283,5 +318,32 @@ async fn readyz(State(s): State<AppState>) -> (StatusCode, String) {
             StatusCode::SERVICE_UNAVAILABLE,
             format!("not ready: {why}\n"),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt as _;
+
+    fn state() -> AppState {
+        AppState {
+            health: Arc::new(Health::default()),
+            prom: PrometheusBuilder::new().build_recorder().handle(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_body_over_the_limit_is_refused() {
+        let big = Request::post("/healthz")
+            .header("content-length", (MAX_BODY_BYTES + 1).to_string())
+            .body(Body::from(vec![b'x'; MAX_BODY_BYTES + 1]))
+            .unwrap();
+        let resp = router(state()).oneshot(big).await.unwrap();
+        assert_eq!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
+        let probe = Request::get("/healthz").body(Body::empty()).unwrap();
+        let resp = router(state()).oneshot(probe).await.unwrap();
+        assert_ne!(resp.status(), StatusCode::PAYLOAD_TOO_LARGE);
     }
 }
