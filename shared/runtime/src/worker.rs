@@ -360,11 +360,20 @@ pub fn redact(url: &str) -> String {
     fleet_protocol::redact::redact_url(url)
 }
 
+/// Fewest free slots worth a fetch while other jobs are running: below it the loop waits up
+/// to [`GATHER_WAIT`] for more, so a busy worker pulls in batches instead of sending one pull
+/// request per finished job (on NATS each is a server round trip and server work).
+const GATHER_MIN: usize = 16;
+/// Longest the loop waits for [`GATHER_MIN`] free slots (a latency bound, not a throughput one).
+const GATHER_WAIT: Duration = Duration::from_millis(2);
+
 /// Waits until a permit is free or shutdown; then takes every free one up to `max`, as one
 /// permit for that many slots ([`OwnedSemaphorePermit::split`] hands them out one by one, and
-/// what is not handed out goes back when it is dropped).
+/// what is not handed out goes back when it is dropped). While other jobs hold slots and
+/// fewer than [`GATHER_MIN`] are free, waits (at most [`GATHER_WAIT`]) for more.
 async fn permits(
     sem: &Arc<Semaphore>,
+    slots: usize,
     max: usize,
     shutdown: &CancellationToken,
 ) -> Option<OwnedSemaphorePermit> {
@@ -372,7 +381,25 @@ async fn permits(
         p = sem.clone().acquire_owned() => p.ok()?,
         () = shutdown.cancelled() => return None,
     };
-    let more = sem.available_permits().min(max.saturating_sub(1));
+    take_free(sem, &mut free, max);
+    let want = max.min(GATHER_MIN).min(slots);
+    let running = slots - sem.available_permits() - free.num_permits();
+    if free.num_permits() < want && running > 0 {
+        let need = u32::try_from(want - free.num_permits()).unwrap_or(u32::MAX);
+        let gathered = tokio::time::timeout(GATHER_WAIT, sem.clone().acquire_many_owned(need));
+        if let Ok(Ok(more)) = gathered.await {
+            free.merge(more);
+        }
+        take_free(sem, &mut free, max);
+    }
+    Some(free)
+}
+
+/// Adds to `free` every free permit, up to `max` in all.
+fn take_free(sem: &Arc<Semaphore>, free: &mut OwnedSemaphorePermit, max: usize) {
+    let more = sem
+        .available_permits()
+        .min(max.saturating_sub(free.num_permits()));
     if more > 0
         && let Ok(more) = sem
             .clone()
@@ -380,7 +407,6 @@ async fn permits(
     {
         free.merge(more);
     }
-    Some(free)
 }
 
 /// How many deliveries the pause breaker lets us pull now (waits while it is open).
@@ -468,7 +494,7 @@ async fn consume(
                 )
             }
         };
-        let Some(mut free) = permits(&sem, max, shutdown).await else {
+        let Some(mut free) = permits(&sem, slots, max, shutdown).await else {
             continue;
         };
         let deliveries = match consumer.next(free.num_permits(), wait, shutdown).await? {
