@@ -423,7 +423,7 @@ impl AckWindow {
 }
 
 /// The metric of ack frames sent, over every subscription.
-pub(crate) const ACK_FRAMES: &str = "fleet_amqp_ack_frames_total";
+pub const ACK_FRAMES: &str = "fleet_amqp_ack_frames_total";
 
 #[cfg(test)]
 mod tests {
