@@ -4,28 +4,18 @@
 
 use std::time::Duration;
 
+use fleet_test_support::run_to_exit;
+
 #[test]
 fn service_and_runtime_errors_come_in_one_message() {
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-summarizer"))
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("FLEET_BROKER_URL", "memory://")
-        .env("FLEET_ADMIN_ADDR", "127.0.0.1:0")
-        .env("FLEET_CONCURRENCY", "0")
-        .env("FLEET_OPENAI_BASE_URL", "ftp://nowhere/v1")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("start the binary");
-    let status = fleet_test_support::wait_for_blocking(
-        "the binary to exit",
-        Duration::from_secs(20),
-        || child.try_wait().expect("try_wait"),
+    let (ok, stderr) = run_to_exit(
+        env!("CARGO_BIN_EXE_fleet-summarizer"),
+        &[
+            ("FLEET_CONCURRENCY", "0"),
+            ("FLEET_OPENAI_BASE_URL", "ftp://nowhere/v1"),
+        ],
     );
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-        .expect("read stderr");
-    assert!(!status.success(), "{stderr}");
+    assert!(!ok, "{stderr}");
     assert!(
         stderr.contains("FLEET_CONCURRENCY must be at least 1")
             && stderr.contains("base_url must start with http"),
@@ -33,28 +23,9 @@ fn service_and_runtime_errors_come_in_one_message() {
     );
 }
 
-/// Runs the binary with `env` (and nothing else from ours) until it exits; success and stderr.
+/// Runs the summarizer with `env` (and nothing else from ours) until it exits.
 fn run_to_end(env: &[(&str, &str)]) -> (bool, String) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_fleet-summarizer"));
-    cmd.env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("FLEET_BROKER_URL", "memory://")
-        .env("FLEET_ADMIN_ADDR", "127.0.0.1:0")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("start the binary");
-    let status = fleet_test_support::wait_for_blocking(
-        "the binary to exit",
-        Duration::from_secs(20),
-        || child.try_wait().expect("try_wait"),
-    );
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut stderr)
-        .expect("read stderr");
-    (status.success(), stderr)
+    run_to_exit(env!("CARGO_BIN_EXE_fleet-summarizer"), env)
 }
 
 #[test]

@@ -471,7 +471,8 @@ async fn give_back(
 ) {
     if let Some(mut sub) = sub
         && shared.is_up()
-        && sub.drain().await.is_ok()
+        // Sending the unsubscribe waits for room in the client's command queue: bounded too.
+        && matches!(bounded(shared.outer_limit(), sub.drain()).await, Ok(Ok(())))
     {
         // The client closes the inbox once the server confirmed the unsubscribe.
         let rest = tokio::time::timeout(shared.opts.request_timeout, async {

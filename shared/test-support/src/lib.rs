@@ -16,6 +16,7 @@
 pub mod corpus;
 pub mod http;
 mod proxy;
+mod run;
 pub mod tls;
 mod wait;
 
@@ -23,6 +24,7 @@ use std::io;
 use std::net::{SocketAddr, ToSocketAddrs};
 
 pub use proxy::FaultProxy;
+pub use run::run_to_exit;
 pub use wait::{Condition, wait_for, wait_for_blocking};
 
 /// The prefix every name made by [`unique_prefix`] starts with; sweepers match on it.
