@@ -1,7 +1,6 @@
 //! What a handler sees besides its job: attempt, deadline, a cancellation token,
 //! a progress reporter, and a helper that runs CPU-heavy work off the reactor.
 
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use chrono::Utc;
@@ -11,71 +10,8 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{EventSink, JobEvent};
-use crate::inflight::InFlightGuard;
-use crate::telemetry::{Health, names};
-
-/// Counts blocking work that outlived its attempt, and turns /healthz red past a bound.
-pub struct Runaways {
-    stage: String,
-    count: AtomicUsize,
-    max: usize,
-    health: Arc<Health>,
-}
-
-impl Runaways {
-    /// A counter for `stage` that marks the worker unhealthy above `max`.
-    pub fn new(stage: &str, max: usize, health: Arc<Health>) -> Arc<Runaways> {
-        Arc::new(Runaways {
-            stage: stage.to_owned(),
-            count: AtomicUsize::new(0),
-            max,
-            health,
-        })
-    }
-
-    fn add(&self, delta: isize) {
-        let now = if delta > 0 {
-            self.count.fetch_add(1, Ordering::SeqCst) + 1
-        } else {
-            self.count.fetch_sub(1, Ordering::SeqCst) - 1
-        };
-        metrics::gauge!(names::RUNAWAY_TASKS, "stage" => self.stage.clone()).set(now as f64);
-        self.health.set_unhealthy(now > self.max);
-    }
-
-    /// Blocking tasks running past their deadline now.
-    pub fn current(&self) -> usize {
-        self.count.load(Ordering::SeqCst)
-    }
-}
-
-/// What the attempts of one delivery share, in one allocation per job: the sequence of its
-/// events, and (for a single job) its entry among the running jobs, removed when the last
-/// holder drops it.
-pub struct JobTrack {
-    seq: AtomicU32,
-    guard: Option<InFlightGuard>,
-}
-
-impl JobTrack {
-    /// A track whose events continue at seq 1 (`started` is 0).
-    pub fn new(guard: Option<InFlightGuard>) -> Arc<JobTrack> {
-        Arc::new(JobTrack {
-            seq: AtomicU32::new(1),
-            guard,
-        })
-    }
-
-    /// Takes the next event sequence number.
-    pub fn next_seq(&self) -> u32 {
-        self.seq.fetch_add(1, Ordering::SeqCst)
-    }
-
-    /// The next sequence number, without taking it.
-    pub fn peek_seq(&self) -> u32 {
-        self.seq.load(Ordering::SeqCst)
-    }
-}
+use crate::run::Run;
+use crate::runaways::Runaways;
 
 /// The per-attempt context handed to a handler.
 #[derive(Clone)]
@@ -83,7 +19,8 @@ pub struct JobContext {
     pub(crate) attempt: u32,
     pub(crate) deadline: Instant,
     pub(crate) cancel: CancellationToken,
-    pub(crate) track: Arc<JobTrack>,
+    /// The job's run: its event sequence and its entry among the running jobs.
+    pub(crate) track: Arc<Run>,
     /// The job, for progress events (built only when a handler reports progress).
     pub(crate) job: Arc<JobEnvelope>,
     pub(crate) sink: EventSink,
@@ -113,9 +50,7 @@ impl JobContext {
 
     /// Reports progress; never blocks (may be coalesced or dropped under pressure).
     pub fn progress(&self, done: u64, total: Option<u64>, note: &str) {
-        if let Some(g) = &self.track.guard {
-            g.touch();
-        }
+        self.track.touch();
         let e = JobEvent {
             job: self.job.clone(),
             attempt: self.attempt,

@@ -116,7 +116,8 @@ async fn extend_all(ackers: &[&dyn Acker], wait: Duration) -> Option<String> {
     None
 }
 
-fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
+/// The text of a panic payload.
+pub(crate) fn panic_message(p: Box<dyn std::any::Any + Send>) -> String {
     if let Some(s) = p.downcast_ref::<&str>() {
         format!("handler panicked: {s}")
     } else if let Some(s) = p.downcast_ref::<String>() {

@@ -1,16 +1,62 @@
-//! The registry of jobs running on this worker: feeds heartbeats (liveness plus
-//! each job's last progress) and lets a cancellation reach running jobs.
+//! The table of jobs running on this worker, with its one deadline timer: feeds heartbeats
+//! (liveness plus each job's last progress), lets a cancellation reach running jobs, and stops
+//! a job whose deadline passed or whose lease is due for an extension.
+//!
+//! One timer serves every job ([`InFlight::watch`], a supervised task): the table keeps the
+//! jobs' next wake times in order and the task sleeps until the earliest. A job costs an
+//! entry in two maps, not a timer and a guard task of its own; a stop is a call on the job's
+//! [`Stoppable`], which settles it from outside when its handler does not give way.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use fleet_protocol::control::Cancellation;
 use fleet_protocol::{InFlightJob, JobEnvelope};
+use tokio::sync::Notify;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::telemetry::names;
+
+/// Why a running job is stopped from outside its handler.
+#[derive(Debug, Clone)]
+pub enum Stop {
+    /// Its deadline passed.
+    TimedOut,
+    /// Its pipeline was cancelled.
+    Cancelled,
+    /// The drain deadline passed during shutdown.
+    Drained,
+    /// A lease extension failed (the broker may redeliver it).
+    LeaseLost(String),
+}
+
+/// A running job as the table sees it: something to stop, or whose lease to extend.
+pub trait Stoppable: Send + Sync {
+    /// Stops the job for `why` (the first stop wins; later ones are ignored).
+    fn stop(self: Arc<Self>, why: Stop);
+    /// Extends the job's lease (bounded by `within`); a failure stops it.
+    fn extend(self: Arc<Self>, within: Duration);
+}
+
+/// When an armed job wakes the timer.
+struct Wake {
+    deadline: Instant,
+    /// The lease extension period and the next extension, when the broker leases deliveries.
+    extend: Option<(Duration, Instant)>,
+    /// The key of this wake in the ordered index.
+    at: Instant,
+}
+
+impl Wake {
+    fn next(&self) -> Instant {
+        self.extend
+            .map_or(self.deadline, |(_, at)| at.min(self.deadline))
+    }
+}
 
 struct Entry {
     /// The running job (shared, not copied: its ids are read when a heartbeat is built).
@@ -18,7 +64,9 @@ struct Entry {
     attempt: u32,
     started_at: DateTime<Utc>,
     last_progress_at: DateTime<Utc>,
-    cancel: CancellationToken,
+    run: Arc<dyn Stoppable>,
+    /// Set while its handler runs under a deadline.
+    wake: Option<Wake>,
 }
 
 impl Entry {
@@ -33,31 +81,31 @@ impl Entry {
     }
 }
 
-/// Running jobs by a process-local key.
+#[derive(Default)]
+struct Table {
+    jobs: HashMap<u64, Entry>,
+    /// Armed jobs by next wake time.
+    index: BTreeSet<(Instant, u64)>,
+    /// What the timer sleeps until (an earlier wake must wake it).
+    armed: Option<Instant>,
+}
+
+/// Running jobs by a process-local key, and their deadlines.
 pub struct InFlight {
     /// `fleet_last_progress_timestamp_seconds{stage}`, registered once.
     last_progress: metrics::Gauge,
     next: AtomicU64,
-    jobs: Mutex<HashMap<u64, Entry>>,
+    table: Mutex<Table>,
+    /// Wakes the timer when a job is armed earlier than it sleeps.
+    earlier: Notify,
 }
 
-/// Removes its job from the registry when dropped (on every path).
-pub struct InFlightGuard {
-    registry: Arc<InFlight>,
-    key: u64,
-}
-
-impl Drop for InFlightGuard {
-    fn drop(&mut self) {
-        self.registry.lock().remove(&self.key);
-    }
-}
-
-impl InFlightGuard {
-    /// Records progress now.
-    pub fn touch(&self) {
-        self.registry.touch(self.key);
-    }
+/// What a due wake asks of a job.
+enum Due {
+    /// Stop it: its deadline passed.
+    Deadline(Arc<dyn Stoppable>),
+    /// Extend its lease (within the period).
+    Extend(Arc<dyn Stoppable>, Duration),
 }
 
 impl InFlight {
@@ -66,45 +114,86 @@ impl InFlight {
         Arc::new(InFlight {
             last_progress: metrics::gauge!(names::LAST_PROGRESS, "stage" => stage.to_owned()),
             next: AtomicU64::new(0),
-            jobs: Mutex::new(HashMap::new()),
+            table: Mutex::new(Table::default()),
+            earlier: Notify::new(),
         })
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
-        self.jobs
+    fn lock(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.table
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Registers a running attempt; `cancel` fires if its pipeline is cancelled.
-    pub fn insert(
-        self: &Arc<Self>,
-        job: &Arc<JobEnvelope>,
-        attempt: u32,
-        cancel: CancellationToken,
-    ) -> InFlightGuard {
-        let key = self.next.fetch_add(1, Ordering::Relaxed);
+    /// A fresh key for [`InFlight::insert`].
+    pub fn key(&self) -> u64 {
+        self.next.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Registers a running attempt under `key` (see [`InFlight::key`]); it stays until
+    /// [`InFlight::remove`].
+    pub fn insert(&self, key: u64, job: &Arc<JobEnvelope>, attempt: u32, run: Arc<dyn Stoppable>) {
         let now = Utc::now();
-        self.lock().insert(
+        self.lock().jobs.insert(
             key,
             Entry {
                 job: job.clone(),
                 attempt,
                 started_at: now,
                 last_progress_at: now,
-                cancel,
+                run,
+                wake: None,
             },
         );
         self.export(now);
-        InFlightGuard {
-            registry: self.clone(),
-            key,
+    }
+
+    /// Removes a job (idempotent).
+    pub fn remove(&self, key: u64) {
+        let mut t = self.lock();
+        if let Some(e) = t.jobs.remove(&key)
+            && let Some(w) = e.wake
+        {
+            t.index.remove(&(w.at, key));
         }
     }
 
-    fn touch(&self, key: u64) {
+    /// Puts a registered job under `deadline`, with its lease extended every `extend` (if any).
+    pub fn arm(&self, key: u64, deadline: Instant, extend: Option<Duration>) {
+        let extend = extend.map(|e| (e, Instant::now() + e));
+        let mut t = self.lock();
+        let t = &mut *t;
+        let Some(e) = t.jobs.get_mut(&key) else {
+            return;
+        };
+        let mut wake = Wake {
+            deadline,
+            extend,
+            at: deadline,
+        };
+        let at = wake.next();
+        wake.at = at;
+        if let Some(old) = e.wake.replace(wake) {
+            t.index.remove(&(old.at, key));
+        }
+        t.index.insert((at, key));
+        if t.armed.is_none_or(|a| at < a) {
+            self.earlier.notify_one();
+        }
+    }
+
+    /// Takes a job out of the timer's reach (its handler returned).
+    pub fn disarm(&self, key: u64) {
+        let mut t = self.lock();
+        if let Some(w) = t.jobs.get_mut(&key).and_then(|e| e.wake.take()) {
+            t.index.remove(&(w.at, key));
+        }
+    }
+
+    /// Records progress now.
+    pub fn touch(&self, key: u64) {
         let now = Utc::now();
-        if let Some(e) = self.lock().get_mut(&key) {
+        if let Some(e) = self.lock().jobs.get_mut(&key) {
             e.last_progress_at = now;
         }
         self.export(now);
@@ -117,12 +206,12 @@ impl InFlight {
 
     /// A snapshot for the heartbeat.
     pub fn snapshot(&self) -> Vec<InFlightJob> {
-        self.lock().values().map(Entry::report).collect()
+        self.lock().jobs.values().map(Entry::report).collect()
     }
 
     /// Number of running attempts.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().jobs.len()
     }
 
     /// True when nothing runs.
@@ -132,14 +221,83 @@ impl InFlight {
 
     /// Cancels every running job of the pipeline life `c` is about.
     pub fn cancel_pipeline(&self, c: &Cancellation) -> usize {
-        let jobs = self.lock();
-        let hits: Vec<_> = jobs
+        let hits: Vec<_> = self
+            .lock()
+            .jobs
             .values()
             .filter(|e| c.applies_to(&e.job.pipeline_id, e.job.pipeline_created_at))
+            .map(|e| e.run.clone())
             .collect();
-        for e in &hits {
-            e.cancel.cancel();
+        let n = hits.len();
+        for run in hits {
+            run.stop(Stop::Cancelled);
         }
-        hits.len()
+        n
+    }
+
+    /// Stops every running job (the drain deadline passed).
+    fn stop_all(&self, why: &Stop) {
+        let all: Vec<_> = self.lock().jobs.values().map(|e| e.run.clone()).collect();
+        for run in all {
+            run.stop(why.clone());
+        }
+    }
+
+    /// Takes the wakes due at `now` out of the index (extensions are put back at their next
+    /// time); returns the jobs to act on and the next wake.
+    fn due(&self, now: Instant) -> (Vec<Due>, Option<Instant>) {
+        let mut t = self.lock();
+        let t = &mut *t;
+        let mut out = Vec::new();
+        while let Some(&(at, key)) = t.index.first() {
+            if at > now {
+                break;
+            }
+            t.index.pop_first();
+            let Some(e) = t.jobs.get_mut(&key) else {
+                continue;
+            };
+            let Some(w) = e.wake.as_mut() else { continue };
+            if now >= w.deadline {
+                e.wake = None;
+                out.push(Due::Deadline(e.run.clone()));
+                continue;
+            }
+            if let Some((every, next)) = w.extend.as_mut() {
+                *next += *every;
+                out.push(Due::Extend(e.run.clone(), *every));
+            }
+            w.at = w.next();
+            t.index.insert((w.at, key));
+        }
+        t.armed = t.index.first().map(|(at, _)| *at);
+        (out, t.armed)
+    }
+
+    /// The timer of every running job, until `stop`: stops the jobs whose deadline passed,
+    /// has the leases extended that are due, and stops every job once `drain` fires.
+    pub async fn watch(self: Arc<Self>, drain: CancellationToken, stop: CancellationToken) {
+        // Far enough to mean "nothing armed", near enough to stay a valid instant.
+        const IDLE: Duration = Duration::from_secs(3600);
+        let mut drained = false;
+        loop {
+            let (due, next) = self.due(Instant::now());
+            for d in due {
+                match d {
+                    Due::Deadline(run) => run.stop(Stop::TimedOut),
+                    Due::Extend(run, every) => run.extend(every),
+                }
+            }
+            let sleep = tokio::time::sleep_until(next.unwrap_or_else(|| Instant::now() + IDLE));
+            tokio::select! {
+                () = sleep => {}
+                () = self.earlier.notified() => {}
+                () = drain.cancelled(), if !drained => {
+                    drained = true;
+                    self.stop_all(&Stop::Drained);
+                }
+                () = stop.cancelled() => return,
+            }
+        }
     }
 }

@@ -12,7 +12,8 @@
 //! 1. slot (permit + in-flight gauge): taken before anything runs so intake is bounded;
 //! 2. admit: decode and attempt checks happen before the handler can crash the worker;
 //! 3. pause gate (a `pause` breaker, or several routed dependencies): holds deliveries without burning attempts while a dependency is down;
-//! 4. guard: deadline, cancellation, drain and lease extension around the spawned handler;
+//! 4. guard: deadline, cancellation, drain and lease extension around the handler, by one
+//!    timer for all running jobs (`inflight`) that settles a stuck job from outside (`run`);
 //! 5. settle: the single place that turns the result into ack / retry / dead letter.
 
 pub mod admit;
@@ -32,11 +33,14 @@ pub mod outcome;
 pub mod pause;
 pub mod process;
 pub mod resubscribe;
+pub mod run;
+pub mod runaways;
 pub mod secret;
 pub mod serve;
 pub mod settle;
 pub mod shared;
 pub mod shutdown;
+pub mod slot;
 pub mod supervise;
 pub mod telemetry;
 pub mod unsettled;

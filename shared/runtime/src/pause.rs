@@ -9,7 +9,10 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use fleet_core::JobError;
+
 use crate::breaker::{Admission, Breaker, BreakerState};
+use crate::guard::Guarded;
 
 /// A dependency (or set of them) that decides whether a worker may take jobs.
 pub trait IntakeGate: Send + Sync + std::fmt::Debug {
@@ -114,6 +117,29 @@ impl IntakeGate for AnyOf {
             each.join(", ")
         )
     }
+}
+
+/// Whether an attempt's result blames the dependency behind a `pause` breaker.
+pub(crate) fn dependency_failed<T>(r: &Guarded<Result<T, JobError>>) -> Option<bool> {
+    match r {
+        Guarded::Done(Ok(_)) | Guarded::Done(Err(JobError::Permanent(_))) => Some(false),
+        Guarded::Done(Err(_)) | Guarded::TimedOut => Some(true),
+        _ => None,
+    }
+}
+
+/// After an attempt: record it on the pause gate; true when the deliveries must be held
+/// and run again without counting an attempt (it failed while the dependency is unusable).
+pub(crate) fn record_and_hold(
+    b: Option<&Arc<dyn IntakeGate>>,
+    admission: Option<Admission>,
+    failed: Option<bool>,
+) -> bool {
+    let (Some(b), Some(a)) = (b, admission) else {
+        return false;
+    };
+    b.record(a, failed);
+    failed == Some(true) && b.state() != BreakerState::Closed
 }
 
 #[cfg(test)]

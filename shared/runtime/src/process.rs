@@ -2,71 +2,27 @@
 //! ([`run_batch`]): hold a slot, emit `started`, run the handler under its
 //! limits, hold deliveries while a `pause` breaker is open, then settle.
 
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 
-use fleet_core::{Acker, Delivery, JobError};
+use fleet_core::{Acker, JobError};
 use fleet_protocol::EventKind;
-use tokio::sync::OwnedSemaphorePermit;
+use futures::FutureExt;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::admit::{Admitted, admit};
-use crate::breaker::{Admission, BreakerState};
-use crate::context::{JobContext, JobTrack};
-use crate::guard::{Guarded, Limits, run_guarded};
+use crate::breaker::Admission;
+use crate::context::JobContext;
+use crate::guard::{Guarded, Limits, panic_message, run_guarded};
 use crate::handler::{BatchHandler, Handler};
+use crate::inflight::{Stop, Stoppable};
 use crate::outcome::AttemptResult;
-use crate::pause::IntakeGate;
+use crate::pause::{dependency_failed, record_and_hold};
+use crate::run::{Claim, Run};
 use crate::settle::{self, settle};
 use crate::shared::Shared;
-use crate::unsettled::Held;
-
-/// A delivery as the consume loop hands it over: its concurrency permit, and its mark on the
-/// unsettled-deliveries gauge (both released when the task that settles it ends).
-pub struct Taken {
-    /// The delivery.
-    pub delivery: Delivery,
-    /// Its concurrency permit.
-    pub permit: OwnedSemaphorePermit,
-    /// Its mark on `fleet_deliveries_unsettled`.
-    pub held: Held,
-}
-
-/// A concurrency slot: the permit, the in-flight gauge and the unsettled mark, released on
-/// every path (after the settlement, which happens while the slot is held).
-pub struct Slot {
-    _permit: OwnedSemaphorePermit,
-    _held: Held,
-    in_flight: metrics::Gauge,
-}
-
-impl Slot {
-    /// Takes ownership of a permit and a mark for one delivery (`in_flight`: the stage's gauge
-    /// handle).
-    pub fn new(in_flight: &metrics::Gauge, permit: OwnedSemaphorePermit, held: Held) -> Slot {
-        in_flight.increment(1.0);
-        Slot {
-            _permit: permit,
-            _held: held,
-            in_flight: in_flight.clone(),
-        }
-    }
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        self.in_flight.decrement(1.0);
-    }
-}
-
-/// Whether an attempt's result blames the dependency behind a `pause` breaker.
-fn dependency_failed<T>(r: &Guarded<Result<T, JobError>>) -> Option<bool> {
-    match r {
-        Guarded::Done(Ok(_)) | Guarded::Done(Err(JobError::Permanent(_))) => Some(false),
-        Guarded::Done(Err(_)) | Guarded::TimedOut => Some(true),
-        _ => None,
-    }
-}
+use crate::slot::{Slot, Taken};
 
 enum Gate {
     Run(Option<Admission>),
@@ -115,26 +71,12 @@ async fn gate(
     }
 }
 
-/// After an attempt: record it on the pause gate; true when the deliveries must be held
-/// and run again without counting an attempt (it failed while the dependency is unusable).
-fn record_and_hold(
-    b: Option<&Arc<dyn IntakeGate>>,
-    admission: Option<Admission>,
-    failed: Option<bool>,
-) -> bool {
-    let (Some(b), Some(a)) = (b, admission) else {
-        return false;
-    };
-    b.record(a, failed);
-    failed == Some(true) && b.state() != BreakerState::Closed
-}
-
 fn context(
     sh: &Arc<Shared>,
     adm: &Admitted,
     deadline: Instant,
     token: CancellationToken,
-    track: &Arc<JobTrack>,
+    track: &Arc<Run>,
 ) -> JobContext {
     JobContext {
         attempt: adm.attempt,
@@ -147,61 +89,98 @@ fn context(
     }
 }
 
-/// Runs one delivery through the whole contract.
+/// Runs one delivery through the whole contract, in one task: the handler runs inline, under
+/// the shared deadline timer of [`crate::inflight`] (no timer or guard task of its own).
 pub async fn run_one(sh: Arc<Shared>, handler: Arc<dyn Handler>, taken: Taken) {
-    let _slot = Slot::new(&sh.metrics.in_flight, taken.permit, taken.held);
-    let adm = match admit(&sh, taken.delivery) {
+    let mut slot = Slot::new(&sh.metrics.in_flight, taken.permit, taken.held);
+    let mut adm = match admit(&sh, taken.delivery) {
         Ok(adm) => adm,
         Err(r) => return settle::refused(&sh, *r).await,
     };
     if adm.attempt == 1 {
         sh.budget.record_first_attempt();
     }
-    let pipeline_cancel = CancellationToken::new();
-    let track = JobTrack::new(Some(sh.inflight.insert(
-        &adm.job,
-        adm.attempt,
-        pipeline_cancel.clone(),
-    )));
+    let key = sh.inflight.key();
+    let mut _registered = Registered { sh: &sh, key };
+    let mut run = Run::new(&sh, Some(key), 1);
+    sh.inflight.insert(key, &adm.job, adm.attempt, run.clone());
     sh.sink
         .emit(sh.event(&adm.job, adm.attempt, 0, EventKind::Started));
     let started = Instant::now();
     let hold_until = started + sh.cfg.max_outage;
-    let (result, pipeline_deadline) = loop {
-        let admission = match gate(&sh, &[&*adm.acker], &pipeline_cancel, hold_until).await {
+    loop {
+        let admission = match gate(&sh, &[&*adm.acker], run.token(), hold_until).await {
             Gate::Run(a) => a,
-            Gate::Stop(r) => break (r, false),
+            // The run's token fires for the drain too: the run knows which it was.
+            Gate::Stop(Guarded::Cancelled) => {
+                return finish(&run, adm, slot, started, run.stopped()).await;
+            }
+            Gate::Stop(r) => return finish(&run, adm, slot, started, r).await,
         };
         let (deadline, pipeline_deadline) = adm.attempt_deadline();
-        let token = CancellationToken::new();
-        let ctx = context(&sh, &adm, deadline, token.clone(), &track);
-        let (h, job) = (handler.clone(), adm.job.clone());
-        let limits = Limits {
-            deadline,
-            pipeline_cancel: &pipeline_cancel,
-            drain: &sh.drain,
-            attempt_token: &token,
+        let ctx = context(&sh, &adm, deadline, run.token().clone(), &run);
+        let job = adm.job.clone();
+        let claim = Claim {
+            adm,
+            slot,
+            started,
+            pipeline_deadline,
+            admission,
         };
-        let r = run_guarded(
-            &[&*adm.acker],
-            limits,
-            async move { h.handle(&job, &ctx).await },
-        )
-        .await;
-        let failed = if pipeline_deadline && matches!(r, Guarded::TimedOut) {
-            None
-        } else {
-            dependency_failed(&r)
+        run.hold(claim, deadline).await;
+        if sh.drain.is_cancelled() {
+            run.clone().stop(Stop::Drained);
+        }
+        let result = tokio::select! {
+            biased;
+            () = run.token().cancelled() => None,
+            r = AssertUnwindSafe(handler.handle(&job, &ctx)).catch_unwind() => Some(r),
         };
-        if record_and_hold(sh.pause.as_ref(), admission, failed) {
+        // A stop that took the claim first settles the job (see `Run`).
+        let Some(mut claim) = run.claim().await else {
+            return;
+        };
+        let result = match result {
+            None => run.stopped(),
+            Some(Ok(r)) => Guarded::Done(r),
+            Some(Err(p)) => Guarded::Panicked(panic_message(p)),
+        };
+        if claim.record(&sh, &result) {
+            // Held while the dependency is down: run again without counting an attempt, as a
+            // fresh run (this one's token may have fired) whose events continue the sequence.
+            (adm, slot) = (claim.adm, claim.slot);
+            let key = sh.inflight.key();
+            _registered = Registered { sh: &sh, key };
+            run = Run::new(&sh, Some(key), run.peek_seq());
+            sh.inflight.insert(key, &adm.job, adm.attempt, run.clone());
             continue;
         }
-        break (r, pipeline_deadline);
+        return run.settle(claim, result).await;
+    }
+}
+
+/// Settles a run that ended before its handler ran (the pause gate stopped it).
+async fn finish(run: &Run, adm: Admitted, slot: Slot, started: Instant, r: AttemptResult) {
+    let claim = Claim {
+        adm,
+        slot,
+        started,
+        pipeline_deadline: false,
+        admission: None,
     };
-    // The job leaves the running set before it settles (with the last holder of its track).
-    let seq = track.next_seq();
-    drop(track);
-    settle(&sh, adm, result, seq, started, pipeline_deadline).await;
+    run.settle(claim, r).await;
+}
+
+/// Removes a job from the running set on every path out of its task.
+struct Registered<'a> {
+    sh: &'a Shared,
+    key: u64,
+}
+
+impl Drop for Registered<'_> {
+    fn drop(&mut self) {
+        self.sh.inflight.remove(self.key);
+    }
 }
 
 /// Runs up to N deliveries through one batch handler call; one outcome each.
@@ -223,7 +202,7 @@ pub async fn run_batch(sh: Arc<Shared>, handler: Arc<dyn BatchHandler>, batch: V
         }
     }
     let Some(first) = adms.first() else { return };
-    let track = JobTrack::new(None);
+    let track = Run::new(&sh, None, 1);
     let started = Instant::now();
     let hold_until = started + sh.cfg.max_outage;
     let never = CancellationToken::new();

@@ -9,13 +9,14 @@ use fleet_core::Broker;
 use fleet_protocol::control::{self, Cancellation};
 use fleet_protocol::{Degradation, EventKind, JobEnvelope, Names};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::budget::RetryBudget;
 use crate::config::RuntimeConfig;
-use crate::context::Runaways;
 use crate::events::{EventSink, JobEvent};
 use crate::inflight::InFlight;
 use crate::pause::IntakeGate;
+use crate::runaways::Runaways;
 use crate::telemetry::stage::StageMetrics;
 use crate::unsettled::Unsettled;
 
@@ -121,6 +122,8 @@ pub struct Shared {
     pub unsettled: Unsettled,
     /// Fires at the end of the drain period: what still runs goes back to the broker.
     pub drain: CancellationToken,
+    /// The worker's delivery tasks (settlements made by a stop from outside join them).
+    pub tasks: TaskTracker,
     /// Stages whose queues this worker has declared (next stages are declared before the
     /// first publish, so a job is never routed to a queue that does not exist yet).
     pub declared: Mutex<HashSet<String>>,

@@ -22,13 +22,13 @@ use crate::breaker::{Breaker, BreakerState};
 use crate::budget::RetryBudget;
 use crate::config::{RuntimeConfig, topology};
 use crate::consume::{Consumer, Step};
-use crate::context::Runaways;
 use crate::handler::{BatchHandler, Handler};
 use crate::inflight::InFlight;
 use crate::pause::IntakeGate;
-use crate::process::Taken;
 use crate::resubscribe::{Limits, Resubscriber};
+use crate::runaways::Runaways;
 use crate::shared::{Cancellations, Shared};
+use crate::slot::Taken;
 use crate::supervise::Supervisor;
 use crate::telemetry::stage::StageMetrics;
 use crate::telemetry::{AdminServer, Health, names};
@@ -197,6 +197,7 @@ impl Worker {
             &worker_id,
         );
         let runaways = Runaways::new(&self.stage, cfg.max_runaway, self.health.clone());
+        let tracker = TaskTracker::new();
         let sh = Arc::new(Shared {
             broker: broker.clone(),
             stage: self.stage.clone(),
@@ -215,6 +216,7 @@ impl Worker {
             unsettled: Unsettled::new(&self.stage),
             metrics: StageMetrics::new(&self.stage),
             drain: CancellationToken::new(),
+            tasks: tracker.clone(),
             declared: Mutex::new(HashSet::from([self.stage.clone()])),
             cfg,
         });
@@ -230,9 +232,13 @@ impl Worker {
             bg_stop.clone(),
             synced.clone(),
         );
+        let timer = sh.inflight.clone().watch(sh.drain.clone(), bg_stop.clone());
+        sup.spawn("deadlines", async move {
+            timer.await;
+            Ok(())
+        });
         wait_for_cancellations(&synced, sh.cfg.control_sync_wait, &shutdown).await;
 
-        let tracker = TaskTracker::new();
         let consumed = sup
             .run(
                 "consumer",
