@@ -103,6 +103,10 @@ pub(crate) fn from_header_map(map: Option<&HeaderMap>) -> Headers {
     out
 }
 
+/// What async-nats answers when a message without a reply subject is settled (kept for the
+/// settlements that now publish on the client directly).
+pub(crate) const NO_REPLY: &str = "No reply subject, not a JetStream message";
+
 /// Original headers a dead-letter copy must not carry (publish expectations of the original).
 pub(crate) fn keep_header(name: &str) -> bool {
     !name.to_ascii_lowercase().starts_with("nats-expected-")
