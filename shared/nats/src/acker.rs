@@ -122,14 +122,16 @@ impl Acker for NatsAcker {
         // a lost ack is a redelivery that the job id de-duplicates). A plain `+ACK` is only
         // queued on the connection: no reply, no inbox, no timer, and the slot is not held for
         // a round trip. The client flushes it; `close` drains.
-        let shared = &self.shared;
+        let this = *self;
+        let shared = &this.shared;
         if !shared.is_up() {
             return Err(shared.lost("ack"));
         }
-        let sent = match &self.reply {
+        // The acker is consumed: its reply subject moves into the publish.
+        let sent = match this.reply {
             Some(reply) => shared
                 .client
-                .publish(reply.clone(), "+ACK".into())
+                .publish(reply, "+ACK".into())
                 .await
                 .map_err(|e| e.to_string()),
             // What `jetstream::message::Acker::ack` answers without a reply subject.
