@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::AckKind;
-use async_nats::jetstream::message::Acker as JsAcker;
 use async_trait::async_trait;
 use bytes::Bytes;
 use fleet_core::broker::{ladder_label, ladder_step};
@@ -21,14 +20,20 @@ use fleet_protocol::deadletter::headers::ATTEMPT;
 
 use crate::copies::{copy_headers, retry_msg_id};
 use crate::shared::Shared;
-use crate::wire::{bounded, insert_headers, keep_header, plain_copy_headers};
+use crate::wire::{NO_REPLY, bounded, insert_headers, keep_header, plain_copy_headers};
+
+/// Stream and stream sequence of a delivery, when its ack subject names them.
+pub(crate) type Origin = Option<(Arc<str>, u64)>;
 
 /// Settles one delivery of a durable pull consumer.
+///
+/// It holds no `jetstream::message::Acker`: every settlement publishes on the shared client
+/// (the context's own), so the per-delivery context clone is not needed.
 pub(crate) struct NatsAcker {
-    pub(crate) acker: JsAcker,
     pub(crate) shared: Arc<Shared>,
     /// The stage whose DLQ gets this message (jobs); `None` uses the dead letter's stage.
-    pub(crate) dlq_stage: Option<String>,
+    /// Shared by the subscription's deliveries.
+    pub(crate) dlq_stage: Option<Arc<str>>,
     pub(crate) body: Bytes,
     pub(crate) headers: Option<HeaderMap>,
     pub(crate) lease: Duration,
@@ -41,8 +46,9 @@ pub(crate) struct NatsAcker {
     /// The attempt this delivery is (a retry or release copy carries the attempts before it as
     /// `fleet-attempt`).
     pub(crate) attempt: u32,
-    /// Stream and stream sequence, for de-duplication ids of copies.
-    pub(crate) origin: Option<(String, u64)>,
+    /// Stream and stream sequence, for de-duplication ids of copies (the stream name is
+    /// shared by the subscription's deliveries).
+    pub(crate) origin: Origin,
 }
 
 impl NatsAcker {
@@ -86,11 +92,8 @@ impl NatsAcker {
                         Err(_) => Err("ack confirmation timed out".to_owned()),
                     }
                 }
-                None => self
-                    .acker
-                    .double_ack_with(kind)
-                    .await
-                    .map_err(|e| e.to_string()),
+                // What `double_ack_with` answers without a reply subject.
+                None => Err(NO_REPLY.to_owned()),
             }
         };
         match bounded(shared.outer_limit(), sent).await {
@@ -119,17 +122,20 @@ impl Acker for NatsAcker {
         // a lost ack is a redelivery that the job id de-duplicates). A plain `+ACK` is only
         // queued on the connection: no reply, no inbox, no timer, and the slot is not held for
         // a round trip. The client flushes it; `close` drains.
-        let shared = &self.shared;
+        let this = *self;
+        let shared = &this.shared;
         if !shared.is_up() {
             return Err(shared.lost("ack"));
         }
-        let sent = match &self.reply {
+        // The acker is consumed: its reply subject moves into the publish.
+        let sent = match this.reply {
             Some(reply) => shared
                 .client
-                .publish(reply.clone(), "+ACK".into())
+                .publish(reply, "+ACK".into())
                 .await
                 .map_err(|e| e.to_string()),
-            None => self.acker.ack().await.map_err(|e| e.to_string()),
+            // What `jetstream::message::Acker::ack` answers without a reply subject.
+            None => Err(NO_REPLY.to_owned()),
         };
         sent.map_err(|e| shared.or_lost("ack", BrokerError::ConnectionLost(format!("ack: {e}"))))
     }

@@ -8,7 +8,32 @@
 //! the highest count it saw per stream sequence (bounded, oldest forgotten first) and never
 //! reports less than one more than that for a message it saw before.
 
+use std::collections::hash_map::Entry;
 use std::collections::{HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Hashes a stream sequence with one multiplication: sequences come from the server, not from
+/// an attacker, and SipHash cost more than the rest of the lookup.
+#[derive(Default)]
+struct SeqHasher(u64);
+
+impl Hasher for SeqHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(u64::from(b));
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing, folded so that both the low (bucket) and the high (tag) bits vary.
+        let h = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        self.0 = h ^ (h >> 32);
+    }
+}
 
 /// How many stream sequences one subscription remembers.
 pub(crate) const REMEMBERED: usize = 4096;
@@ -17,7 +42,7 @@ pub(crate) const REMEMBERED: usize = 4096;
 #[derive(Debug)]
 pub(crate) struct AttemptMemory {
     capacity: usize,
-    seen: HashMap<u64, u32>,
+    seen: HashMap<u64, u32, BuildHasherDefault<SeqHasher>>,
     order: VecDeque<u64>,
 }
 
@@ -26,34 +51,42 @@ impl AttemptMemory {
     pub(crate) fn new(capacity: usize) -> AttemptMemory {
         AttemptMemory {
             capacity: capacity.max(1),
-            seen: HashMap::new(),
+            seen: HashMap::default(),
             order: VecDeque::new(),
         }
     }
 
     /// The attempt to report for a delivery of `seq` the server counts as `delivered`.
     pub(crate) fn attempt(&mut self, seq: u64, delivered: u32) -> u32 {
-        let attempt = match self.seen.get(&seq) {
-            Some(&before) if delivered <= before => {
+        // One lookup: the entry is read and written in place.
+        match self.seen.entry(seq) {
+            Entry::Occupied(mut seen) => {
+                let before = *seen.get();
+                if delivered > before {
+                    seen.insert(delivered);
+                    return delivered;
+                }
                 tracing::debug!(
                     stream_sequence = seq,
                     server_count = delivered,
                     seen_before = before,
                     "nats: delivery count went backwards, counting on"
                 );
-                before.saturating_add(1)
+                let attempt = before.saturating_add(1);
+                seen.insert(attempt);
+                attempt
             }
-            _ => delivered,
-        };
-        if self.seen.insert(seq, attempt).is_none() {
-            self.order.push_back(seq);
-            while self.order.len() > self.capacity {
-                if let Some(old) = self.order.pop_front() {
-                    self.seen.remove(&old);
+            Entry::Vacant(slot) => {
+                slot.insert(delivered);
+                self.order.push_back(seq);
+                while self.order.len() > self.capacity {
+                    if let Some(old) = self.order.pop_front() {
+                        self.seen.remove(&old);
+                    }
                 }
+                delivered
             }
         }
-        attempt
     }
 }
 

@@ -2,7 +2,7 @@
 //! by an uncounted release): the attempts made so far travel in `fleet-attempt`, and each
 //! retry copy gets a `Nats-Msg-Id` unique per attempt.
 
-use async_nats::HeaderMap;
+use async_nats::{HeaderMap, HeaderName};
 use fleet_protocol::deadletter::headers::ATTEMPT;
 
 use crate::wire::header_value;
@@ -10,10 +10,13 @@ use crate::wire::header_value;
 /// Separates a job's root message id from the attempt of a retry copy.
 const ATTEMPT_MARK: &str = "~a";
 
+/// `fleet-attempt` as a header name: looking a `&str` up converts (and allocates) it per call.
+const ATTEMPT_NAME: HeaderName = HeaderName::from_static(ATTEMPT);
+
 /// Attempts made before this copy was published (`fleet-attempt`; 0 on a first copy).
 pub(crate) fn attempts_before(headers: Option<&HeaderMap>) -> u32 {
     headers
-        .and_then(|h| h.get(ATTEMPT))
+        .and_then(|h| h.get(ATTEMPT_NAME))
         .and_then(|v| v.as_str().trim().parse().ok())
         .unwrap_or(0)
 }

@@ -29,6 +29,7 @@
 //!   [`backstop`]. The other backends dead-letter such jobs by themselves.
 //! * Header values cannot carry CR/LF on NATS: they are replaced by spaces.
 
+mod ack_info;
 mod acker;
 mod attempts;
 pub mod backstop;

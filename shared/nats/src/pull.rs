@@ -26,7 +26,7 @@ use tokio::time::Instant;
 
 use crate::shared::{JS_API_PREFIX, Shared};
 use crate::topology::consumer_info_error;
-use crate::wire::bounded;
+use crate::wire::{NO_REPLY, bounded};
 
 /// Shortest `expires` sent with a pull (a shorter positive `wait` waits this long).
 pub const MIN_PULL_EXPIRES: Duration = Duration::from_millis(50);
@@ -72,8 +72,22 @@ pub(crate) async fn release_all(
     shared: &Shared,
     msgs: impl IntoIterator<Item = jetstream::Message>,
 ) {
+    release_raw(shared, msgs.into_iter().map(|m| m.message)).await;
+}
+
+/// [`release_all`] for messages as the pull inbox received them: a Nak published on the
+/// shared client (the context's own), what `jetstream::Message::ack_with` sends.
+pub(crate) async fn release_raw(
+    shared: &Shared,
+    msgs: impl IntoIterator<Item = async_nats::Message>,
+) {
     for msg in msgs {
-        if let Ok(Err(e)) = bounded(shared.outer_limit(), msg.ack_with(AckKind::Nak(None))).await {
+        let Some(reply) = msg.reply else {
+            tracing::debug!(error = %NO_REPLY, "nats: could not give back a pulled message");
+            continue;
+        };
+        let sent = shared.client.publish(reply, AckKind::Nak(None).into());
+        if let Ok(Err(e)) = bounded(shared.outer_limit(), sent).await {
             tracing::debug!(error = %e, "nats: could not give back a pulled message");
         }
     }
@@ -177,7 +191,9 @@ pub(crate) struct Puller {
     inbox: String,
     /// `None` once shut down.
     sub: Option<Subscriber>,
-    ready: VecDeque<jetstream::Message>,
+    /// Received, not yet handed out. Kept as the inbox delivered them: a `jetstream::Message`
+    /// would clone the JetStream context (two allocations) per message.
+    ready: VecDeque<async_nats::Message>,
     open: Option<Open>,
     next_id: u64,
 }
@@ -222,7 +238,7 @@ impl Puller {
         max: usize,
         wait: Duration,
         what: &str,
-    ) -> Result<Vec<jetstream::Message>, BrokerError> {
+    ) -> Result<Vec<async_nats::Message>, BrokerError> {
         let started = Instant::now();
         let expires = if wait.is_zero() {
             Duration::ZERO
@@ -311,7 +327,7 @@ impl Puller {
             Ok(Took::Nothing) => Ok(false),
             Ok(Took::Ended { max_ack_pending }) => Ok(max_ack_pending),
             Err(e) => {
-                release_all(&self.shared, std::mem::take(&mut self.ready)).await;
+                release_raw(&self.shared, std::mem::take(&mut self.ready)).await;
                 Err(e)
             }
         }
@@ -327,10 +343,7 @@ impl Puller {
                     self.open = None;
                 }
             }
-            self.ready.push_back(jetstream::Message {
-                message: msg,
-                context: self.shared.js.clone(),
-            });
+            self.ready.push_back(msg);
             return Ok(Took::Nothing);
         }
         if status == StatusCode::IDLE_HEARTBEAT {
@@ -411,7 +424,7 @@ impl Puller {
         sent
     }
 
-    fn nothing(&self, what: &str) -> Result<Vec<jetstream::Message>, BrokerError> {
+    fn nothing(&self, what: &str) -> Result<Vec<async_nats::Message>, BrokerError> {
         if self.shared.is_up() {
             Ok(Vec::new())
         } else {
@@ -441,10 +454,7 @@ impl Drop for Puller {
         if let Some(sub) = self.sub.as_mut() {
             while let Some(Some(msg)) = sub.next().now_or_never() {
                 if msg.status.is_none_or(|s| s == StatusCode::OK) {
-                    self.ready.push_back(jetstream::Message {
-                        message: msg,
-                        context: self.shared.js.clone(),
-                    });
+                    self.ready.push_back(msg);
                 }
             }
         }
@@ -467,7 +477,7 @@ impl Drop for Puller {
 async fn give_back(
     shared: Arc<Shared>,
     sub: Option<Subscriber>,
-    mut ready: VecDeque<jetstream::Message>,
+    mut ready: VecDeque<async_nats::Message>,
 ) {
     if let Some(mut sub) = sub
         && shared.is_up()
@@ -478,14 +488,11 @@ async fn give_back(
         let rest = tokio::time::timeout(shared.opts.request_timeout, async {
             while let Some(msg) = sub.next().await {
                 if msg.status.is_none_or(|s| s == StatusCode::OK) {
-                    ready.push_back(jetstream::Message {
-                        message: msg,
-                        context: shared.js.clone(),
-                    });
+                    ready.push_back(msg);
                 }
             }
         });
         let _ = rest.await;
     }
-    release_all(&shared, ready).await;
+    release_raw(&shared, ready).await;
 }

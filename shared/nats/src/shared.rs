@@ -78,7 +78,8 @@ impl Shared {
         headers: HeaderMap,
         body: Bytes,
     ) -> Result<(), BrokerError> {
-        let what = format!("publishing to {subject}");
+        // Error context, built only for an error.
+        let what = || format!("publishing to {subject}");
         let mut publish = PublishMessage::build().payload(body);
         if !headers.is_empty() {
             publish = publish.headers(headers);
@@ -88,19 +89,22 @@ impl Shared {
             self.js.send_publish(subject.clone(), publish).await?.await
         })
         .await
-        .map_err(|e| self.or_lost(&what, e))?;
+        .map_err(|e| self.or_lost(&what(), e))?;
         match sent {
             Ok(_ack) => Ok(()),
             Err(e) => Err(match e.kind() {
                 PublishErrorKind::StreamNotFound => BrokerError::Rejected(format!(
-                    "{what}: no stream takes this subject (declare the topology first)"
+                    "{}: no stream takes this subject (declare the topology first)",
+                    what()
                 )),
-                PublishErrorKind::TimedOut => self.or_lost(&what, BrokerError::Timeout(limit)),
-                PublishErrorKind::BrokenPipe => BrokerError::ConnectionLost(format!("{what}: {e}")),
-                PublishErrorKind::MaxPayloadExceeded => {
-                    BrokerError::Rejected(format!("{what}: {e}"))
+                PublishErrorKind::TimedOut => self.or_lost(&what(), BrokerError::Timeout(limit)),
+                PublishErrorKind::BrokenPipe => {
+                    BrokerError::ConnectionLost(format!("{}: {e}", what()))
                 }
-                _ => self.or_lost(&what, BrokerError::Rejected(format!("{what}: {e}"))),
+                PublishErrorKind::MaxPayloadExceeded => {
+                    BrokerError::Rejected(format!("{}: {e}", what()))
+                }
+                _ => self.or_lost(&what(), BrokerError::Rejected(format!("{}: {e}", what()))),
             }),
         }
     }

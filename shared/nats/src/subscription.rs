@@ -16,7 +16,8 @@ use async_trait::async_trait;
 use fleet_core::{BrokerError, Delivery, Subscription};
 use futures::{FutureExt, StreamExt};
 
-use crate::acker::{ControlAcker, NatsAcker};
+use crate::ack_info;
+use crate::acker::{ControlAcker, NatsAcker, Origin};
 use crate::attempts::{AttemptMemory, REMEMBERED};
 use crate::copies::attempts_before;
 use crate::pull::Puller;
@@ -27,10 +28,10 @@ use crate::wire::{bounded, from_header_map};
 
 pub use crate::pull::{MAX_PULL_WAIT, MIN_PULL_EXPIRES};
 
-/// The server's delivery count of a JetStream delivery (`info().delivered`, from 1).
-fn attempt_of(msg: &jetstream::Message) -> u32 {
-    let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1);
-    u32::try_from(delivered).unwrap_or(u32::MAX)
+/// The attempt a server delivery count (`info().delivered`; `None` without one) stands for,
+/// from 1.
+fn attempt_of(delivered: Option<i64>) -> u32 {
+    u32::try_from(delivered.unwrap_or(1).max(1)).unwrap_or(u32::MAX)
 }
 
 /// A durable pull consumer (jobs, dead letters, events, submissions).
@@ -41,7 +42,10 @@ pub(crate) struct PullSubscription {
     what: String,
     /// Set by `stop`: no more pulls.
     stopped: bool,
-    dlq_stage: Option<String>,
+    /// Shared with every delivery's acker (one allocation per subscription, not per job).
+    dlq_stage: Option<Arc<str>>,
+    /// The stream name, shared with every delivery's acker as its origin.
+    stream: Arc<str>,
     lease: Duration,
     attempts: AttemptMemory,
     /// The stage's retry movers (jobs subscriptions only); dropped with the subscription.
@@ -84,21 +88,52 @@ impl PullSubscription {
             puller,
             what: format!("pulling from consumer {name} on {stream}"),
             stopped: false,
-            dlq_stage,
+            dlq_stage: dlq_stage.map(Arc::from),
+            stream: Arc::from(stream),
             lease,
             attempts: AttemptMemory::new(REMEMBERED),
             movers: None,
         })
     }
 
-    fn delivery(&mut self, msg: jetstream::Message) -> Delivery {
-        let info = msg
-            .info()
-            .ok()
-            .map(|i| (i.stream.to_owned(), i.stream_sequence));
-        let delivered = match &info {
-            Some((_, seq)) => self.attempts.attempt(*seq, attempt_of(&msg)),
-            None => attempt_of(&msg),
+    /// Stream (shared when it is this subscription's), stream sequence and delivery count
+    /// of `msg`, from its ack subject: parsed once per delivery.
+    fn origin(&self, msg: async_nats::Message) -> (async_nats::Message, Origin, Option<i64>) {
+        let stream = |name: &str| {
+            if name == &*self.stream {
+                self.stream.clone()
+            } else {
+                Arc::from(name)
+            }
+        };
+        let read = msg
+            .reply
+            .as_deref()
+            .and_then(ack_info::read)
+            .map(|i| ((stream(i.stream), i.stream_sequence), i.delivered));
+        if let Some((origin, delivered)) = read {
+            return (msg, Some(origin), Some(delivered));
+        }
+        // What the fast reading leaves (no or odd reply subject): async-nats decides.
+        let msg = jetstream::Message {
+            message: msg,
+            context: self.shared.js.clone(),
+        };
+        let (origin, delivered) = match msg.info() {
+            Ok(i) => (
+                Some((stream(i.stream), i.stream_sequence)),
+                Some(i.delivered),
+            ),
+            Err(_) => (None, None),
+        };
+        (msg.message, origin, delivered)
+    }
+
+    fn delivery(&mut self, msg: async_nats::Message) -> Delivery {
+        let (msg, origin, count) = self.origin(msg);
+        let delivered = match &origin {
+            Some((_, seq)) => self.attempts.attempt(*seq, attempt_of(count)),
+            None => attempt_of(count),
         };
         // A retry copy or a copy put back by an uncounted release (jobs only) carries the
         // attempts made before it (see `retry`); its own (monotonic) delivery count goes on.
@@ -109,24 +144,21 @@ impl PullSubscription {
         };
         let attempt = before.saturating_add(delivered);
         // The ids of copies (retry, dead letter) are built by the acker when it makes one.
-        let reply = msg.reply.clone();
-        let subject = msg.subject.clone();
-        let (msg, acker) = msg.split();
+        // Subject, reply and headers move into the acker: nothing is cloned but the body.
         Delivery {
             body: msg.payload.clone(),
             headers: from_header_map(msg.headers.as_ref()),
             attempt,
             acker: Box::new(NatsAcker {
-                acker,
                 shared: self.shared.clone(),
                 dlq_stage: self.dlq_stage.clone(),
                 body: msg.payload,
                 headers: msg.headers,
                 lease: self.lease,
-                reply,
-                subject,
+                reply: msg.reply,
+                subject: msg.subject,
                 attempt,
-                origin: info,
+                origin,
             }),
         }
     }
@@ -208,7 +240,7 @@ impl ControlSubscription {
     }
 
     fn delivery(msg: jetstream::Message) -> Delivery {
-        let attempt = attempt_of(&msg);
+        let attempt = attempt_of(msg.info().ok().map(|i| i.delivered));
         let msg = msg.message;
         Delivery {
             headers: from_header_map(msg.headers.as_ref()),
