@@ -110,6 +110,12 @@ impl Handler for ScriptedHandler {
                 ctx.blocking(move || std::thread::sleep(d)).await?;
                 Ok(Output::default())
             }
+            "stuck_thread" => {
+                // Blocks its runtime thread without yielding (a handler that misuses the
+                // runtime): the deadline must still settle the job and free its slot.
+                std::thread::sleep(ms("ms"));
+                Ok(Output::default())
+            }
             "panic" => panic!("scripted panic"),
             "dependency" => {
                 tokio::time::sleep(Duration::from_millis(20)).await;

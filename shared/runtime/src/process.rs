@@ -131,6 +131,10 @@ pub async fn run_one(sh: Arc<Shared>, handler: Arc<dyn Handler>, taken: Taken) {
         if sh.drain.is_cancelled() {
             run.clone().stop(Stop::Drained);
         }
+        // Let the tasks this one just woke (the event batcher, for `started`) run first: they
+        // sit in this thread's LIFO slot, which no other thread steals, so a handler that
+        // blocks the thread would otherwise hold them (and every job's settlement) with it.
+        tokio::task::yield_now().await;
         let result = tokio::select! {
             biased;
             () = run.token().cancelled() => None,
