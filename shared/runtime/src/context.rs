@@ -10,8 +10,16 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::events::{EventSink, JobEvent};
-use crate::run::Run;
 use crate::runaways::Runaways;
+
+/// What a context reports progress to: the job's run (see [`crate::run::Run`]), behind a trait
+/// so that this module does not depend on the settlement code.
+pub trait Track: Send + Sync {
+    /// Takes the next event sequence number.
+    fn next_seq(&self) -> u32;
+    /// Records progress on the job's entry among the running jobs.
+    fn touch(&self);
+}
 
 /// The per-attempt context handed to a handler.
 #[derive(Clone)]
@@ -20,7 +28,7 @@ pub struct JobContext {
     pub(crate) deadline: Instant,
     pub(crate) cancel: CancellationToken,
     /// The job's run: its event sequence and its entry among the running jobs.
-    pub(crate) track: Arc<Run>,
+    pub(crate) track: Arc<dyn Track>,
     /// The job, for progress events (built only when a handler reports progress).
     pub(crate) job: Arc<JobEnvelope>,
     pub(crate) sink: EventSink,

@@ -82,7 +82,7 @@ fn context(
         attempt: adm.attempt,
         deadline,
         cancel: token,
-        track: track.clone(),
+        track: track.clone() as Arc<dyn crate::context::Track>,
         job: adm.job.clone(),
         sink: sh.sink.clone(),
         runaways: sh.runaways.clone(),

@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admit::Admitted;
 use crate::breaker::Admission;
+use crate::context::Track;
 use crate::guard::Guarded;
 use crate::inflight::{Stop, Stoppable};
 use crate::outcome::AttemptResult;
@@ -151,6 +152,16 @@ impl Run {
         } = claim;
         settle(&self.sh, adm, result, seq, started, pipeline_deadline).await;
         drop(slot);
+    }
+}
+
+impl Track for Run {
+    fn next_seq(&self) -> u32 {
+        Run::next_seq(self)
+    }
+
+    fn touch(&self) {
+        Run::touch(self);
     }
 }
 
